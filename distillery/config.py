@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -146,6 +147,11 @@ class RegisterConfig(_Section):
     tracking_uri: str | None = None
     experiment: str = Field("distillery", min_length=1)
     model_name: str = Field("distillery-student", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+
+
+# The `register` section shares its name with ABCMeta.register (a class method no one calls
+# on params); shadowing it is harmless, so the warning is silenced for that field only.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
 
 class Params(_Section):

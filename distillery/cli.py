@@ -1,0 +1,180 @@
+"""`distillery` command line: run the pipeline, run one stage (what dvc.yaml calls), show status.
+
+Heavy libraries (torch, prefect, mlflow, dvc) are imported inside the commands that
+need them, so `distillery --help` and config errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import traceback
+from pathlib import Path
+
+from distillery.config import PARAMS_FILE, ConfigError, apply_overrides, load_params, params_from_dict, read_raw
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DVC_NO_ANALYTICS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "GX_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def configure_environment(root: Path) -> None:
+    """Offline, no telemetry, project-local Prefect state; stage commands find this interpreter."""
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input, not a bug: printed as one message, no traceback."""
+    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
+    for mod, name in (("distillery.data", "DataError"), ("distillery.validation", "ValidationFailed"),
+                      ("distillery.modeling", "ModelLoadError"), ("flows.pipeline", "StageFailed")):
+        module = sys.modules.get(mod)
+        if module is not None and hasattr(module, name):
+            errors.append(getattr(module, name))
+    return tuple(errors)
+
+
+def prepare_params(root: Path, params_file: str | None, overrides: list[str]) -> None:
+    """Validate the params to run with and make them the project's params.yaml (which DVC tracks).
+
+    Like `dvc exp run --set-param`, overrides are written into params.yaml (comments kept),
+    so `dvc repro` and the run agree on what was run.
+    """
+    target = root / PARAMS_FILE
+    source = Path(params_file) if params_file else target
+    raw = apply_overrides(read_raw(source), overrides, str(source))
+    params_from_dict(raw, str(source), root)  # fails here, before anything is touched
+    if source.resolve() != target.resolve():
+        shutil.copyfile(source, target)
+        print(f"params: using {source} (copied to {target.name}, which DVC tracks)")
+    if overrides:
+        from ruamel.yaml import YAML
+
+        yaml = YAML()
+        doc = yaml.load(target.read_text())
+        for item in overrides:
+            from distillery.config import parse_override
+
+            keys, value = parse_override(item)
+            node = doc
+            for k in keys[:-1]:
+                node = node.setdefault(k, {})
+            node[keys[-1]] = value
+        with target.open("w") as fh:
+            yaml.dump(doc, fh)
+        print(f"params: {', '.join(overrides)} written to {target.name}")
+
+
+def ensure_dvc(root: Path) -> None:
+    if (root / ".dvc").is_dir():
+        return
+    from dvc.repo import Repo
+
+    Repo.init(str(root), no_scm=not (root / ".git").exists())
+    print(f"dvc: initialised a DVC project in {root}")
+
+
+def cmd_run(args) -> int:
+    root = Path(args.project_dir).resolve()
+    configure_environment(root)
+    prepare_params(root, args.params, args.set or [])
+    ensure_dvc(root)
+    from flows.pipeline import pipeline
+
+    result = pipeline(project_dir=str(root))
+    from distillery.report import print_run_summary
+
+    print_run_summary(result)
+    return 0
+
+
+def cmd_stage(args) -> int:
+    """One DVC stage (dvc.yaml calls this). Expected errors are saved for the flow to report."""
+    root = Path(args.project_dir).resolve()
+    configure_environment(root)
+    import importlib
+
+    from tasks.common import stage_context
+
+    err_file = None
+    try:
+        params = load_params(root / PARAMS_FILE)
+        err_file = root / params.paths.reports_dir / "errors" / f"{args.name}.txt"
+        err_file.unlink(missing_ok=True)
+        module = importlib.import_module(f"tasks.{args.name}")
+        module.run(stage_context(root))
+        return 0
+    except BaseException as exc:
+        message = str(exc) if isinstance(exc, expected_errors()) else traceback.format_exc()
+        if err_file is not None:
+            err_file.parent.mkdir(parents=True, exist_ok=True)
+            err_file.write_text(f"{type(exc).__name__}: {message}\n")
+        raise
+
+
+def cmd_status(args) -> int:
+    root = Path(args.project_dir).resolve()
+    configure_environment(root)
+    params = load_params(root / PARAMS_FILE, check_files=False)
+    from distillery.report import print_status
+    from tasks import tracking
+    from tasks.common import read_json, report_path
+    from tasks.register import registry_status
+
+    status = registry_status(tracking.client_for(root, params), params.register.model_name)
+    gate_file = report_path(root, params, "gate")
+    status["last_gate"] = read_json(gate_file) if gate_file.exists() else None
+    print_status(status)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distillery", description=__doc__.splitlines()[0])
+    parser.add_argument("--project-dir", default=".", help="project folder holding params.yaml and dvc.yaml")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline (Prefect flow over the DVC stages) and register")
+    run.add_argument("--params", help=f"params file to run with (default: {PARAMS_FILE})")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a param, e.g. --set distill.temperature=3 (repeatable)")
+    run.set_defaults(func=cmd_run)
+    stage = sub.add_parser("stage", help="run one pipeline stage (called by dvc.yaml)")
+    from tasks.common import STAGES
+
+    stage.add_argument("name", choices=STAGES)
+    stage.set_defaults(func=cmd_stage)
+    status = sub.add_parser("status", help="champion and challenger versions, their figures, the last gate")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BaseException as exc:
+        if isinstance(exc, expected_errors()):
+            print(f"distillery: error: {exc}", file=sys.stderr)
+            return 2 if isinstance(exc, ConfigError) else 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""Labelled text tables: reading user files, the label map, and validated splits.
+
+`read_table` turns a user's CSV / TSV / Parquet file into a two-column frame
+(`text`, `label`) or fails with one `DataError` line naming the file and the
+problem, so a bad path or format stops the pipeline before any training.
+`LabelMap` fixes the class order once (declared in params, else inferred from
+train) and is what a model directory stores. Validated splits are written as
+Parquet with an int64 class index, atomically, so a killed stage never leaves
+a half-written file that DVC would then cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+TEXT = "text"
+LABEL = "label"
+
+_DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+_PARQUET = {".parquet", ".pq"}
+# Leading zeros ("01") stay strings: "01" and "1" must not silently merge into one class.
+_INT_RE = re.compile(r"^[+-]?(0|[1-9][0-9]*)$")
+
+
+class DataError(ValueError):
+    """A data file (or label set) that cannot be used; the message names the file and problem."""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_table(path: str | Path, text_column: str, label_column: str) -> pd.DataFrame:
+    """Read a labelled text table into a frame with exactly the columns `text`, `label`.
+
+    The format follows the extension (.csv, .tsv/.tab, .parquet/.pq). Empty cells
+    become null (not ""), so validation can report them; only empty cells do:
+    a text that reads "NA" or "null" is kept as text. Labels stay as read, except
+    that a column whose values are all integers comes back as ints (0/1 in SST-2).
+    """
+    path = Path(path)
+    if text_column == label_column:
+        raise DataError(f"{path}: text and label column are both {text_column!r}")
+    suffix = path.suffix.lower()
+    if suffix not in _DELIMITERS and suffix not in _PARQUET:
+        raise DataError(f"{path}: unknown file extension {path.suffix!r}; "
+                        "expected .csv, .tsv, .tab, .parquet or .pq")
+    _check_readable(path)
+    if suffix in _PARQUET:
+        df = _read_parquet(path, [text_column, label_column])
+    else:
+        df = _read_delimited(path, _DELIMITERS[suffix])
+    for role, col in (("text", text_column), ("label", label_column)):
+        if col not in df.columns:
+            raise DataError(f"{path}: {role} column {col!r} not found; columns found: "
+                            f"{list(map(str, df.columns))}{_delimiter_hint(df, suffix)}")
+    if len(df) == 0:
+        raise DataError(f"{path}: no data rows (header only)")
+    text = df[text_column].reset_index(drop=True)
+    kind = pd.api.types.infer_dtype(text, skipna=True)
+    if kind not in ("string", "empty"):
+        raise DataError(f"{path}: text column {text_column!r} holds {kind} values, expected strings")
+    label = _normalise_labels(df[label_column].reset_index(drop=True))
+    return pd.DataFrame({TEXT: text, LABEL: label})
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a CSV/TSV/Parquet file")
+
+
+def _open_bytes(path: Path):
+    """Open for reading, turning OS errors (permission, races) into a DataError."""
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except PermissionError:
+        raise DataError(f"{path}: permission denied (cannot read the file)") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot open file: {exc.strerror or exc}") from None
+
+
+def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
+    with _open_bytes(path) as fh:
+        raw = fh.read()
+    if not raw.strip():
+        raise DataError(f"{path}: file is empty")
+    try:
+        # Decode ourselves: pandas decodes in chunks and reports offsets within a chunk.
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} "
+                        f"at byte offset {exc.start})") from None
+    text = text.removeprefix("\ufeff")  # a BOM from Excel/Notepad is harmless
+    kwargs: dict[str, Any] = dict(
+        sep=sep,
+        dtype=str,
+        # Only empty cells are missing; "NA", "None", "null" are legitimate texts.
+        keep_default_na=False,
+        na_values=[""],
+        # Without this a row with one extra field silently becomes the index.
+        index_col=False,
+    )
+    if sep == "\t":
+        kwargs["quoting"] = csv.QUOTE_NONE  # SST-2 and most TSVs carry bare quote characters
+    try:
+        with warnings.catch_warnings():
+            # index_col=False turns an over-long first row into a truncation warning: refuse it.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(io.StringIO(text), **kwargs)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file is empty") from None
+    except (pd.errors.ParserError, pd.errors.ParserWarning, csv.Error) as exc:
+        msg = " ".join(str(exc).split())
+        raise DataError(f"{path}: cannot parse as {'TSV' if sep == chr(9) else 'CSV'}: {msg}") from None
+
+
+def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with _open_bytes(path) as fh:
+        try:
+            pf = pq.ParquetFile(fh)
+            names = pf.schema_arrow.names
+            wanted = [c for c in columns if c in names]
+            if len(wanted) < len(columns):  # let read_table name the missing column
+                return pd.DataFrame(columns=names)
+            return pf.read(columns=wanted).to_pandas()
+        except (pa.ArrowException, OSError) as exc:
+            msg = " ".join(str(exc).split())
+            raise DataError(f"{path}: not a readable Parquet file (truncated or corrupt?): {msg}") from None
+
+
+def _delimiter_hint(df: pd.DataFrame, suffix: str) -> str:
+    """A one-column header that contains another delimiter means the wrong format was assumed."""
+    if len(df.columns) != 1:
+        return ""
+    header = str(df.columns[0])
+    for sep, name in (("\t", "tabs"), (",", "commas"), (";", "semicolons"), ("|", "pipes")):
+        if sep in header:
+            return f" (the header contains {name}: is the extension {suffix!r} right?)"
+    return ""
+
+
+def _normalise_labels(labels: pd.Series) -> pd.Series:
+    """Integer-looking labels become ints; nulls stay null (validation reports them)."""
+    null = labels.isna()
+    values = labels[~null]
+    if len(values) == 0:
+        return labels.astype(object)
+    if pd.api.types.is_float_dtype(labels):
+        # Parquet stores an int column with gaps as float; 1.0 means class 1, not a float label.
+        if not np.all(np.mod(values.to_numpy(), 1) == 0):
+            return labels
+        ints = values.astype("int64")
+    elif pd.api.types.is_integer_dtype(labels) or pd.api.types.is_bool_dtype(labels):
+        return labels
+    elif all(isinstance(v, str) and _INT_RE.match(v) for v in values):
+        ints = values.map(int)
+    else:
+        return labels
+    if not null.any():
+        try:
+            return pd.Series(ints.to_numpy(), name=labels.name, dtype="int64")
+        except OverflowError:  # beyond int64: such "labels" are ids, keep them as read
+            return labels
+    out = pd.Series([None] * len(labels), name=labels.name, dtype=object)
+    out[~null] = [int(v) for v in ints]
+    return out
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def _is_int_like(v: Any) -> bool:
+    if isinstance(v, (bool, np.bool_)):
+        return False
+    return isinstance(v, (int, np.integer)) or (isinstance(v, str) and bool(_INT_RE.match(v)))
+
+
+@dataclass
+class LabelMap:
+    """The ordered class names; position i is class index i in every model and split.
+
+    Labels may be ints in data and strings in params (or the reverse), so all
+    comparisons go through `str()`.
+    """
+
+    names: list[str]
+
+    def __post_init__(self):
+        self.names = [str(n) for n in self.names]
+        if len(self.names) < 2:
+            raise DataError(f"a label map needs at least two labels, got {self.names}")
+        if len(set(self.names)) != len(self.names):
+            raise DataError(f"labels must be distinct, got {self.names}")
+
+    @classmethod
+    def from_labels(cls, declared: Sequence[str | int] | None, train_labels: pd.Series) -> LabelMap:
+        """Declared order when given; else the distinct train labels, sorted (numerically if ints)."""
+        if declared is not None:
+            return cls(list(declared))
+        distinct = list(dict.fromkeys(v for v in train_labels if not _is_null(v)))
+        if len(distinct) < 2:
+            raise DataError(f"cannot infer a label set from the training labels: found "
+                            f"{len(distinct)} distinct value(s) {[str(v) for v in distinct]}, need 2 or more")
+        if all(_is_int_like(v) for v in distinct):
+            distinct = sorted(distinct, key=lambda v: int(v))
+        else:
+            distinct = sorted(distinct, key=str)
+        if len({str(v) for v in distinct}) != len(distinct):
+            raise DataError(f"training labels collide when compared as text: {distinct}")
+        return cls(distinct)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.names)}
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.names))
+
+    def encode(self, labels: pd.Series | Sequence[Any], source: str = "labels") -> np.ndarray:
+        """Class indices (int64) for raw labels; unknown or null labels raise, naming rows."""
+        lookup = self.label2id
+        values = list(labels)
+        codes = np.fromiter((-1 if _is_null(v) else lookup.get(str(v), -1) for v in values),
+                            dtype=np.int64, count=len(values))
+        bad = np.flatnonzero(codes < 0)
+        if len(bad):
+            shown = ", ".join(f"row {i + 1}: {_show(values[i])}" for i in bad[:5])
+            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+            raise DataError(f"{source}: {len(bad)} label(s) not in the label map {self.names}: {shown}{more}")
+        return codes
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {"labels": list(self.names)}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> LabelMap:
+        if not isinstance(obj, dict) or not isinstance(obj.get("labels"), list):
+            raise DataError(f'a label map must be {{"labels": [...]}}, got {obj!r:.200}')
+        return cls(obj["labels"])
+
+
+def _is_null(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+
+
+def _show(v: Any) -> str:
+    return "null" if _is_null(v) else repr(v)
+
+
+# --------------------------------------------------------------------------- splits
+
+
+@dataclass
+class TextDataset:
+    """Texts and their int64 class indices, as the training code consumes them."""
+
+    texts: list[str]
+    labels: np.ndarray
+
+    def __post_init__(self):
+        self.texts = list(self.texts)
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.labels.ndim != 1 or len(self.labels) != len(self.texts):
+            raise ValueError(f"{len(self.texts)} texts but labels of shape {self.labels.shape}")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def save_split(data: pd.DataFrame | TextDataset, path: str | Path) -> Path:
+    """Write a validated split as Parquet (`text`: string, `label`: int64), atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if isinstance(data, pd.DataFrame):
+        missing = [c for c in (TEXT, LABEL) if c not in data.columns]
+        if missing:
+            raise DataError(f"{path}: cannot save split, missing column(s) {missing}")
+        if not pd.api.types.is_integer_dtype(data[LABEL]):
+            raise DataError(f"{path}: cannot save split, labels must be int class indices "
+                            f"(encode them with LabelMap.encode), got dtype {data[LABEL].dtype}")
+        data = TextDataset(data[TEXT].tolist(), data[LABEL].to_numpy())
+    if any(not isinstance(t, str) for t in data.texts):
+        raise DataError(f"{path}: cannot save split, every text must be a string (validate first)")
+    table = pa.table({TEXT: pa.array(data.texts, pa.string()), LABEL: pa.array(data.labels, pa.int64())})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same directory as the target, so os.replace is a rename on one filesystem.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_split(path: str | Path) -> TextDataset:
+    """Read a split written by `save_split`, checking its schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    _check_readable(path)
+    with _open_bytes(path) as fh:
+        try:
+            table = pq.read_table(fh)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(f"{path}: not a readable Parquet file: {' '.join(str(exc).split())}") from None
+    names = table.schema.names
+    if TEXT not in names or LABEL not in names:
+        raise DataError(f"{path}: a split needs columns {[TEXT, LABEL]}, found {names}")
+    if not pa.types.is_integer(table.schema.field(LABEL).type):
+        raise DataError(f"{path}: label column must hold int class indices, found {table.schema.field(LABEL).type}")
+    if table.column(TEXT).null_count or table.column(LABEL).null_count:
+        raise DataError(f"{path}: split contains null texts or labels")
+    return TextDataset(table.column(TEXT).to_pylist(), table.column(LABEL).to_numpy())

@@ -1,0 +1,94 @@
+"""The figures every stage reports, measured the same way for PyTorch and ONNX models.
+
+A predictor is anything with `predict_logits(texts, batch_size) -> ndarray`; timing
+covers tokenization plus inference (what a caller of the served model waits for),
+on real eval texts at their real lengths.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+# The metric names are the same in every stage and every run, so MLflow can compare them.
+FIGURES = ("accuracy", "macro_f1", "size_mb", "params", "latency_p50_ms", "latency_p95_ms", "throughput_sps")
+
+
+class Predictor(Protocol):
+    def predict_logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray: ...
+
+
+def confusion_matrix(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> np.ndarray:
+    """cm[i, j] = number of rows with gold class i predicted as j."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (gold, pred), 1)
+    return cm
+
+
+def classification_metrics(logits: np.ndarray, gold: np.ndarray, n_classes: int) -> dict:
+    """Accuracy and macro-F1 (unweighted mean of per-class F1; a class never predicted
+    and never present counts as F1 = 0 only if present in gold)."""
+    pred = np.asarray(logits).argmax(axis=-1)
+    gold = np.asarray(gold)
+    cm = confusion_matrix(pred, gold, n_classes)
+    tp = np.diag(cm).astype(float)
+    precision = np.divide(tp, cm.sum(axis=0), out=np.zeros_like(tp), where=cm.sum(axis=0) > 0)
+    recall = np.divide(tp, cm.sum(axis=1), out=np.zeros_like(tp), where=cm.sum(axis=1) > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp),
+                   where=(precision + recall) > 0)
+    present = cm.sum(axis=1) > 0
+    return {
+        "accuracy": float((pred == gold).mean()) if len(gold) else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class_recall": recall.tolist(),
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def latency_ms(predictor: Predictor, texts: list[str], samples: int, warmup: int) -> tuple[float, float]:
+    """Batch-1 latency p50 and p95 in ms over the first `samples` texts."""
+    chosen = texts[: max(1, samples)]
+    for t in chosen[:warmup]:
+        predictor.predict_logits([t], batch_size=1)
+    times = []
+    for t in chosen:
+        start = time.perf_counter()
+        predictor.predict_logits([t], batch_size=1)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 95))
+
+
+def throughput_sps(predictor: Predictor, texts: list[str], batch_size: int) -> float:
+    """Samples per second scoring all `texts` in batches of `batch_size` (after one warm batch)."""
+    predictor.predict_logits(texts[:batch_size], batch_size=batch_size)
+    start = time.perf_counter()
+    predictor.predict_logits(texts, batch_size=batch_size)
+    return len(texts) / max(time.perf_counter() - start, 1e-9)
+
+
+def weights_size_mb(model_dir: str | Path) -> float:
+    """Size of the weight files (safetensors / ONNX) in MB (10^6 bytes)."""
+    d = Path(model_dir)
+    files = list(d.glob("*.safetensors")) + list(d.glob("*.onnx"))
+    return sum(f.stat().st_size for f in files) / 1e6
+
+
+def measure_predictor(predictor: Predictor, texts: list[str], gold: np.ndarray, n_classes: int, *,
+                      model_dir: str | Path, n_params: int, latency_samples: int, warmup: int,
+                      batch_size: int, logits: np.ndarray | None = None) -> dict:
+    """All figures for one model on the eval split. Pass `logits` if already computed."""
+    if logits is None:
+        logits = predictor.predict_logits(texts, batch_size=batch_size)
+    figures = classification_metrics(logits, gold, n_classes)
+    p50, p95 = latency_ms(predictor, texts, latency_samples, warmup)
+    figures.update(
+        size_mb=round(weights_size_mb(model_dir), 4),
+        params=int(n_params),
+        latency_p50_ms=p50,
+        latency_p95_ms=p95,
+        throughput_sps=throughput_sps(predictor, texts, batch_size),
+    )
+    return figures

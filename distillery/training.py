@@ -1,0 +1,142 @@
+"""Training and inference loops shared by fine-tuning, distillation and pruning recovery.
+
+Texts are tokenized once (no padding) and each batch is padded to its own longest
+item: SST-2-like data averages ~10 words, so fixed-length padding would waste
+most of the compute.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("params.yaml: base.device is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Encoded:
+    """Token ids per text, unpadded."""
+
+    input_ids: list[list[int]]
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode_texts(tokenizer, texts: list[str], max_length: int) -> Encoded:
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    return Encoded(ids, tokenizer.pad_token_id or 0)
+
+
+def collate(enc: Encoded, idx: list[int] | np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+    """Pad the chosen rows to the longest of them."""
+    rows = [enc.input_ids[i] for i in idx]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), enc.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for j, r in enumerate(rows):
+        ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[j, : len(r)] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def iter_batches(n: int, batch_size: int, rng: np.random.Generator | None):
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for start in range(0, n, batch_size):
+        yield order[start : start + batch_size]
+
+
+@dataclass
+class TrainResult:
+    epochs: int
+    steps: int
+    final_loss: float
+    seconds: float
+    samples_per_second: float
+
+
+def train(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, *, loss_fn: Callable,
+          epochs: int, batch_size: int, learning_rate: float, seed: int, device: torch.device,
+          teacher_logits: np.ndarray | None = None, desc: str = "train") -> TrainResult:
+    """AdamW with linear warm-up/decay; `loss_fn(student_logits, teacher_logits|None, labels)`.
+
+    Teacher logits are precomputed once per dataset (teacher stage) and indexed
+    here, so the teacher never runs inside the training loop.
+    """
+    model.to(device).train()
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    steps_per_epoch = math.ceil(len(enc) / batch_size)
+    total = steps_per_epoch * epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=int(0.06 * total), num_training_steps=total)
+    y_all = torch.as_tensor(labels, dtype=torch.long)
+    t_all = torch.as_tensor(teacher_logits, dtype=torch.float32) if teacher_logits is not None else None
+    start, step, ema = time.perf_counter(), 0, None
+    for epoch in range(epochs):
+        bar = tqdm(list(iter_batches(len(enc), batch_size, rng)), desc=f"{desc} epoch {epoch + 1}/{epochs}",
+                   unit="batch", leave=False, mininterval=1.0)
+        for idx in bar:
+            batch = collate(enc, idx, device)
+            logits = model(**batch).logits
+            t = t_all[idx].to(device) if t_all is not None else None
+            loss = loss_fn(logits, t, y_all[idx].to(device))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
+            bar.set_postfix(loss=f"{ema:.4f}")
+    model.eval()
+    seconds = time.perf_counter() - start
+    return TrainResult(epochs, step, float(ema or 0.0), seconds, len(enc) * epochs / max(seconds, 1e-9))
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, enc: Encoded, batch_size: int, device: torch.device,
+                   desc: str | None = None) -> np.ndarray:
+    """Logits for every row, in input order. Rows are batched by length to limit padding."""
+    model.to(device).eval()
+    order = np.argsort([len(r) for r in enc.input_ids], kind="stable")
+    out = np.zeros((len(enc), model.config.num_labels), dtype=np.float32)
+    batches = [order[s : s + batch_size] for s in range(0, len(enc), batch_size)]
+    for idx in tqdm(batches, desc=desc, disable=desc is None, unit="batch", leave=False, mininterval=1.0):
+        out[idx] = model(**collate(enc, idx, device)).logits.float().cpu().numpy()
+    return out
+
+
+class TorchClassifier:
+    """Raw text in, logits out: the same interface as the ONNX Runtime classifier."""
+
+    def __init__(self, model, tokenizer, max_length: int, device: torch.device | None = None):
+        self.model, self.tokenizer, self.max_length = model.eval(), tokenizer, max_length
+        self.device = device or torch.device("cpu")
+        self.model.to(self.device)
+
+    @torch.no_grad()
+    def predict_logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        return predict_logits(self.model, encode_texts(self.tokenizer, texts, self.max_length),
+                              batch_size, self.device)

@@ -1,0 +1,74 @@
+"""What every stage shares: its context (project root, params), its declared I/O, its report.
+
+A stage reads and writes files only. Each stage module declares `io(params)`, the
+files it reads and writes; `dvc.yaml` declares the same (a test checks they agree),
+and the stage code takes its paths from there, never from literals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distillery.config import PARAMS_FILE, Params, load_params
+
+STAGES = ("demo_data", "validate", "teacher", "distill", "prune", "quantize", "evaluate")
+
+
+@dataclass(frozen=True)
+class StageIO:
+    deps: list[str]
+    outs: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+    params: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StageContext:
+    root: Path
+    params: Params
+
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def report_path(self, stage: str) -> Path:
+        return report_path(self.root, self.params, stage)
+
+
+def report_rel(params: Params, stage: str) -> str:
+    return f"{params.paths.reports_dir}/{stage}.json"
+
+
+def report_path(root: Path, params: Params, stage: str) -> Path:
+    return Path(root) / report_rel(params, stage)
+
+
+def stage_context(root: str | Path | None = None) -> StageContext:
+    """Load params for a stage run (DVC runs stages from the project root)."""
+    root = Path(root or os.getcwd()).resolve()
+    params = load_params(root / PARAMS_FILE)
+    import torch  # heavy: only stages that reach here pay for it
+
+    torch.set_num_threads(params.base.threads)
+    from distillery.training import seed_everything
+
+    seed_everything(params.base.seed)
+    return StageContext(root, params)
+
+
+def write_json_atomic(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def write_report(ctx: StageContext, stage: str, report: dict) -> Path:
+    return write_json_atomic(ctx.report_path(stage), {"stage": stage, **report})

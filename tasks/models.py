@@ -1,0 +1,42 @@
+"""Loading the validated splits and measuring PyTorch models: shared by the training stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from distillery.measure import measure_predictor
+from distillery.modeling import count_parameters
+from distillery.training import TorchClassifier, encode_texts, predict_logits, resolve_device
+from tasks.common import StageContext
+
+
+def load_splits(ctx: StageContext):
+    """(train, eval, label names) from the validate stage's outputs."""
+    from distillery.data import load_split
+
+    d = ctx.path(ctx.params.paths.validated_dir)
+    labels = json.loads((d / "labels.json").read_text())["labels"]
+    return load_split(d / "train.parquet"), load_split(d / "eval.parquet"), labels
+
+
+def load_logits(ctx: StageContext, split: str) -> np.ndarray:
+    return np.load(ctx.path(ctx.params.paths.logits_dir) / f"{split}.npy", allow_pickle=False)
+
+
+def measure_torch_model(ctx: StageContext, model, tokenizer, eval_set, n_classes: int,
+                        model_dir: Path) -> dict:
+    """The standard figures for a PyTorch model, timed on the CPU as it would be deployed."""
+    p = ctx.params
+    device = resolve_device(p.base.device)
+    enc = encode_texts(tokenizer, eval_set.texts, p.data.max_length)
+    logits = predict_logits(model, enc, p.measure.throughput_batch_size, device)
+    cpu = TorchClassifier(model, tokenizer, p.data.max_length)  # latency is a CPU-serving figure
+    figures = measure_predictor(cpu, list(eval_set.texts), eval_set.labels, n_classes,
+                                model_dir=model_dir, n_params=count_parameters(model),
+                                latency_samples=p.measure.latency_samples, warmup=p.measure.warmup,
+                                batch_size=p.measure.throughput_batch_size, logits=logits)
+    model.to(device)
+    return figures

@@ -1,0 +1,165 @@
+"""Register step (after the DVC stages; not a DVC stage because it has side effects).
+
+Registers the quantized model as a new version with alias `challenger` and lineage
+tags, and moves `champion` to it only if the gate passed and it is not worse than
+the current champion on the gate's metric. All registry writes happen here, in one
+task, under a lock, so concurrent pipeline runs cannot interleave them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from importlib.metadata import version as pkg_version
+from pathlib import Path
+
+from distillery.config import Params
+from distillery.gate import decide_promotion
+from distillery.measure import FIGURES
+from tasks.common import read_json, report_path
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+SERVING_PACKAGES = ("onnxruntime", "numpy", "pandas", "transformers", "tokenizers")
+
+
+def git_lineage(root: Path) -> dict:
+    def git(*args):
+        r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit or "none", "git_dirty": "unknown" if dirty is None else str(bool(dirty)).lower()}
+
+
+def data_md5s(root: Path, params: Params) -> dict:
+    """md5 of the train and eval data as DVC recorded them for the validate stage."""
+    import yaml
+
+    lock = Path(root) / "dvc.lock"
+    if not lock.exists():
+        return {}
+    deps = yaml.safe_load(lock.read_text()).get("stages", {}).get("validate", {}).get("deps", [])
+    by_path = {d["path"]: d.get("md5", "") for d in deps}
+    return {"data_md5_train": by_path.get(params.data.train_path, "unknown"),
+            "data_md5_eval": by_path.get(params.data.eval_path, "unknown")}
+
+
+def model_md5(model_dir: Path) -> str:
+    h = hashlib.md5()
+    for f in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        h.update(f.relative_to(model_dir).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def lineage_tags(root: Path, params: Params, flow_run_id: str | None) -> dict[str, str]:
+    teacher = read_json(report_path(root, params, "teacher")).get("identity", {})
+    return {**git_lineage(root), **data_md5s(root, params),
+            "params_hash": params.section_hash(),
+            "teacher": teacher.get("name_or_path", params.teacher.model),
+            "teacher_source": str(teacher.get("source", "")),
+            "prefect_flow_run_id": flow_run_id or "none"}
+
+
+def _champion(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _find_same_model(client, name: str, md5: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    same = [v for v in versions if v.tags.get("model_md5") == md5]
+    return max(same, key=lambda v: int(v.version)) if same else None
+
+
+def register_model(root: Path, params: Params, client, exp_id: str, parent_run_id: str,
+                   flow_run_id: str | None) -> dict:
+    """Register the final model; returns version, aliases and the promotion decision."""
+    import mlflow
+    from filelock import FileLock
+
+    name, metric = params.register.model_name, params.gate.metric
+    qdir = Path(root) / params.paths.quantized_dir
+    gate = read_json(report_path(root, params, "gate"))
+    figures = read_json(report_path(root, params, "quantize"))
+    md5 = model_md5(qdir)
+    lock = FileLock(str(Path(root) / "mlruns" / ".registry.lock"), timeout=600)
+    with lock:
+        existing = _find_same_model(client, name, md5)
+        if existing is not None:
+            # Nothing changed since this exact model was registered: no duplicate version.
+            return {"version": existing.version, "new_version": False, "aliases": list(existing.aliases),
+                    "promoted": CHAMPION in existing.aliases,
+                    "reason": f"model unchanged: identical to version {existing.version}, nothing registered"}
+        run = client.create_run(exp_id, run_name="register", tags={"mlflow.parentRunId": parent_run_id,
+                                                                   "distillery.stage": "register"})
+        with mlflow.start_run(run_id=run.info.run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+                artifacts={"model_dir": str(qdir)},
+                code_paths=[str(Path(__file__).resolve().parents[1] / "distillery")],
+                pip_requirements=[f"{p}=={pkg_version(p)}" for p in SERVING_PACKAGES],
+                registered_model_name=name, await_registration_for=60)
+        mv_version = str(info.registered_model_version)
+        tags = {**lineage_tags(root, params, flow_run_id), "model_md5": md5,
+                "gate_passed": str(gate["passed"]).lower(), "gate_reasons": "; ".join(gate["reasons"])[:4000],
+                **{f"metric.{k}": str(figures[k]) for k in FIGURES}}
+        for k, v in tags.items():
+            client.set_model_version_tag(name, mv_version, k, v)
+        client.update_model_version(name, mv_version, description=describe(figures, gate))
+        client.set_registered_model_alias(name, CHALLENGER, mv_version)
+        champ = _champion(client, name)
+        champ_value = float(champ.tags[f"metric.{metric}"]) if champ and f"metric.{metric}" in champ.tags else None
+        decision = decide_promotion(bool(gate["passed"]), metric, float(figures[metric]), champ_value,
+                                    champ.version if champ else None)
+        if decision.promote:
+            client.set_registered_model_alias(name, CHAMPION, mv_version)
+            if champ is not None:
+                client.set_model_version_tag(name, mv_version, "previous_champion", champ.version)
+        client.set_model_version_tag(name, mv_version, "promotion", decision.reason)
+        client.log_dict(run.info.run_id, {"version": mv_version, "promoted": decision.promote,
+                                          "reason": decision.reason, "gate": gate}, "registration.json")
+        client.set_terminated(run.info.run_id)
+    aliases = [CHALLENGER] + ([CHAMPION] if decision.promote else [])
+    return {"version": mv_version, "new_version": True, "aliases": aliases, "promoted": decision.promote,
+            "reason": decision.reason, "model_uri": info.model_uri}
+
+
+def describe(figures: dict, gate: dict) -> str:
+    rows = "\n".join(f"| {k} | {figures[k]:.4g} |" for k in FIGURES)
+    checks = "\n".join(f"- {r}" for r in gate["reasons"]) or "- (no thresholds set)"
+    verdict = "passed" if gate["passed"] else "failed"
+    return f"Distilled, pruned, int8 ONNX model.\n\n| figure | value |\n|---|---|\n{rows}\n\nGate {verdict}:\n{checks}\n"
+
+
+def registry_status(client, name: str) -> dict:
+    """Champion, challenger and recent versions with their figures (for `distillery status`)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        versions = []
+    rows = []
+    for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        rows.append({"version": v.version, "aliases": sorted(v.aliases),
+                     "gate_passed": v.tags.get("gate_passed"), "promotion": v.tags.get("promotion", ""),
+                     **{k: v.tags.get(f"metric.{k}") for k in FIGURES}})
+    by_alias = {a: r["version"] for r in rows for a in r["aliases"]}
+    return {"model_name": name, "champion": by_alias.get(CHAMPION), "challenger": by_alias.get(CHALLENGER),
+            "versions": rows}
+
+
+def to_json(d: dict) -> str:
+    return json.dumps(d, indent=2, sort_keys=True)

@@ -1,0 +1,100 @@
+"""MLflow tracking: the store, one parent run per pipeline run, one nested run per stage.
+
+All calls go through an explicit MlflowClient and run ids (no global "active run"),
+so they behave the same whichever thread Prefect runs a task in. A stage that DVC
+skipped is still logged, from its metrics file, with tag `dvc_skipped=true`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from distillery.config import Params
+
+STAGE_TAG = "distillery.stage"
+
+
+def tracking_uri(root: Path, params: Params) -> str:
+    return params.register.tracking_uri or f"sqlite:///{(Path(root) / 'mlruns' / 'mlflow.db').resolve()}"
+
+
+def artifact_root(root: Path) -> str:
+    return (Path(root) / "mlruns" / "artifacts").resolve().as_uri()
+
+
+def client_for(root: Path, params: Params):
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(root, params)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(client, root: Path, params: Params) -> str:
+    exp = client.get_experiment_by_name(params.register.experiment)
+    if exp is not None:
+        return exp.experiment_id
+    location = artifact_root(root) if tracking_uri(root, params).startswith("sqlite:") else None
+    return client.create_experiment(params.register.experiment, artifact_location=location)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def numeric_metrics(report: dict) -> dict[str, float]:
+    """Every number in a stage report (bools and lists excluded), with dotted keys."""
+    return {k: float(v) for k, v in flatten(report).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def section_params(params: Params, keys: list[str]) -> dict[str, str]:
+    """The params a stage depends on (as declared in its io()), flattened for MLflow."""
+    d = params.as_dict()
+    out = {}
+    for key in keys:
+        node = d
+        for part in key.split("."):
+            node = node[part]
+        out.update(flatten({key: node}) if isinstance(node, dict) else {key: node})
+    return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in out.items()}
+
+
+def start_parent_run(client, exp_id: str, run_name: str, tags: dict) -> str:
+    return client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+
+
+def log_stage_run(client, exp_id: str, parent_run_id: str, stage: str, *, ran: bool, report: dict | None,
+                  params: dict[str, str], artifacts: list[Path], status: str = "FINISHED") -> str:
+    """One nested run for a stage, with its params, figures and report files."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    run = client.create_run(exp_id, run_name=stage, tags={
+        "mlflow.parentRunId": parent_run_id, STAGE_TAG: stage, "dvc_skipped": str(not ran).lower()})
+    rid = run.info.run_id
+    metrics = numeric_metrics(report or {})
+    ts = run.info.start_time
+    client.log_batch(rid, metrics=[Metric(k, v, ts, 0) for k, v in metrics.items()],
+                     params=[Param(k, v[:6000]) for k, v in params.items()],
+                     tags=[RunTag("distillery.ran", str(ran).lower())])
+    for path in artifacts:
+        if Path(path).exists():
+            client.log_artifact(rid, str(path))
+    client.set_terminated(rid, status=status)
+    # The parent run carries every stage's figures too, prefixed by stage, so runs compare in one table.
+    parent_metrics = {f"{stage}.{k}": v for k, v in metrics.items() if "." not in k}
+    if parent_metrics:
+        client.log_batch(parent_run_id, metrics=[Metric(k, v, ts, 0) for k, v in parent_metrics.items()])
+    return rid

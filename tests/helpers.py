@@ -1,0 +1,63 @@
+"""Builders for tiny, offline test fixtures: a random-init BERT teacher and a project folder."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def make_tiny_teacher(out_dir: Path, texts: list[str], *, hidden: int = 32, layers: int = 2, heads: int = 4,
+                      intermediate: int = 64, seed: int = 0) -> Path:
+    """A random-init BERT encoder (no classification head) with a word-level vocab of `texts`."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
+    vocab = out_dir / "vocab.txt"
+    vocab.write_text("\n".join(SPECIALS + words) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(out_dir)
+    config = BertConfig(vocab_size=len(SPECIALS) + len(words), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=128)
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(out_dir)
+    return out_dir
+
+
+def tiny_params(**overrides) -> dict:
+    """The shipped params.yaml, scaled down for a tiny model and a few dozen rows."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["base"]["threads"] = 1
+    raw["data"]["demo_rows"] = 90
+    raw["validate"]["min_rows"] = 10
+    raw["teacher"].update(model="teacher_src", epochs=2, batch_size=8, learning_rate=1e-3)
+    raw["student"]["layers"] = [0, 1]
+    raw["distill"].update(epochs=1, batch_size=8, learning_rate=1e-3)
+    raw["prune"].update(importance_batches=2, recovery_epochs=1)
+    raw["quantize"]["opset"] = 18
+    raw["measure"].update(latency_samples=5, warmup=1, throughput_batch_size=8)
+    raw["gate"].update(min_accuracy=0.0, min_retention=0.0, max_size_mb=10.0, max_latency_p50_ms=1000.0)
+    for section, values in overrides.items():
+        raw[section].update(values)
+    return raw
+
+
+def make_project(dest: Path, params: dict, teacher_texts: list[str]) -> Path:
+    """A fresh project folder: dvc.yaml, params.yaml, a tiny teacher, git and DVC initialised."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    make_tiny_teacher(dest / "teacher_src", teacher_texts)
+    (dest / ".gitignore").write_text("/data/\n/models/\n/reports/\n/mlruns/\n/.prefect/\n/teacher_src/\n")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "init"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    return dest

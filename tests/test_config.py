@@ -1,0 +1,96 @@
+"""params.yaml loading: the shipped file is valid; bad files fail with the key or file named."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distillery.config import ConfigError, load_params, parse_override
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, data, name="params.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data) if isinstance(data, dict) else data)
+    return p
+
+
+@pytest.fixture
+def base(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "train.csv").write_text("text,label\na,x\n")
+    (tmp_path / "eval.csv").write_text("text,label\na,x\n")
+    raw["data"]["train_path"], raw["data"]["eval_path"] = "train.csv", "eval.csv"
+    return raw
+
+
+def test_shipped_params_load():
+    p = load_params(ROOT / "params.yaml")
+    assert p.distill.temperature > 0 and 0 <= p.distill.alpha <= 1
+    assert p.data.train_path.startswith(p.paths.demo_dir)
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda r: r["distill"].update(temprature=2.0), "distill.temprature: unknown key"),
+    (lambda r: r.update(extra_section={}), "extra_section: unknown key"),
+    (lambda r: r["distill"].update(temperature=0), "distill.temperature: Input should be greater than 0"),
+    (lambda r: r["distill"].update(temperature=-1.5), "distill.temperature"),
+    (lambda r: r["distill"].update(alpha=1.5), "distill.alpha: Input should be less than or equal to 1"),
+    (lambda r: r["distill"].update(alpha=-0.1), "distill.alpha"),
+    (lambda r: r["distill"].update(epochs="three"), "distill.epochs"),
+    (lambda r: r["base"].update(device="tpu"), "base.device"),
+    (lambda r: r["student"].update(layers=[0, 0]), "student.layers"),
+    (lambda r: r["prune"].update(head_fraction=1.0), "prune.head_fraction"),
+    (lambda r: r["data"].pop("train_path"), "data.train_path: required key is missing"),
+    (lambda r: r["data"].update(labels=["a"]), "data.labels"),
+    (lambda r: r["validate"].update(min_rows=10, max_rows=5), "validate"),
+])
+def test_bad_values_name_the_key(tmp_path, base, mutate, needle):
+    mutate(base)
+    with pytest.raises(ConfigError) as exc:
+        load_params(write(tmp_path, base))
+    assert needle in str(exc.value)
+    assert "params.yaml" in str(exc.value)
+
+
+def test_missing_data_file_is_named(tmp_path, base):
+    base["data"]["eval_path"] = "nowhere/dev.tsv"
+    with pytest.raises(ConfigError, match=r"data\.eval_path: file not found: nowhere/dev.tsv"):
+        load_params(write(tmp_path, base))
+
+
+def test_directory_as_data_file_is_rejected(tmp_path, base):
+    (tmp_path / "adir").mkdir()
+    base["data"]["train_path"] = "adir"
+    with pytest.raises(ConfigError, match=r"data\.train_path: is a directory"):
+        load_params(write(tmp_path, base))
+
+
+def test_yaml_syntax_error_names_the_file(tmp_path):
+    p = write(tmp_path, "base:\n  seed: [1, 2\n")
+    with pytest.raises(ConfigError, match="YAML syntax error"):
+        load_params(p)
+
+
+def test_empty_and_missing_files(tmp_path):
+    with pytest.raises(ConfigError, match="params file is empty"):
+        load_params(write(tmp_path, ""))
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "absent.yaml")
+
+
+def test_overrides_apply_and_are_validated(tmp_path, base):
+    p = load_params(write(tmp_path, base), overrides=["distill.temperature=4", "student.layers=[1, 2, 3]"])
+    assert p.distill.temperature == 4.0 and p.student.layers == [1, 2, 3]
+    with pytest.raises(ConfigError, match="distill.alpha"):
+        load_params(write(tmp_path, base), overrides=["distill.alpha=2"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_override("distill.alpha")
+
+
+def test_params_hash_changes_with_values(tmp_path, base):
+    a = load_params(write(tmp_path, base))
+    b = load_params(write(tmp_path, base), overrides=["distill.temperature=3"])
+    assert a.section_hash() != b.section_hash()
+    assert a.section_hash("teacher") == b.section_hash("teacher")

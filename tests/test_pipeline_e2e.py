@@ -1,0 +1,170 @@
+"""End to end: the Prefect flow over the DVC stages on a random-init tiny BERT and ~90 rows,
+with MLflow and Prefect state in temp dirs. The tests run in order and share one project:
+first run, no-change rerun, a worse challenger, and a run whose data fails validation.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distillery.cli import configure_environment
+from distillery.measure import FIGURES
+from tests.helpers import make_project, tiny_params
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_harness):
+    from distillery.demo_data import make_demo_dataset
+
+    params = tiny_params()
+    train, eval_ = make_demo_dataset(params["data"]["demo_rows"], params["base"]["seed"])
+    root = make_project(tmp_path_factory.mktemp("project"), params, list(train.text) + list(eval_.text))
+    configure_environment(root)
+    return root
+
+
+def run_flow(root: Path, overrides: list[str] | None = None) -> dict:
+    from distillery.cli import prepare_params
+    from flows.pipeline import pipeline
+
+    prepare_params(root, None, overrides or [])
+    return pipeline(project_dir=str(root))
+
+
+def client(root: Path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def versions(root: Path) -> dict[str, set]:
+    return {v.version: set(v.aliases) for v in client(root).search_model_versions("name='distillery-student'")}
+
+
+def mtimes(root: Path, *dirs: str) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime_ns for d in dirs for p in (root / d).rglob("*") if p.is_file()}
+
+
+def test_first_run_trains_every_stage_and_registers_champion(project):
+    result = run_flow(project)
+    assert all(result["ran"].values()), result["ran"]
+    reports = {s: yaml.safe_load((project / "reports" / f"{s}.json").read_text())
+               for s in ("teacher", "distill", "prune", "quantize")}
+    for stage, rep in reports.items():
+        assert set(FIGURES) <= set(rep), stage
+        assert 0.0 <= rep["accuracy"] <= 1.0 and rep["size_mb"] > 0 and rep["latency_p50_ms"] > 0
+    assert reports["teacher"]["finetuned"] is True  # the tiny encoder had no head for the labels
+    assert reports["distill"]["params"] < reports["teacher"]["params"]
+    assert reports["prune"]["params"] < reports["distill"]["params"]  # heads and neurons removed
+    assert reports["quantize"]["size_mb"] < reports["prune"]["size_mb"]  # int8
+    for f in ("model.onnx", "labels.json", "tokenizer.json", "distillery.json"):
+        assert (project / "models/quantized" / f).is_file(), f
+    gate = yaml.safe_load((project / "reports/gate.json").read_text())
+    assert gate["passed"] is True and len(gate["checks"]) == 4
+
+    reg = result["registration"]
+    assert reg["version"] == "1" and reg["promoted"] is True
+    assert versions(project) == {"1": {"challenger", "champion"}}
+    tags = client(project).get_model_version("distillery-student", "1").tags
+    assert re.fullmatch(r"[0-9a-f]{40}", tags["git_commit"])
+    assert tags["git_dirty"] in ("true", "false")
+    assert re.fullmatch(r"[0-9a-f]{32}", tags["data_md5_train"])
+    assert re.fullmatch(r"[0-9a-f]{16}", tags["params_hash"])
+    assert tags["prefect_flow_run_id"] == result["flow_run_id"]
+    assert tags["teacher"] and tags["gate_passed"] == "true"
+
+    c = client(project)
+    parent = c.get_run(result["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["quantize.accuracy"] == pytest.approx(reports["quantize"]["accuracy"])
+    children = c.search_runs([parent.info.experiment_id],
+                             filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {r.info.run_name for r in children} == {
+        "demo_data", "validate", "teacher", "distill", "prune", "quantize", "evaluate", "register"}
+    distill_run = next(r for r in children if r.info.run_name == "distill")
+    assert distill_run.data.params["distill.temperature"] == "2.0"
+    assert distill_run.data.metrics["accuracy"] == pytest.approx(reports["distill"]["accuracy"])
+
+
+def test_every_file_written_belongs_to_a_declared_output(project):
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        outs = [str(o.def_path) for s in repo.index.stages for o in s.outs]
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=project, capture_output=True, text=True).stdout.split())
+    for p in project.rglob("*"):
+        rel = p.relative_to(project).as_posix()
+        if not p.is_file() or rel in tracked or rel.split("/")[0] in (".git", ".dvc", "mlruns", ".prefect",
+                                                                      "teacher_src"):
+            continue
+        if rel in ("dvc.lock", ".dvcignore") or rel.endswith(".gitignore"):
+            continue
+        assert any(rel == o or rel.startswith(o + "/") for o in outs), f"{rel} is written but not a DVC output"
+
+
+def test_second_run_with_nothing_changed_trains_nothing(project):
+    before = mtimes(project, "models", "data/validated", "data/teacher_logits")
+    result = run_flow(project)
+    assert not any(result["ran"].values()), result["ran"]
+    assert mtimes(project, "models", "data/validated", "data/teacher_logits") == before
+    assert result["registration"]["new_version"] is False
+    assert versions(project) == {"1": {"challenger", "champion"}}
+
+
+def test_worse_challenger_is_registered_but_champion_stays(project):
+    result = run_flow(project, ["prune.ffn_fraction=0.75", "gate.max_size_mb=0.0001"])
+    ran = result["ran"]
+    assert not ran["teacher"] and not ran["distill"]  # only what changed is re-run
+    assert ran["prune"] and ran["quantize"] and ran["evaluate"]
+    assert result["gate"]["passed"] is False
+    assert any("size_mb" in r and "FAILED" in r for r in result["gate"]["reasons"])
+    assert result["registration"]["promoted"] is False
+    assert versions(project) == {"1": {"champion"}, "2": {"challenger"}}
+
+
+def test_status_command_shows_champion_and_challenger(project):
+    out = subprocess.run([str(BIN / "distillery"), "--project-dir", str(project), "status"],
+                         capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    assert "champion 1, challenger 2" in out.stdout
+    assert "Last gate decision: FAILED" in out.stdout
+
+
+def test_data_failing_validation_stops_before_training_and_leaves_registry(project):
+    bad = project / "bad_train.csv"
+    good = (project / "data/demo/train.csv").read_text().splitlines()
+    bad.write_text("\n".join(good[:30] + ["a perfectly fine sentence,not-a-label"]) + "\n")
+    teacher_before = mtimes(project, "models/teacher")
+    from flows.pipeline import StageFailed
+
+    with pytest.raises(StageFailed) as exc:
+        run_flow(project, ["data.train_path=bad_train.csv"])
+    msg = str(exc.value)
+    assert "validate" in msg and "bad_train.csv" in msg and "not-a-label" in msg
+    assert versions(project) == {"1": {"champion"}, "2": {"challenger"}}
+    assert mtimes(project, "models/teacher") == teacher_before
+    c = client(project)
+    exp = c.get_experiment_by_name("distillery")
+    last = c.search_runs([exp.experiment_id], filter_string="tags.mlflow.runName LIKE 'pipeline-%'",
+                         order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert last.info.status == "FAILED" and "bad_train.csv" in last.data.tags["failure"]
+
+
+def test_cli_rejects_bad_params_before_touching_anything(project):
+    before = (project / "params.yaml").read_text()
+    out = subprocess.run([str(BIN / "distillery"), "--project-dir", str(project), "run", "--set", "distill.alpha=2"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "distill.alpha" in out.stderr and "less than or equal to 1" in out.stderr
+    assert (project / "params.yaml").read_text() == before

@@ -1,0 +1,188 @@
+"""Unit tests for distillery.validation: the GX suite built from params and its report."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pandas as pd
+import pytest
+
+from distillery.config import DataConfig, ValidateConfig
+from distillery.data import read_table
+from distillery.validation import (CLASS_BALANCE, LABEL_IN_SET, LABEL_NOT_NULL, REQUIRED_COLUMN, ROW_COUNT,
+                                   TEXT_LENGTH, TEXT_NOT_BLANK, TEXT_NOT_NULL, ValidationFailed,
+                                   build_expectations, format_failures, validate_frame)
+
+# User column names differ from the internal text/label so messages can be checked for them.
+DATA = DataConfig(train_path="train.csv", eval_path="eval.csv", text_column="review",
+                  label_column="sentiment", labels=["neg", "pos"])
+VCFG = ValidateConfig(min_rows=20, max_rows=1000, min_text_chars=1, max_text_chars=50,
+                      max_class_share=0.8, sample_rows=3)
+LABELS = ["neg", "pos"]
+
+
+def clean(n: int = 40) -> pd.DataFrame:
+    return pd.DataFrame({"text": [f"review number {i}" for i in range(n)],
+                         "label": ["neg", "pos"] * (n // 2)})
+
+
+def run(df, labels=LABELS, vcfg=VCFG, data=DATA):
+    return validate_frame(df, "train", "data/train.csv", data, vcfg, labels)
+
+
+def only_failure(result, check):
+    assert not result.success
+    found = [f for f in result.failures if f.expectation == check]
+    assert len(found) == 1, [f.expectation for f in result.failures]
+    return found[0]
+
+
+def rows_of(failure):
+    return [s["row"] for s in failure.sample_rows]
+
+
+def test_clean_data_passes():
+    result = run(clean())
+    assert result.success and result.failures == []
+    assert result.rows == 40
+    report = json.loads(json.dumps(result.to_dict(), allow_nan=False))  # strict JSON
+    assert report["gx_result"]["success"] is True
+    assert len(report["gx_result"]["expectations"]) == len(build_expectations(DATA, VCFG, LABELS))
+
+
+def test_int_labels_match_declared_strings():
+    df = clean().assign(label=[0, 1] * 20)
+    assert run(df, labels=["0", "1"]).success
+    assert run(df, labels=[0, 1]).success
+
+
+def test_null_text():
+    df = clean()
+    df.loc[[4, 9], "text"] = None
+    f = only_failure(run(df), TEXT_NOT_NULL)
+    assert f.column == "review" and f.unexpected_count == 2
+    assert rows_of(f) == [5, 10]
+    assert [f.expectation for f in run(df).failures] == [TEXT_NOT_NULL]  # nulls are reported once
+
+
+def test_empty_and_whitespace_text():
+    df = clean()
+    df.loc[2, "text"] = "   \t"
+    df.loc[6, "text"] = "\u00a0"
+    f = only_failure(run(df), TEXT_NOT_BLANK)
+    assert f.column == "review" and rows_of(f) == [3, 7]
+    assert f.sample_rows[0]["text"] == "   \t" and f.sample_rows[0]["label"] == "neg"
+
+
+def test_label_outside_declared_set():
+    df = clean()
+    df.loc[7, "label"] = "meh"
+    f = only_failure(run(df), LABEL_IN_SET)
+    assert f.column == "sentiment" and f.unexpected_count == 1
+    assert f.sample_rows == [{"row": 8, "text": "review number 7", "label": "meh"}]
+    assert "'meh'" in f.details
+
+
+def test_label_set_not_checked_when_labels_inferred():
+    df = clean()
+    df.loc[7, "label"] = "meh"
+    assert run(df, labels=None).success
+    assert len(build_expectations(DATA, VCFG, None)) == len(build_expectations(DATA, VCFG, LABELS)) - 1
+
+
+def test_null_label():
+    df = clean()
+    df.loc[0, "label"] = None
+    f = only_failure(run(df), LABEL_NOT_NULL)
+    assert f.column == "sentiment" and rows_of(f) == [1]
+
+
+def test_too_long_text_truncated_in_sample():
+    df = clean()
+    df.loc[11, "text"] = "x" * 200
+    f = only_failure(run(df), TEXT_LENGTH)
+    assert rows_of(f) == [12]
+    assert "1..50" in f.details
+    assert len(f.sample_rows[0]["text"]) == 80 and f.sample_rows[0]["text"].endswith("...")
+
+
+def test_too_few_rows():
+    f = only_failure(run(clean(10)), ROW_COUNT)
+    assert "10 rows" in f.details and "between 20 and 1000" in f.details
+
+
+def test_one_class_over_max_share():
+    df = clean(40).assign(label=["pos"] * 34 + ["neg"] * 6)  # 85% > 80%
+    f = only_failure(run(df), CLASS_BALANCE)
+    assert f.column == "sentiment"
+    assert "'pos'" in f.details and "34 of 40" in f.details and "85.0%" in f.details
+    assert run(clean(40).assign(label=["pos"] * 32 + ["neg"] * 8)).success  # exactly 80% is allowed
+
+
+def test_samples_capped_but_count_complete():
+    df = clean()
+    df.loc[[1, 3, 5, 7, 9], "text"] = None
+    f = only_failure(run(df), TEXT_NOT_NULL)
+    assert f.unexpected_count == 5 and rows_of(f) == [2, 4, 6]
+
+
+def test_row_numbers_ignore_the_frames_own_index():
+    df = clean().set_index(pd.Index(range(100, 140)))
+    df.loc[105, "text"] = None
+    assert rows_of(only_failure(run(df), TEXT_NOT_NULL)) == [6]
+
+
+def test_missing_column_reported_once_with_user_name():
+    df = clean().rename(columns={"label": "y"})
+    result = run(df)
+    assert [f.expectation for f in result.failures] == [REQUIRED_COLUMN]
+    assert result.failures[0].column == "sentiment"
+    assert "['text', 'y']" in result.failures[0].details
+
+
+def test_format_failures_and_exception(tmp_path):
+    df = clean()
+    df.loc[4, "text"] = None
+    df.loc[7, "label"] = "meh"
+    bad, good = run(df), validate_frame(clean(), "eval", "data/eval.csv", DATA, VCFG, LABELS)
+    text = format_failures([bad, good])
+    assert "2 check(s) in 1 of 2 split(s)" in text
+    assert "data/train.csv (split 'train', 40 rows)" in text
+    assert "text not null [column 'review']: 1 of 40 rows" in text
+    assert "row 5:" in text and "row 8: label='meh'" in text
+    assert "data/eval.csv" not in text
+    exc = ValidationFailed([bad, good])
+    assert str(exc) == text and exc.results[0] is bad
+
+
+def test_real_file_through_read_table(tmp_path):
+    p = tmp_path / "train.csv"
+    lines = ["review,sentiment"] + [f"text {i},{'pos' if i % 2 else 'neg'}" for i in range(30)]
+    lines[4] = ",pos"  # data row 4 has an empty text
+    p.write_text("\n".join(lines) + "\n")
+    f = only_failure(run(read_table(p, "review", "sentiment")), TEXT_NOT_NULL)
+    assert rows_of(f) == [4]
+
+
+def test_3000_rows_validate_quickly():
+    df, vcfg = clean(3000), VCFG.model_copy(update={"max_rows": 10_000})
+    run(df, vcfg=vcfg)  # first call pays for GX's import
+    start = time.perf_counter()
+    assert run(df, vcfg=vcfg).success
+    # measured about 0.15 s; a loose bound that still catches e.g. COMPLETE results on big data
+    assert time.perf_counter() - start < 3.0
+
+
+@pytest.mark.sst2
+def test_sst2_dev_passes(sst2_dir):
+    data = DataConfig(train_path="train.tsv", eval_path="dev.tsv", text_column="sentence", labels=[0, 1])
+    df = read_table(sst2_dir / "dev.tsv", "sentence", "label")
+    result = validate_frame(df, "eval", str(sst2_dir / "dev.tsv"), data, ValidateConfig(), [0, 1])
+    assert result.success, format_failures([result])
+
+
+def test_no_progress_bars(capfd):
+    run(clean())
+    err = capfd.readouterr().err
+    assert "Calculating Metrics" not in err and "it/s" not in err
