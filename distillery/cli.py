@@ -80,20 +80,10 @@ def prepare_params(root: Path, params_file: str | None, overrides: list[str]) ->
         print(f"params: {', '.join(overrides)} written to {target.name}")
 
 
-def ensure_dvc(root: Path) -> None:
-    if (root / ".dvc").is_dir():
-        return
-    from dvc.repo import Repo
-
-    Repo.init(str(root), no_scm=not (root / ".git").exists())
-    print(f"dvc: initialised a DVC project in {root}")
-
-
 def cmd_run(args) -> int:
     root = Path(args.project_dir).resolve()
     configure_environment(root)
     prepare_params(root, args.params, args.set or [])
-    ensure_dvc(root)
     from flows.pipeline import pipeline
 
     result = pipeline(project_dir=str(root))

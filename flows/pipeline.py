@@ -9,6 +9,8 @@ with promotion, and a Prefect artifact with the stage table and the gate decisio
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -31,14 +33,26 @@ def stage_error_path(root: Path, params, stage: str) -> Path:
     return Path(root) / params.paths.reports_dir / STAGE_ERRORS_DIR / f"{stage}.txt"
 
 
+def ensure_dvc(root: Path) -> None:
+    """A project without `.dvc/` (e.g. a copied folder) is initialised, with git when present."""
+    if (root / ".dvc").is_dir():
+        return
+    from dvc.repo import Repo
+
+    Repo.init(str(root), no_scm=not (root / ".git").exists())
+    print(f"dvc: initialised a DVC project in {root}")
+
+
 def run_dvc_stage(root: Path, stage: str) -> bool:
     """Run one stage through DVC. Returns False when DVC skipped it as unchanged."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     try:
-        with Repo(str(root)) as repo:
-            return bool(repo.reproduce(targets=[stage], single_item=True))
+        # DVC resolves targets and stage paths against the process cwd, so run from the project
+        # root (stages run one at a time in this flow; nothing else depends on cwd meanwhile).
+        with contextlib.chdir(root), Repo(str(root)) as repo:
+            return bool(repo.reproduce(targets=[f"dvc.yaml:{stage}"], single_item=True))
     except DvcException as exc:
         params = load_params(Path(root) / "params.yaml", check_files=False)
         err = stage_error_path(root, params, stage)
@@ -86,6 +100,7 @@ def pipeline(project_dir: str = ".") -> dict:
     """Run every stage (DVC skips unchanged ones), track in MLflow, gate, register."""
     root = Path(project_dir).resolve()
     params = load_params(root / "params.yaml")
+    ensure_dvc(root)
     client = tracking.client_for(root, params)
     exp_id = tracking.experiment_id(client, root, params)
     fr_id = flow_run.get_id()

@@ -9,7 +9,6 @@ task, under a lock, so concurrent pipeline runs cannot interleave them.
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 from importlib.metadata import version as pkg_version
 from pathlib import Path
@@ -72,6 +71,20 @@ def _champion(client, name: str):
         return None
 
 
+def aliases_by_version(client, name: str) -> dict[str, set[str]]:
+    """{version: {aliases}}; search results do not carry aliases, the registered model does."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException:
+        return {}
+    out: dict[str, set[str]] = {}
+    for alias, version in aliases.items():
+        out.setdefault(str(version), set()).add(alias)
+    return out
+
+
 def _find_same_model(client, name: str, md5: str):
     from mlflow.exceptions import MlflowException
 
@@ -99,8 +112,9 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
         existing = _find_same_model(client, name, md5)
         if existing is not None:
             # Nothing changed since this exact model was registered: no duplicate version.
-            return {"version": existing.version, "new_version": False, "aliases": list(existing.aliases),
-                    "promoted": CHAMPION in existing.aliases,
+            aliases = sorted(aliases_by_version(client, name).get(str(existing.version), set()))
+            return {"version": str(existing.version), "new_version": False, "aliases": aliases,
+                    "promoted": CHAMPION in aliases,
                     "reason": f"model unchanged: identical to version {existing.version}, nothing registered"}
         run = client.create_run(exp_id, run_name="register", tags={"mlflow.parentRunId": parent_run_id,
                                                                    "distillery.stage": "register"})
@@ -151,15 +165,13 @@ def registry_status(client, name: str) -> dict:
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
         versions = []
+    aliases = aliases_by_version(client, name)
     rows = []
     for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
-        rows.append({"version": v.version, "aliases": sorted(v.aliases),
+        rows.append({"version": str(v.version), "aliases": sorted(aliases.get(str(v.version), set())),
                      "gate_passed": v.tags.get("gate_passed"), "promotion": v.tags.get("promotion", ""),
                      **{k: v.tags.get(f"metric.{k}") for k in FIGURES}})
     by_alias = {a: r["version"] for r in rows for a in r["aliases"]}
     return {"model_name": name, "champion": by_alias.get(CHAMPION), "challenger": by_alias.get(CHALLENGER),
             "versions": rows}
 
-
-def to_json(d: dict) -> str:
-    return json.dumps(d, indent=2, sort_keys=True)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def make_tiny_teacher(out_dir: Path, texts: list[str], *, hidden: int = 32, layers: int = 2, heads: int = 4,
+def make_tiny_teacher(out_dir: Path, texts: list[str], *, hidden: int = 32, layers: int = 3, heads: int = 4,
                       intermediate: int = 64, seed: int = 0) -> Path:
     """A random-init BERT encoder (no classification head) with a word-level vocab of `texts`."""
     import torch
@@ -22,9 +22,9 @@ def make_tiny_teacher(out_dir: Path, texts: list[str], *, hidden: int = 32, laye
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     words = sorted({w for t in texts for w in re.findall(r"\w+|[^\w\s]", t.lower())})
-    vocab = out_dir / "vocab.txt"
-    vocab.write_text("\n".join(SPECIALS + words) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True).save_pretrained(out_dir)
+    # transformers 5 ignores `vocab_file=` here (every word would be [UNK]): pass the vocab itself.
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + words)}
+    BertTokenizerFast(vocab=vocab, do_lower_case=True).save_pretrained(out_dir)
     config = BertConfig(vocab_size=len(SPECIALS) + len(words), hidden_size=hidden, num_hidden_layers=layers,
                         num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=128)
     torch.manual_seed(seed)
@@ -39,7 +39,7 @@ def tiny_params(**overrides) -> dict:
     raw["data"]["demo_rows"] = 90
     raw["validate"]["min_rows"] = 10
     raw["teacher"].update(model="teacher_src", epochs=2, batch_size=8, learning_rate=1e-3)
-    raw["student"]["layers"] = [0, 1]
+    raw["student"]["layers"] = [0, 2]
     raw["distill"].update(epochs=1, batch_size=8, learning_rate=1e-3)
     raw["prune"].update(importance_batches=2, recovery_epochs=1)
     raw["quantize"]["opset"] = 18

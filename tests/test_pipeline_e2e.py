@@ -49,7 +49,12 @@ def client(root: Path):
 
 
 def versions(root: Path) -> dict[str, set]:
-    return {v.version: set(v.aliases) for v in client(root).search_model_versions("name='distillery-student'")}
+    from tasks.register import aliases_by_version
+
+    c = client(root)
+    aliases = aliases_by_version(c, "distillery-student")
+    return {str(v.version): aliases.get(str(v.version), set())
+            for v in c.search_model_versions("name='distillery-student'")}
 
 
 def mtimes(root: Path, *dirs: str) -> dict[str, float]:

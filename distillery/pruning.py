@@ -1,0 +1,260 @@
+"""Structured pruning of BERT-family encoders: remove whole attention heads and FFN neurons.
+
+Importance is first-order Taylor (Molchanov et al. 2019, "Importance Estimation for
+Neural Network Pruning"): the loss change from zeroing a group S of parameters is, to
+first order, |sum_{s in S} w_s * dL/dw_s|. Groups are
+  head h of layer l:    its rows of query/key/value (weights and biases)
+                        + its columns of attention.output.dense
+  neuron j of layer l:  row j of intermediate.dense (+ bias) + column j of output.dense.
+For heads this is, in spirit, the gradient head importance of Michel et al. 2019 ("Are
+Sixteen Heads Really Better than One?"), whose per-layer L2 normalisation we also use so
+that heads of different layers can be ranked against each other.
+
+The removal is physical (smaller nn.Linear layers), unlike `torch.nn.utils.prune`, so the
+model gets faster and smaller. A stock BERT config holds one head count and one FFN size,
+so the per-layer shapes are recorded in `config.distillery_structure` and rebuilt by
+`restore_structure` before loading saved weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from transformers.pytorch_utils import prune_linear_layer
+
+STRUCTURE_KEY = "distillery_structure"  # config field: {"heads": [...], "intermediate": [...]}
+
+LossFn = Callable[[nn.Module, Mapping[str, Tensor]], Tensor]
+
+
+@dataclass(frozen=True)
+class Importance:
+    """Per-layer scores: heads[l] is (n_heads_l,), L2-normalised within the layer;
+    neurons[l] is (n_neurons_l,), raw (FFN neurons are only ranked within their layer)."""
+
+    heads: list[Tensor]
+    neurons: list[Tensor]
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """What survives: per layer, the sorted indices of the kept heads and FFN neurons."""
+
+    heads_keep: list[list[int]]
+    neurons_keep: list[list[int]]
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The BertLayer stack of a BERT-family model (`model.bert.encoder.layer` for BERT)."""
+    return model.base_model.encoder.layer
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameters (shared tensors counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def current_structure(model: nn.Module) -> dict[str, list[int]]:
+    """Heads and FFN neurons per layer, read from the modules themselves."""
+    layers = encoder_layers(model)
+    return {
+        "heads": [int(layer.attention.self.num_attention_heads) for layer in layers],
+        "intermediate": [int(layer.intermediate.dense.out_features) for layer in layers],
+    }
+
+
+# --------------------------------------------------------------------------- importance
+
+def _scored_params(layer: nn.Module) -> list[nn.Parameter]:
+    attn = layer.attention.self
+    return [attn.query.weight, attn.query.bias, attn.key.weight, attn.key.bias,
+            attn.value.weight, attn.value.bias, layer.attention.output.dense.weight,
+            layer.intermediate.dense.weight, layer.intermediate.dense.bias,
+            layer.output.dense.weight]
+
+
+def _layer_scores(layer: nn.Module, grads: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Signed sum of w*g per head and per neuron for one layer and one batch."""
+    attn = layer.attention.self
+    n, d = attn.num_attention_heads, attn.attention_head_size
+    wg = [p.detach() * g for p, g in zip(_scored_params(layer), grads)]
+    qw, qb, kw, kb, vw, vb, ow, iw, ib, fw = wg
+    heads = torch.zeros(n, dtype=qw.dtype, device=qw.device)
+    for w, b in ((qw, qb), (kw, kb), (vw, vb)):
+        heads += w.view(n, d, -1).sum((1, 2)) + b.view(n, d).sum(1)  # rows h*d:(h+1)*d
+    heads += ow.view(ow.shape[0], n, d).sum((0, 2))                  # columns h*d:(h+1)*d
+    neurons = iw.sum(1) + ib + fw.sum(0)                              # row j in, column j out
+    return heads, neurons
+
+
+def compute_importance(model: nn.Module, batches: Iterable[Mapping[str, Tensor]],
+                       loss_fn: LossFn) -> Importance:
+    """First-order Taylor importance of every head and FFN neuron (see module docstring).
+
+    Per batch b and group S: |sum_{s in S} w_s * dL_b/dw_s|, averaged over batches (the
+    absolute value is taken per batch, as Michel et al. take it per example, so opposite
+    signs across batches do not cancel). `loss_fn(model, batch)` returns a scalar; batch
+    tensors must already be on the model's device. The model runs in eval mode (dropout
+    off, so the scores are deterministic). Gradients are taken with `torch.autograd.grad`,
+    so `.grad`, weights and `requires_grad` flags are left as they were.
+    """
+    layers = encoder_layers(model)
+    params = [p for layer in layers for p in _scored_params(layer)]
+    per_layer = len(_scored_params(layers[0]))
+    was_training, flags = model.training, [p.requires_grad for p in params]
+    heads = [torch.zeros(layer.attention.self.num_attention_heads) for layer in layers]
+    neurons = [torch.zeros(layer.intermediate.dense.out_features) for layer in layers]
+    n_batches = 0
+    model.eval()
+    try:
+        for p in params:
+            p.requires_grad_(True)  # frozen parameters still need a gradient to be scored
+        for batch in batches:
+            with torch.enable_grad():
+                grads = torch.autograd.grad(loss_fn(model, batch), params, allow_unused=True)
+            # None = the loss does not depend on that parameter: a zero gradient
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            for i, layer in enumerate(layers):
+                h, f = _layer_scores(layer, grads[i * per_layer:(i + 1) * per_layer])
+                heads[i] += h.abs().float().cpu()
+                neurons[i] += f.abs().float().cpu()
+            n_batches += 1
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    if n_batches == 0:
+        raise ValueError("compute_importance: no batches given")
+    heads = [h / n_batches for h in heads]
+    # Michel et al.: normalise per layer so that global ranking is not dominated by the
+    # layer whose gradients happen to be largest.
+    heads = [h / h.norm().clamp_min(1e-12) for h in heads]
+    return Importance(heads=heads, neurons=[f / n_batches for f in neurons])
+
+
+# --------------------------------------------------------------------------- plan
+
+def _check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+
+
+def _plan_heads(scores: list[Tensor], fraction: float) -> list[list[int]]:
+    """Global ranking across layers; the last head of a layer is never removed."""
+    total = sum(len(s) for s in scores)
+    to_remove = round(fraction * total)
+    ranked = sorted((float(v), l, h)
+                    for l, s in enumerate(scores) for h, v in enumerate(s.tolist()))
+    keep = [set(range(len(s))) for s in scores]
+    for _, l, h in ranked:  # ties broken by (layer, head) index: deterministic
+        if to_remove == 0:
+            break
+        if len(keep[l]) > 1:
+            keep[l].discard(h)
+            to_remove -= 1
+    return [sorted(k) for k in keep]
+
+
+def _plan_neurons(scores: list[Tensor], fraction: float) -> list[list[int]]:
+    """Per layer: drop the round(fraction * n) lowest-scoring neurons, keep at least one."""
+    plan = []
+    for s in scores:
+        values = s.tolist()
+        n_drop = min(round(fraction * len(values)), len(values) - 1)
+        ranked = sorted(range(len(values)), key=lambda j: (values[j], j))
+        plan.append(sorted(ranked[n_drop:]))
+    return plan
+
+
+def plan_pruning(importance: Importance, head_fraction: float, ffn_fraction: float) -> PruningPlan:
+    """Choose what to keep: the least important heads (globally, >= 1 per layer) and, in
+    each layer, the least important FFN neurons are removed. Python's `round` decides
+    counts (half to even: round(2.5) == 2)."""
+    _check_fraction("head_fraction", head_fraction)
+    _check_fraction("ffn_fraction", ffn_fraction)
+    if len(importance.heads) != len(importance.neurons):
+        raise ValueError("importance: heads and neurons cover a different number of layers")
+    return PruningPlan(heads_keep=_plan_heads(importance.heads, head_fraction),
+                       neurons_keep=_plan_neurons(importance.neurons, ffn_fraction))
+
+
+# --------------------------------------------------------------------------- apply
+
+def _prune_linear(layer: nn.Linear, index: Tensor, dim: int) -> nn.Linear:
+    """prune_linear_layer, keeping the dtype and requires_grad of the original layer."""
+    new = prune_linear_layer(layer, index, dim=dim).to(dtype=layer.weight.dtype)
+    for name, p in new.named_parameters():
+        p.requires_grad_(getattr(layer, name).requires_grad)
+    return new
+
+
+def _check_keep(what: str, layer: int, keep: list[int], n: int) -> None:
+    if not keep:
+        raise ValueError(f"plan: layer {layer} keeps no {what}")
+    if list(keep) != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= n:
+        raise ValueError(f"plan: layer {layer} {what} {keep} must be sorted, distinct, in [0, {n})")
+
+
+def _prune_heads(layer: nn.Module, keep: list[int]) -> None:
+    attn = layer.attention.self
+    d = attn.attention_head_size
+    # (len(keep) * d,): the q/k/v rows and output columns of the kept heads
+    idx = torch.cat([torch.arange(h * d, (h + 1) * d) for h in keep])
+    attn.query = _prune_linear(attn.query, idx, dim=0)
+    attn.key = _prune_linear(attn.key, idx, dim=0)
+    attn.value = _prune_linear(attn.value, idx, dim=0)
+    layer.attention.output.dense = _prune_linear(layer.attention.output.dense, idx, dim=1)
+    # attention_head_size (and so the 1/sqrt(d) scaling) is unchanged; forward reshapes
+    # with view(..., -1, head_size), so only these two attributes follow the new count.
+    attn.num_attention_heads = len(keep)
+    attn.all_head_size = len(keep) * d
+
+
+def _prune_neurons(layer: nn.Module, keep: list[int]) -> None:
+    idx = torch.tensor(keep, dtype=torch.long)
+    layer.intermediate.dense = _prune_linear(layer.intermediate.dense, idx, dim=0)
+    layer.output.dense = _prune_linear(layer.output.dense, idx, dim=1)
+
+
+def apply_pruning(model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """Physically remove the heads and neurons the plan drops (in place; returns `model`)
+    and record the new per-layer shapes in `model.config.distillery_structure`.
+    `config.num_attention_heads` is left alone: the head size is derived from it."""
+    layers = encoder_layers(model)
+    if len(plan.heads_keep) != len(layers) or len(plan.neurons_keep) != len(layers):
+        raise ValueError(f"plan covers {len(plan.heads_keep)}/{len(plan.neurons_keep)} layers, "
+                         f"model has {len(layers)}")
+    for i, layer in enumerate(layers):
+        _check_keep("heads", i, plan.heads_keep[i], layer.attention.self.num_attention_heads)
+        _check_keep("neurons", i, plan.neurons_keep[i], layer.intermediate.dense.out_features)
+    for i, layer in enumerate(layers):
+        _prune_heads(layer, plan.heads_keep[i])
+        _prune_neurons(layer, plan.neurons_keep[i])
+    setattr(model.config, STRUCTURE_KEY, current_structure(model))
+    return model
+
+
+def restore_structure(model: nn.Module) -> nn.Module:
+    """Shrink a freshly built model to the shapes in `config.distillery_structure`, so that
+    the saved weights of a pruned model load with `load_state_dict(..., strict=True)`.
+    The shrunk weights are placeholders. No-op when the config has no structure."""
+    structure = getattr(model.config, STRUCTURE_KEY, None)
+    if not structure:
+        return model
+    heads, inter = structure["heads"], structure["intermediate"]
+    n_layers = len(encoder_layers(model))
+    if len(heads) != n_layers or len(inter) != n_layers:
+        raise ValueError(f"config.{STRUCTURE_KEY} describes {len(heads)}/{len(inter)} layers, "
+                         f"model has {n_layers}")
+    # Keeping the first k heads/neurons is as good as any: only the shapes matter here.
+    plan = PruningPlan(heads_keep=[list(range(int(n))) for n in heads],
+                       neurons_keep=[list(range(int(n))) for n in inter])
+    return apply_pruning(model, plan)
+
+
+__all__ = ["Importance", "PruningPlan", "STRUCTURE_KEY", "apply_pruning", "compute_importance",
+           "count_parameters", "current_structure", "encoder_layers", "plan_pruning",
+           "restore_structure"]
