@@ -65,7 +65,9 @@ def prepare_params(root: Path, params_file: str | None, overrides: list[str]) ->
     if overrides:
         from ruamel.yaml import YAML
 
-        yaml = YAML()
+        yaml = YAML()  # round-trip mode: keeps the file's comments and layout
+        yaml.representer.add_representer(
+            type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
         doc = yaml.load(target.read_text())
         for item in overrides:
             from distillery.config import parse_override

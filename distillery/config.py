@@ -210,6 +210,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from None
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string; on the command line it means a number
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            pass
     return parts, value
 
 

@@ -29,8 +29,14 @@ def stage_table(rows: list[dict], title: str = "Stages (eval split)") -> Table:
     return table
 
 
+def _console() -> Console:
+    """At least 120 columns, so the table is never truncated in logs and pipes (rich's default is 80)."""
+    c = Console()
+    return c if c.width >= 120 else Console(width=120)
+
+
 def print_run_summary(result: dict, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or _console()
     console.print(stage_table(result["table"]))
     gate = result["gate"]
     console.print(f"[bold]Gate: {'PASSED' if gate['passed'] else 'FAILED'}[/bold]")
@@ -45,7 +51,7 @@ def print_run_summary(result: dict, console: Console | None = None) -> None:
 
 
 def print_status(status: dict, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or _console()
     console.print(f"[bold]{status['model_name']}[/bold]: champion "
                   f"{status['champion'] or '(none)'}, challenger {status['challenger'] or '(none)'}")
     if status["versions"]:

@@ -91,8 +91,8 @@ def train(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, *, loss_fn: 
     total = steps_per_epoch * epochs
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=int(0.06 * total), num_training_steps=total)
-    y_all = torch.as_tensor(labels, dtype=torch.long)
-    t_all = torch.as_tensor(teacher_logits, dtype=torch.float32) if teacher_logits is not None else None
+    y_all = torch.tensor(np.asarray(labels), dtype=torch.long)  # copy: loaded arrays may be read-only
+    t_all = torch.tensor(np.asarray(teacher_logits), dtype=torch.float32) if teacher_logits is not None else None
     start, step, ema = time.perf_counter(), 0, None
     for epoch in range(epochs):
         bar = tqdm(list(iter_batches(len(enc), batch_size, rng)), desc=f"{desc} epoch {epoch + 1}/{epochs}",
@@ -109,7 +109,7 @@ def train(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, *, loss_fn: 
             opt.zero_grad(set_to_none=True)
             step += 1
             ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
-            bar.set_postfix(loss=f"{ema:.4f}")
+            bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
     model.eval()
     seconds = time.perf_counter() - start
     return TrainResult(epochs, step, float(ema or 0.0), seconds, len(enc) * epochs / max(seconds, 1e-9))

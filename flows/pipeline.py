@@ -10,6 +10,7 @@ with promotion, and a Prefect artifact with the stage table and the gate decisio
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from pathlib import Path
 
@@ -47,6 +48,10 @@ def run_dvc_stage(root: Path, stage: str) -> bool:
     """Run one stage through DVC. Returns False when DVC skipped it as unchanged."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
+
+    # DVC's own chatter ("git add dvc.lock", auto-staging hints) would be logged twice under
+    # Prefect; each task reports ran/skipped itself and errors still surface.
+    logging.getLogger("dvc").setLevel(logging.WARNING)
 
     try:
         # DVC resolves targets and stage paths against the process cwd, so run from the project
