@@ -30,5 +30,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The SST-2 benchmark (bench/): the pipeline on real data against its alternatives; about 40 minutes
+# on 2 cores. Writes bench/results/<date>-sst2.* and the README's benchmark section.
+BENCH_DATA ?= ../shared/data/sst2
+bench: $(STAMP)
+	$(BIN)/distillery bench --data $(BENCH_DATA) --update-readme
+
 clean:
 	rm -rf data/raw data/validated data/teacher_logits models reports mlruns/mlflow.db mlruns/artifacts dvc.lock .dvc/cache .dvc/tmp

@@ -135,6 +135,18 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """The SST-2 benchmark (bench/run.py). It lives beside the package in a source checkout."""
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "bench" / "run.py").is_file():
+        raise ConfigError("distillery bench needs a source checkout (bench/ beside distillery/)")
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    from bench.run import from_cli
+
+    return from_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__.splitlines()[0])
     parser.add_argument("--project-dir", default=".", help="project folder holding params.yaml and dvc.yaml")
@@ -151,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     stage.set_defaults(func=cmd_stage)
     status = sub.add_parser("status", help="champion and challenger versions, their figures, the last gate")
     status.set_defaults(func=cmd_status)
+    bench = sub.add_parser("bench", help="benchmark on SST-2: the pipeline, then the teacher, its int8 versions, "
+                                         "a no-teacher baseline and our student measured side by side")
+    bench.add_argument("--data", help="folder holding train.tsv and dev.tsv (default: ../shared/data/sst2 "
+                                      "beside the checkout)")
+    bench.add_argument("--quick", action="store_true", help="a tiny seeded slice, to check the code path")
+    bench.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override the benchmark profile, e.g. --set distill.epochs=3 or bench.train_rows=500")
+    bench.add_argument("--work-dir", help="bench project folder (default bench/work/sst2; rebuilt on each run)")
+    bench.add_argument("--out-dir", help="where the JSON, markdown and plots go (default bench/results)")
+    bench.add_argument("--reuse-work", action="store_true",
+                       help="keep the bench project (DVC skips what is unchanged): re-measures, but no first-run time")
+    bench.add_argument("--update-readme", action="store_true", help="write the report into README.md's bench section")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -5,6 +5,8 @@ Logged as "models from code": MLflow stores this file with the model, and the
 serving dependencies (onnxruntime, tokenizers, numpy, pandas), not torch.
 """
 
+import warnings
+
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
@@ -19,6 +21,11 @@ def _texts(model_input) -> list[str]:
     if isinstance(model_input, str):
         return [model_input]
     return [str(t) for t in model_input]
+
+
+# predict() accepts a DataFrame with a `text` column, a Series or a list of strings, so it has no
+# type hint (MLflow would then enforce one input type); MLflow warns about that at class creation.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
 
 
 class DistilledTextClassifier(PythonModel):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import warnings
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 
@@ -119,9 +118,7 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
                     "reason": f"model unchanged: identical to version {existing.version}, nothing registered"}
         run = client.create_run(exp_id, run_name="register", tags={"mlflow.parentRunId": parent_run_id,
                                                                    "distillery.stage": "register"})
-        with mlflow.start_run(run_id=run.info.run_id), warnings.catch_warnings():
-            # The pyfunc takes a DataFrame or a list of strings; type hints would make MLflow enforce one.
-            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
+        with mlflow.start_run(run_id=run.info.run_id):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
                 artifacts={"model_dir": str(qdir)},

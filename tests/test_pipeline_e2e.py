@@ -61,6 +61,20 @@ def mtimes(root: Path, *dirs: str) -> dict[str, float]:
     return {str(p): p.stat().st_mtime_ns for d in dirs for p in (root / d).rglob("*") if p.is_file()}
 
 
+def prefect_artifact_markdown(flow_run_id: str) -> str:
+    """The markdown artifact the flow run created (read back from the Prefect API)."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as c:
+        arts = c.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])))
+    assert [a.key for a in arts] == ["distillery-pipeline"]
+    return arts[0].data
+
+
 def test_first_run_trains_every_stage_and_registers_champion(project):
     result = run_flow(project)
     assert all(result["ran"].values()), result["ran"]
@@ -101,6 +115,9 @@ def test_first_run_trains_every_stage_and_registers_champion(project):
     assert distill_run.data.params["distill.temperature"] == "2.0"
     assert distill_run.data.metrics["accuracy"] == pytest.approx(reports["distill"]["accuracy"])
 
+    markdown = prefect_artifact_markdown(result["flow_run_id"])
+    assert "| quantize |" in markdown and "## Gate: PASSED" in markdown and "version 1" in markdown
+
 
 def test_every_file_written_belongs_to_a_declared_output(project):
     from dvc.repo import Repo
@@ -125,6 +142,10 @@ def test_second_run_with_nothing_changed_trains_nothing(project):
     assert mtimes(project, "models", "data/validated", "data/teacher_logits") == before
     assert result["registration"]["new_version"] is False
     assert versions(project) == {"1": {"challenger", "champion"}}
+    # Skipped stages still log their figures (read back from their metrics files).
+    parent = client(project).get_run(result["mlflow_run_id"])
+    first = yaml.safe_load((project / "reports/quantize.json").read_text())
+    assert parent.data.metrics["quantize.accuracy"] == pytest.approx(first["accuracy"])
 
 
 def test_worse_challenger_is_registered_but_champion_stays(project):

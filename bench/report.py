@@ -1,0 +1,201 @@
+"""The benchmark's outputs: ratios, the targets with met / not met, a markdown report and two plots.
+
+Ratios are "times better" so that > 1 always means better than the reference: size and latency
+are reference / model, throughput is model / reference; accuracy is a retention ratio and a
+difference in percentage points.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROW_ORDER = ("A", "B", "C", "D", "D-int8", "E-distill", "E-prune", "E-quantize")
+REQUIRED_ROWS = ("A", "B", "C", "D", "E-distill", "E-prune", "E-quantize")
+FINAL = "E-quantize"
+NOISY_SHARE = 0.05  # other processes' CPU share while timing above which the report warns
+README_START, README_END = "<!-- bench:sst2:start -->", "<!-- bench:sst2:end -->"
+
+
+def _div(a, b):
+    return a / b if a is not None and b else None
+
+
+def ratios(row: dict, ref: dict) -> dict:
+    return {
+        "accuracy_retention": _div(row["accuracy"], ref["accuracy"]),
+        "accuracy_delta_pts": 100.0 * (row["accuracy"] - ref["accuracy"]),
+        "macro_f1_delta_pts": 100.0 * (row["macro_f1"] - ref["macro_f1"]),
+        "size_x_smaller": _div(ref["size_mb"], row["size_mb"]),
+        "params_x_fewer": _div(ref["params"], row["params"]),
+        "p50_x_lower": _div(ref["latency_p50_ms"], row["latency_p50_ms"]),
+        "p95_x_lower": _div(ref["latency_p95_ms"], row["latency_p95_ms"]),
+        "throughput_x_higher": _div(row["throughput_sps"], ref["throughput_sps"]),
+        "peak_rss_x_lower": _div(ref.get("peak_rss_mb"), row.get("peak_rss_mb")),
+    }
+
+
+def all_ratios(rows: dict[str, dict]) -> dict[str, dict]:
+    return {k: {"vs_A": ratios(r, rows["A"]), "vs_B": ratios(r, rows["B"])} for k, r in rows.items()}
+
+
+def _target(name, what, value, op, threshold):
+    met = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
+    return {"name": name, "target": what, "value": value, "op": op, "threshold": threshold, "met": met}
+
+
+def evaluate_targets(rows: dict[str, dict], pipeline: dict) -> list[dict]:
+    """The issue's targets for the final model (E-quantize) and the pipeline."""
+    e, a, b, d = rows[FINAL], rows["A"], rows["B"], rows["D"]
+    minutes = pipeline["wall_seconds"] / 60.0 if pipeline.get("fresh_run") else None
+    return [
+        _target("accuracy_retention_vs_A", "accuracy >= 98.5% of A", _div(e["accuracy"], a["accuracy"]), ">=", 0.985),
+        _target("size_x_smaller_vs_A", ">= 10x smaller than A", _div(a["size_mb"], e["size_mb"]), ">=", 10.0),
+        _target("size_x_smaller_vs_B", ">= 4x smaller than B", _div(b["size_mb"], e["size_mb"]), ">=", 4.0),
+        _target("p50_x_lower_vs_A", "p50 >= 6x lower than A",
+                _div(a["latency_p50_ms"], e["latency_p50_ms"]), ">=", 6.0),
+        _target("p50_x_lower_vs_B", "p50 >= 2.5x lower than B",
+                _div(b["latency_p50_ms"], e["latency_p50_ms"]), ">=", 2.5),
+        _target("accuracy_pts_vs_B", "accuracy no more than 1.0 point below B",
+                100.0 * (e["accuracy"] - b["accuracy"]), ">=", -1.0),
+        _target("accuracy_pts_vs_D", "accuracy >= 1.0 point above D",
+                100.0 * (e["accuracy"] - d["accuracy"]), ">=", 1.0),
+        _target("pipeline_minutes", "full pipeline <= 40 min (2 cores)", minutes, "<=", 40.0),
+        _target("non_compute_share", "<= 10% of the run outside model compute",
+                pipeline.get("non_compute_share"), "<=", 0.10),
+        _target("rerun_seconds", "no-change rerun <= 30 s", pipeline["rerun_wall_seconds"], "<=", 30.0),
+    ]
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _f(value, fmt="{:.2f}"):
+    return "–" if value is None else fmt.format(value)
+
+
+def _model_table(results: dict) -> str:
+    head = ("| | model | accuracy | macro-F1 | size MB | params | p50 ms | p95 ms | batch-32 /s | peak RSS MB "
+            "| size ÷ A | size ÷ B | p50 ÷ A | p50 ÷ B | Δacc vs A | Δacc vs B |\n"
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+    lines = []
+    for key in ROW_ORDER:
+        if key not in results["models"]:
+            continue
+        r, ra, rb = results["models"][key], results["ratios"][key]["vs_A"], results["ratios"][key]["vs_B"]
+        lines.append(
+            f"| {key} | {r['what']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['size_mb']:.1f} "
+            f"| {r['params'] / 1e6:.2f}M | {r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} "
+            f"| {r['throughput_sps']:.0f} | {_f(r.get('peak_rss_mb'), '{:.0f}')} "
+            f"| {_f(ra['size_x_smaller'], '{:.1f}x')} | {_f(rb['size_x_smaller'], '{:.1f}x')} "
+            f"| {_f(ra['p50_x_lower'], '{:.1f}x')} | {_f(rb['p50_x_lower'], '{:.1f}x')} "
+            f"| {ra['accuracy_delta_pts']:+.1f} | {rb['accuracy_delta_pts']:+.1f} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def _pipeline_table(p: dict) -> str:
+    head = "| stage | ran | wall s | model compute s | outside compute s |\n|---|---|--:|--:|--:|\n"
+    lines = []
+    for s in p["stages"]:
+        est = " (incl. est. measurement)" if s["measure_seconds_estimated"] else ""
+        lines.append(f"| {s['stage']} | {'yes' if s['ran'] else 'no'} | {_f(s['wall_seconds'], '{:.1f}')} "
+                     f"| {s['compute_seconds']:.1f}{est} | {_f(s['outside_compute_seconds'], '{:.1f}')} |")
+    lines.append(f"| register | | {_f(p['register_seconds'], '{:.1f}')} | 0 | {_f(p['register_seconds'], '{:.1f}')} |")
+    lines.append(f"| flow outside tasks (server start, tracking) | | {p['flow_outside_tasks_seconds']:.1f} | 0 "
+                 f"| {p['flow_outside_tasks_seconds']:.1f} |")
+    lines.append(f"| **whole run** | | **{p['wall_seconds']:.1f}** | {_f(p['model_compute_seconds'], '{:.1f}')} "
+                 f"| {_f(None if p['model_compute_seconds'] is None else p['wall_seconds'] - p['model_compute_seconds'], '{:.1f}')} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def _targets_table(targets: list[dict]) -> str:
+    head = "| target (final model E-quantize, pipeline) | measured | required | met |\n|---|--:|--:|---|\n"
+    fmt = {"non_compute_share": "{:.1%}", "accuracy_retention_vs_A": "{:.1%}"}
+    lines = []
+    for t in targets:
+        f = fmt.get(t["name"], "{:.2f}")
+        met = "–" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['target']} | {_f(t['value'], f)} | {t['op']} {f.format(t['threshold'])} | {met} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def markdown(results: dict, plots: dict[str, str]) -> str:
+    """The report; `plots` maps 'json'/'latency'/'size' to file paths relative to where it is shown."""
+    m, p, g = results["machine"], results["pipeline"], results["git"]
+    quick = "\n**Quick mode (a tiny slice of SST-2): these figures say nothing about the targets.**\n" \
+        if results["mode"] == "quick" else ""
+    rows = results["data"]
+    busy = {k: r["other_cpu_share"] for k, r in results["models"].items() if r.get("other_cpu_share")}
+    if busy and max(busy.values()) > NOISY_SHARE:
+        worst = max(busy, key=busy.get)
+        quick += (f"\n**Other processes used up to {busy[worst]:.0%} of the CPU while models were timed "
+                  f"({worst}): these timings are not reliable; rerun on a quiet machine.**\n")
+    return f"""### SST-2 benchmark, {results['date']}
+{quick}
+Produced by `{results['command']}` at commit `{g['git_commit'][:12]}`{' (uncommitted changes)' if g['git_dirty'] == 'true' else ''},
+on {m['cpu_model']} ({m['cpus_available']} CPUs available, {m['ram_gb']:.0f} GB RAM), {results['conditions']['threads']} threads;
+train {rows['train_rows']:,} rows, dev {rows['eval_rows']:,} sentences. Raw figures: `{plots['json']}`.
+
+{_model_table(results)}
+A: the fine-tuned teacher (fp32, PyTorch); B: A through ONNX Runtime dynamic int8; C: A with
+`torch.ao.quantization.quantize_dynamic`; D: a student of our shape trained on hard labels only (no
+teacher; D-int8: the same through ONNX Runtime int8); E: our student after distill, prune, quantize.
+Latency: batch 1 over every dev sentence at its real length, tokenization included; throughput:
+batch 32; peak RSS: a fresh process scoring every sentence at batch 32 (ONNX rows without torch loaded).
+
+![accuracy vs latency]({plots['latency']}) ![accuracy vs size]({plots['size']})
+
+#### Pipeline ({'fresh project, every stage ran' if p['fresh_run'] else 'reused project: not a first run'})
+
+{_pipeline_table(p)}
+Outside model compute: **{_f(p['non_compute_share'], '{:.1%}')}** of the run
+({_f(p['non_compute_share_reported_only'], '{:.1%}')} counting only the compute the stage reports state).
+Other processes' share of the CPU during the run: {_f(p.get('other_cpu_share'), '{:.1%}')}.
+No-change rerun (`distillery run`, fresh process): **{p['rerun_wall_seconds']:.1f} s**, trained nothing: {'yes' if p['rerun_trained_nothing'] else '**no**'}.
+
+#### Targets
+
+{_targets_table(results['targets'])}"""
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot(results: dict, x_key: str, x_label: str, out: Path) -> Path:
+    """Accuracy against `x_key` (log scale), every model a labelled point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.5, 4.6), dpi=120)
+    # Each point carries its short key (A, B, ..., E-quantize) beside it; the legend names it in full.
+    for key in (k for k in ROW_ORDER if k in results["models"]):
+        r = results["models"][key]
+        color = "tab:red" if key.startswith("E") else ("tab:gray" if key.startswith("D") else "tab:blue")
+        marker = "*" if key == FINAL else "o"
+        ax.scatter(r[x_key], 100 * r["accuracy"], color=color, marker=marker, s=90 if marker == "*" else 36,
+                   zorder=3, label=r["label"])
+        ax.annotate(key, (r[x_key], 100 * r["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    ax.margins(x=0.15, y=0.15)
+    ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("SST-2 dev accuracy (%)")
+    ax.set_title(f"SST-2: accuracy vs {x_label.split(' (')[0]} ({results['date']})", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def update_readme(readme: Path, section: str) -> bool:
+    """Replace the text between the benchmark markers; False when the markers are absent."""
+    text = readme.read_text()
+    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.S)
+    if not pattern.search(text):
+        return False
+    readme.write_text(pattern.sub(lambda _: f"{README_START}\n{section.strip()}\n{README_END}", text, count=1))
+    return True

@@ -1,0 +1,84 @@
+"""Smoke test of the SST-2 benchmark (bench/): its whole code path on a tiny slice of SST-2.
+
+The real pipeline (Prefect flow over the DVC stages) runs in a bench project under tmp_path
+with the quick profile and a random-init tiny BERT as teacher, so it takes minutes, not the
+full benchmark's half hour; the test asserts that every model row, figure, ratio, pipeline
+figure, target and output file is produced. The figures themselves mean nothing here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.helpers import make_tiny_teacher
+
+pytestmark = [pytest.mark.slow, pytest.mark.sst2]
+
+ROWS = ("A", "B", "C", "D", "E-distill", "E-prune", "E-quantize")
+FIGURES = ("accuracy", "macro_f1", "size_mb", "params", "latency_p50_ms", "latency_p95_ms", "throughput_sps",
+           "peak_rss_mb")
+
+
+def test_bench_quick_produces_every_row_figure_and_output(sst2_dir, prefect_harness, tmp_path):
+    from bench.report import REQUIRED_ROWS
+    from bench.run import run_benchmark
+    from distillery.data import read_table
+
+    vocab_texts = list(read_table(sst2_dir / "dev.tsv", "sentence", "label")["text"])
+    vocab_texts += list(read_table(sst2_dir / "train.tsv", "sentence", "label")["text"][:3000])
+    teacher = make_tiny_teacher(tmp_path / "teacher", vocab_texts)
+    results = run_benchmark(
+        sst2_dir, quick=True, work_dir=tmp_path / "work", out_dir=tmp_path / "results", command="pytest",
+        overrides=[f"teacher.model={teacher}", "student.layers=[0, 2]", "teacher.learning_rate=1e-3",
+                   "distill.learning_rate=1e-3", "bench.train_rows=200", "bench.eval_rows=40"])
+
+    assert set(ROWS) <= set(REQUIRED_ROWS) <= set(results["models"])
+    assert results["data"]["train_rows"] == 200 and results["data"]["eval_rows"] == 40
+    for key in ROWS:
+        row = results["models"][key]
+        for fig in FIGURES:
+            assert isinstance(row[fig], (int, float)) and math.isfinite(row[fig]), (key, fig)
+            assert row[fig] >= 0, (key, fig)
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["size_mb"] > 0 and row["latency_p50_ms"] > 0, key
+        assert row["latency_p95_ms"] >= row["latency_p50_ms"] and row["peak_rss_mb"] > 0, key
+        assert row["label"].startswith(key) and row["other_cpu_share"] is not None, key
+        for ref in ("vs_A", "vs_B"):
+            ratios = results["ratios"][key][ref]
+            assert all(v is not None and math.isfinite(v) for v in ratios.values()), (key, ref, ratios)
+    assert results["ratios"]["A"]["vs_A"]["size_x_smaller"] == pytest.approx(1.0)
+    rows = results["models"]
+    assert rows["B"]["size_mb"] < rows["A"]["size_mb"] and rows["C"]["size_mb"] < rows["A"]["size_mb"]
+    assert rows["B"]["params"] == rows["A"]["params"] == rows["C"]["params"]
+    assert rows["D"]["params"] == rows["E-distill"]["params"] > rows["E-prune"]["params"]
+    assert rows["E-quantize"]["size_mb"] < rows["E-prune"]["size_mb"]
+    assert rows["B"]["memory"]["imports_rss_mb"] < rows["A"]["memory"]["imports_rss_mb"]  # no torch for ONNX
+
+    pipe = results["pipeline"]
+    assert pipe["fresh_run"] and pipe["wall_seconds"] > 0
+    stages = {s["stage"]: s for s in pipe["stages"]}
+    for name in ("validate", "teacher", "distill", "prune", "quantize", "evaluate"):
+        assert stages[name]["ran"] and stages[name]["wall_seconds"] > 0, name
+    assert stages["teacher"]["compute_seconds"] > 0 and stages["distill"]["compute_seconds"] > 0
+    assert 0.0 < pipe["non_compute_share"] < 1.0
+    assert pipe["rerun_wall_seconds"] > 0 and pipe["rerun_trained_nothing"] is True
+    assert pipe["register_seconds"] > 0
+
+    targets = {t["name"]: t for t in results["targets"]}
+    assert len(targets) == 10 and all(t["value"] is not None and t["met"] in (True, False)
+                                      for t in targets.values())
+
+    files = results["files"]
+    saved = json.loads(open(files["json"]).read())
+    assert set(saved["models"]) == set(results["models"]) and saved["git"]["git_commit"]
+    assert saved["versions"]["torch"] and saved["machine"]["cpu_count"]
+    md = open(files["markdown"]).read()
+    assert "Produced by `pytest`" in md and "Quick mode" in md
+    for key in ROWS:
+        assert f"| {key} |" in md
+    for plot in ("latency", "size"):
+        with open(files[plot], "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+        assert files[plot].rsplit("/", 1)[-1] in md
