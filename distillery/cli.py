@@ -41,7 +41,7 @@ def configure_environment(root: Path) -> None:
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's input, not a bug: printed as one message, no traceback."""
     errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
-    for mod, name in (("distillery.data", "DataError"), ("distillery.validation", "ValidationFailed"),
+    for mod, name in (("tasks.promotion", "PromotionError"), ("distillery.data", "DataError"), ("distillery.validation", "ValidationFailed"),
                       ("distillery.modeling", "ModelLoadError"), ("flows.pipeline", "StageFailed")):
         module = sys.modules.get(mod)
         if module is not None and hasattr(module, name):
@@ -128,7 +128,11 @@ def cmd_status(args) -> int:
     from tasks.common import read_json, report_path
     from tasks.register import registry_status
 
-    status = registry_status(tracking.client_for(root, params), params.register.model_name)
+    from tasks.promotion import history
+
+    client = tracking.client_for(root, params)
+    status = registry_status(client, params.register.model_name)
+    status["history"] = history(client, params.register.model_name)
     gate_file = report_path(root, params, "gate")
     status["last_gate"] = read_json(gate_file) if gate_file.exists() else None
     print_status(status)
@@ -147,6 +151,34 @@ def cmd_bench(args) -> int:
     return from_cli(args)
 
 
+def _registry(args):
+    root = Path(args.project_dir).resolve()
+    configure_environment(root)
+    params = load_params(root / PARAMS_FILE, check_files=False)
+    from tasks import tracking
+
+    return root, params, tracking.client_for(root, params)
+
+
+def cmd_promote(args) -> int:
+    root, params, client = _registry(args)
+    from tasks.promotion import promote
+
+    entry = promote(root, client, params.register.model_name, args.version, force=args.force, reason=args.reason)
+    print(f"champion: version {entry['from'] or '(none)'} -> {entry['version']} ({entry['kind']}, by {entry['by']}): "
+          f"{entry['reason']}")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    root, params, client = _registry(args)
+    from tasks.promotion import rollback
+
+    entry = rollback(root, client, params.register.model_name, reason=args.reason)
+    print(f"champion: version {entry['from']} -> {entry['version']} (rollback, by {entry['by']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__.splitlines()[0])
     parser.add_argument("--project-dir", default=".", help="project folder holding params.yaml and dvc.yaml")
@@ -163,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     stage.set_defaults(func=cmd_stage)
     status = sub.add_parser("status", help="champion and challenger versions, their figures, the last gate")
     status.set_defaults(func=cmd_status)
+    promote = sub.add_parser("promote", help="move `champion` to VERSION (refused if its gate failed, unless forced)")
+    promote.add_argument("version")
+    promote.add_argument("--force", action="store_true", help="promote a version that failed its gate")
+    promote.add_argument("--reason", help="why (required with --force; recorded in the champion history)")
+    promote.set_defaults(func=cmd_promote)
+    rollback = sub.add_parser("rollback", help="return `champion` to the version that held it before")
+    rollback.add_argument("--reason", help="why (recorded in the champion history)")
+    rollback.set_defaults(func=cmd_rollback)
     bench = sub.add_parser("bench", help="benchmark on SST-2: the pipeline, then the teacher, its int8 versions, "
                                          "a no-teacher baseline and our student measured side by side")
     bench.add_argument("--data", help="folder holding train.tsv and dev.tsv (default: ../shared/data/sst2 "

@@ -57,6 +57,10 @@ def print_status(status: dict, console: Console | None = None) -> None:
     if status["versions"]:
         rows = [{**v, "version": f"v{v['version']} {','.join(v['aliases'])}"} for v in status["versions"]]
         console.print(stage_table(rows, title="Registered versions"))
+    if status.get("history"):
+        console.print("Champion history (newest last):")
+        for h in status["history"][-10:]:
+            console.print(f"  {h['at']}  {h['kind']}: {h['from'] or '(none)'} -> {h['version']} by {h['by']}: {h['reason']}")
     gate = status.get("last_gate")
     if gate:
         console.print(f"Last gate decision: {'PASSED' if gate['passed'] else 'FAILED'}")

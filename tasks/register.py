@@ -100,15 +100,15 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
                    flow_run_id: str | None) -> dict:
     """Register the final model; returns version, aliases and the promotion decision."""
     import mlflow
-    from filelock import FileLock
+
+    from tasks.promotion import move_champion, registry_lock
 
     name, metric = params.register.model_name, params.gate.metric
     qdir = Path(root) / params.paths.quantized_dir
     gate = read_json(report_path(root, params, "gate"))
     figures = read_json(report_path(root, params, "quantize"))
     md5 = model_md5(qdir)
-    lock = FileLock(str(Path(root) / "mlruns" / ".registry.lock"), timeout=600)
-    with lock:
+    with registry_lock(root):
         existing = _find_same_model(client, name, md5)
         if existing is not None:
             # Nothing changed since this exact model was registered: no duplicate version.
@@ -138,9 +138,10 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
         decision = decide_promotion(bool(gate["passed"]), metric, float(figures[metric]), champ_value,
                                     champ.version if champ else None)
         if decision.promote:
-            client.set_registered_model_alias(name, CHAMPION, mv_version)
+            move_champion(client, name, mv_version, kind="auto_promote", reason=decision.reason,
+                          user=f"pipeline {flow_run_id or 'local'}")
             if champ is not None:
-                client.set_model_version_tag(name, mv_version, "previous_champion", champ.version)
+                client.set_model_version_tag(name, mv_version, "previous_champion", str(champ.version))
         client.set_model_version_tag(name, mv_version, "promotion", decision.reason)
         client.log_dict(run.info.run_id, {"version": mv_version, "promoted": decision.promote,
                                           "reason": decision.reason, "gate": gate}, "registration.json")

@@ -167,6 +167,32 @@ def test_status_command_shows_champion_and_challenger(project):
     assert "Last gate decision: FAILED" in out.stdout
 
 
+def cli(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "distillery"), "--project-dir", str(project), *args],
+                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+
+
+def test_promote_refuses_failed_gate_unless_forced_and_rollback_restores(project):
+    refused = cli(project, "promote", "2")
+    assert refused.returncode == 1 and "failed its gate" in refused.stderr and "size_mb" in refused.stderr
+    assert versions(project) == {"1": {"champion"}, "2": {"challenger"}}
+    no_reason = cli(project, "promote", "2", "--force")
+    assert no_reason.returncode == 1 and "--force needs --reason" in no_reason.stderr
+    forced = cli(project, "promote", "2", "--force", "--reason", "size budget waived for the demo")
+    assert forced.returncode == 0, forced.stderr
+    assert versions(project) == {"1": set(), "2": {"challenger", "champion"}}
+    back = cli(project, "rollback")
+    assert back.returncode == 0, back.stderr
+    assert versions(project) == {"1": {"champion"}, "2": {"challenger"}}
+    from tasks.promotion import history
+
+    kinds = [(h["kind"], h["from"], h["version"]) for h in history(client(project), "distillery-student")]
+    assert kinds == [("auto_promote", None, "1"), ("forced_promote", "1", "2"), ("rollback", "2", "1")]
+    assert "size budget waived" in cli(project, "status").stdout
+    nothing_before = cli(project, "rollback")
+    assert nothing_before.returncode == 1 and "no earlier champion" in nothing_before.stderr
+
+
 def test_data_failing_validation_stops_before_training_and_leaves_registry(project):
     bad = project / "bad_train.csv"
     good = (project / "data/demo/train.csv").read_text().splitlines()
