@@ -138,9 +138,13 @@ class MeasureConfig(_Section):
 class GateConfig(_Section):
     metric: Literal["accuracy", "macro_f1"] = "accuracy"
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    min_macro_f1: float | None = Field(None, ge=0.0, le=1.0)
+    min_class_recall: float | None = Field(None, ge=0.0, le=1.0)
     min_retention: float | None = Field(None, ge=0.0, le=2.0)
     max_size_mb: float | None = Field(None, gt=0.0)
     max_latency_p50_ms: float | None = Field(None, gt=0.0)
+    max_latency_p95_ms: float | None = Field(None, gt=0.0)
+    max_ece: float | None = Field(None, ge=0.0, le=1.0)
 
 
 class RegisterConfig(_Section):

@@ -53,20 +53,27 @@ def evaluate_gate(candidate: dict, teacher: dict, cfg: GateConfig) -> GateDecisi
     candidate / teacher: figure dicts as written by the stages (accuracy, size_mb, ...).
     """
     checks: list[Check] = []
-    if cfg.min_accuracy is not None:
-        acc = candidate["accuracy"]
-        checks.append(_check("accuracy", acc, cfg.min_accuracy, acc >= cfg.min_accuracy, ".4f", ">="))
+
+    def floor(name: str, observed: float, threshold: float | None, fmt: str = ".4f") -> None:
+        if threshold is not None:
+            checks.append(_check(name, observed, threshold, observed >= threshold, fmt, ">="))
+
+    def ceiling(name: str, observed: float, threshold: float | None, fmt: str = ".2f") -> None:
+        if threshold is not None:
+            checks.append(_check(name, observed, threshold, observed <= threshold, fmt, "<="))
+
+    floor("accuracy", candidate["accuracy"], cfg.min_accuracy)
+    floor("macro_f1", candidate.get("macro_f1", 0.0), cfg.min_macro_f1)
+    if cfg.min_class_recall is not None:
+        # The weakest class, so one collapsed class cannot hide behind a good average.
+        floor("min_class_recall", min(candidate["per_class_recall"]), cfg.min_class_recall)
     if cfg.min_retention is not None:
         base = teacher["accuracy"]
-        retention = candidate["accuracy"] / base if base > 0 else 0.0
-        checks.append(_check("retention_of_teacher_accuracy", retention, cfg.min_retention,
-                             retention >= cfg.min_retention, ".4f", ">="))
-    if cfg.max_size_mb is not None:
-        size = candidate["size_mb"]
-        checks.append(_check("size_mb", size, cfg.max_size_mb, size <= cfg.max_size_mb, ".2f", "<="))
-    if cfg.max_latency_p50_ms is not None:
-        lat = candidate["latency_p50_ms"]
-        checks.append(_check("latency_p50_ms", lat, cfg.max_latency_p50_ms, lat <= cfg.max_latency_p50_ms, ".2f", "<="))
+        floor("retention_of_teacher_accuracy", candidate["accuracy"] / base if base > 0 else 0.0, cfg.min_retention)
+    ceiling("size_mb", candidate["size_mb"], cfg.max_size_mb)
+    ceiling("latency_p50_ms", candidate["latency_p50_ms"], cfg.max_latency_p50_ms)
+    ceiling("latency_p95_ms", candidate.get("latency_p95_ms", float("inf")), cfg.max_latency_p95_ms)
+    ceiling("ece", candidate.get("ece", 1.0), cfg.max_ece, ".4f")
     return GateDecision(passed=all(c.passed for c in checks), checks=checks)
 
 

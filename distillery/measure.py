@@ -28,6 +28,23 @@ def confusion_matrix(pred: np.ndarray, gold: np.ndarray, n_classes: int) -> np.n
     return cm
 
 
+def expected_calibration_error(logits: np.ndarray, gold: np.ndarray, n_bins: int = 10) -> float:
+    """ECE (Guo et al. 2017): sum over confidence bins of |accuracy - mean confidence|, weighted by
+    the bin's share of rows. 0 = confidences match observed accuracy."""
+    z = np.asarray(logits, dtype=np.float64)
+    p = np.exp(z - z.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    conf, pred = p.max(axis=-1), p.argmax(axis=-1)
+    correct = (pred == np.asarray(gold)).astype(float)
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    return float(ece)
+
+
 def classification_metrics(logits: np.ndarray, gold: np.ndarray, n_classes: int) -> dict:
     """Accuracy and macro-F1 (unweighted mean of per-class F1; a class never predicted
     and never present counts as F1 = 0 only if present in gold)."""
@@ -44,6 +61,7 @@ def classification_metrics(logits: np.ndarray, gold: np.ndarray, n_classes: int)
         "accuracy": float((pred == gold).mean()) if len(gold) else 0.0,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class_recall": recall.tolist(),
+        "ece": expected_calibration_error(logits, gold) if len(gold) else 0.0,
         "confusion_matrix": cm.tolist(),
     }
 

@@ -48,3 +48,14 @@ def test_promotion_rules():
     assert decide_promotion(True, "accuracy", 0.85, 0.85, "3").promote  # not worse is enough
     kept = decide_promotion(True, "accuracy", 0.84, 0.85, "3")
     assert not kept.promote and "champion kept" in kept.reason and "v3" in kept.reason
+
+
+def test_optional_checks_macro_f1_weakest_class_p95_and_calibration():
+    cand = {**GOOD, "macro_f1": 0.86, "per_class_recall": [0.95, 0.40, 0.90], "latency_p95_ms": 9.0, "ece": 0.08}
+    cfg = GateConfig(min_macro_f1=0.85, min_class_recall=0.5, max_latency_p95_ms=10.0, max_ece=0.05)
+    d = evaluate_gate(cand, TEACHER, cfg)
+    by_name = {c.name: c for c in d.checks}
+    assert set(by_name) == {"macro_f1", "min_class_recall", "latency_p95_ms", "ece"}
+    assert by_name["macro_f1"].passed and by_name["latency_p95_ms"].passed
+    assert not by_name["min_class_recall"].passed and by_name["min_class_recall"].observed == 0.40
+    assert not by_name["ece"].passed and not d.passed

@@ -50,3 +50,14 @@ def test_throughput_scores_every_text_in_batches():
     p = CountingPredictor()
     sps = throughput_sps(p, [f"t{i}" for i in range(40)], batch_size=8)
     assert p.calls == [(8, 8), (40, 8)] and sps > 0
+
+
+def test_expected_calibration_error_by_hand():
+    from distillery.measure import expected_calibration_error
+
+    # Two rows at confidence 0.9 (bin 9), one right and one wrong: |0.5 - 0.9| = 0.4, weight 1.
+    logit = np.log(np.array([0.9, 0.1]))
+    logits = np.stack([logit, logit])
+    assert expected_calibration_error(logits, np.array([0, 1])) == pytest.approx(0.4)
+    # Perfectly confident and right: 0.
+    assert expected_calibration_error(np.array([[20.0, 0.0]]), np.array([0])) == pytest.approx(0.0, abs=1e-6)
