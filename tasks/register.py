@@ -96,6 +96,34 @@ def _find_same_model(client, name: str, md5: str):
     return max(same, key=lambda v: int(v.version)) if same else None
 
 
+def rescore_champion(client, name: str, version: str, root: Path, params: Params) -> dict | None:
+    """Score the current champion, as served (its registered pyfunc), on the *current* eval split,
+    so a changed eval set cannot promote a worse model. None when it cannot be scored."""
+    import json
+
+    import mlflow
+    import numpy as np
+
+    from distillery.data import load_split
+    from distillery.measure import classification_metrics
+
+    vdir = Path(root) / params.paths.validated_dir
+    labels = json.loads((vdir / "labels.json").read_text())["labels"]
+    eval_set = load_split(vdir / "eval.parquet")
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        predicted = model.predict(list(eval_set.texts))["label"].astype(str).tolist()
+    except Exception as exc:  # an old or foreign model: fall back to its recorded figures, and say so
+        print(f"register: champion v{version} could not be re-scored on the current eval data: {exc}")
+        return None
+    index = {lab: i for i, lab in enumerate(labels)}
+    # A label the current task does not know counts as wrong (one-hot on a column of its own).
+    pred = np.array([index.get(p, len(labels)) for p in predicted])
+    onehot = np.eye(len(labels) + 1)[pred][:, : len(labels)]
+    onehot[pred == len(labels)] = -1.0
+    return classification_metrics(onehot, eval_set.labels, len(labels))
+
+
 def register_model(root: Path, params: Params, client, exp_id: str, parent_run_id: str,
                    flow_run_id: str | None) -> dict:
     """Register the final model; returns version, aliases and the promotion decision."""
@@ -134,21 +162,30 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
         client.update_model_version(name, mv_version, description=describe(figures, gate))
         client.set_registered_model_alias(name, CHALLENGER, mv_version)
         champ = _champion(client, name)
-        champ_value = float(champ.tags[f"metric.{metric}"]) if champ and f"metric.{metric}" in champ.tags else None
+        champ_value, champ_source = None, "no champion yet"
+        if champ is not None:
+            rescored = rescore_champion(client, name, str(champ.version), root, params)
+            if rescored is not None:
+                champ_value, champ_source = rescored[metric], "re-scored on the current eval data"
+            elif f"metric.{metric}" in champ.tags:
+                champ_value, champ_source = float(champ.tags[f"metric.{metric}"]), "recorded figure (could not re-score)"
         decision = decide_promotion(bool(gate["passed"]), metric, float(figures[metric]), champ_value,
-                                    champ.version if champ else None)
+                                    str(champ.version) if champ else None)
+        reason = decision.reason + (f" [champion's {metric}: {champ_source}]" if champ is not None else "")
         if decision.promote:
-            move_champion(client, name, mv_version, kind="auto_promote", reason=decision.reason,
+            move_champion(client, name, mv_version, kind="auto_promote", reason=reason,
                           user=f"pipeline {flow_run_id or 'local'}")
             if champ is not None:
                 client.set_model_version_tag(name, mv_version, "previous_champion", str(champ.version))
-        client.set_model_version_tag(name, mv_version, "promotion", decision.reason)
+        client.set_model_version_tag(name, mv_version, "promotion", reason)
         client.log_dict(run.info.run_id, {"version": mv_version, "promoted": decision.promote,
-                                          "reason": decision.reason, "gate": gate}, "registration.json")
+                                          "reason": reason, "gate": gate, "champion_value": champ_value,
+                                          "champion_value_source": champ_source}, "registration.json")
         client.set_terminated(run.info.run_id)
     aliases = [CHALLENGER] + ([CHAMPION] if decision.promote else [])
     return {"version": mv_version, "new_version": True, "aliases": aliases, "promoted": decision.promote,
-            "reason": decision.reason, "model_uri": info.model_uri}
+            "reason": reason, "model_uri": info.model_uri, "champion_value": champ_value,
+            "champion_value_source": champ_source}
 
 
 def describe(figures: dict, gate: dict) -> str:

@@ -156,6 +156,10 @@ def test_worse_challenger_is_registered_but_champion_stays(project):
     assert result["gate"]["passed"] is False
     assert any("size_mb" in r and "FAILED" in r for r in result["gate"]["reasons"])
     assert result["registration"]["promoted"] is False
+    assert result["registration"]["champion_value_source"] == "re-scored on the current eval data"
+    v1 = client(project).get_model_version("distillery-student", "1")
+    # Same eval data, same model, served through its pyfunc: the recorded figure is reproduced.
+    assert result["registration"]["champion_value"] == pytest.approx(float(v1.tags["metric.accuracy"]), abs=1e-9)
     assert versions(project) == {"1": {"champion"}, "2": {"challenger"}}
 
 
