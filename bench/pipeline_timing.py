@@ -101,12 +101,14 @@ def pipeline_figures(first: dict, walls: dict[str, float], reports: dict[str, di
             estimated = bench_measure_seconds.get(STAGE_ROWS[stage])
         reported = sum(parts.values())
         compute = reported + (estimated or 0.0)
-        wall = walls.get(stage)
-        compute_reported += reported
-        compute_total += compute
-        stages.append({"stage": stage, "ran": first["ran"].get(stage), "wall_seconds": wall,
-                       "compute_seconds": compute, "compute_reported": parts,
-                       "measure_seconds_estimated": estimated,
+        wall, ran = walls.get(stage), first["ran"].get(stage)
+        if ran:
+            compute_reported += reported
+            compute_total += compute
+        else:  # skipped by DVC: its report describes an earlier run, and this run computed nothing
+            compute, parts, estimated = 0.0, {}, None
+        stages.append({"stage": stage, "ran": ran, "wall_seconds": wall, "compute_seconds": compute,
+                       "compute_reported": parts, "measure_seconds_estimated": estimated,
                        "outside_compute_seconds": None if wall is None else wall - compute})
     whole = first["wall_seconds"]
     in_tasks = sum(w for s, w in walls.items() if s in STAGES)

@@ -91,6 +91,8 @@ def build_competitors(ctx, base_dir: Path) -> tuple[dict[str, Path], dict]:
 
 
 def model_specs(ctx, dirs: dict[str, Path]) -> list:
+    """The rows A to E-quantize, in the order they are measured. An int8 model counts the
+    parameters of the fp32 model it was made from (the same weights, stored as int8)."""
     from bench.compare import ModelSpec
     from bench.torch_int8 import TORCH_INT8_FILE
     from distillery.modeling import count_parameters, load_model_dir
@@ -116,14 +118,45 @@ def model_specs(ctx, dirs: dict[str, Path]) -> list:
     ]
 
 
+def run_pipeline(work: Path) -> tuple[dict, dict, dict, float | None]:
+    """The first run (in this process) and the no-change rerun (a fresh process), timed."""
+    from bench import compare, pipeline_timing
+
+    print(f"bench: running the pipeline in {work}")
+    with compare.OtherCpu() as other:
+        first = pipeline_timing.run_first(work)
+    walls = pipeline_timing.task_walls(first["flow_run_id"])
+    print("bench: no-change rerun (fresh process)")
+    rerun = pipeline_timing.rerun_unchanged(work, work / "logs" / "rerun.log")
+    return first, walls, rerun, other.share
+
+
+def measure_models(ctx, work: Path) -> tuple[list, dict, dict, dict]:
+    """Build the competitors, then time every model in this process and probe its memory."""
+    from bench import compare
+    from tasks.models import load_splits
+
+    dirs, built = build_competitors(ctx, work / "baselines")
+    specs = model_specs(ctx, dirs)
+    train_set, eval_set, labels = load_splits(ctx)
+    texts = list(eval_set.texts)
+    rows = compare.measure_all(specs, texts, eval_set.labels, len(labels), ctx.params)
+    texts_file = compare.write_texts(texts, work / "baselines" / "eval_texts.json")
+    for spec in specs:
+        memory = compare.measure_memory(spec, texts_file, ctx.params)
+        rows[spec.key].update(memory=memory, peak_rss_mb=memory["peak_rss_mb"], label=spec.label, what=spec.what,
+                              runtime=spec.kind, model_dir=str(spec.model_dir),
+                              weights_file=str(spec.size_file) if spec.size_file else None)
+    sizes = {"train_rows": len(train_set), "eval_rows": len(texts)}
+    return specs, rows, built, sizes
+
+
 def run_benchmark(data_dir: str | Path, *, quick: bool = False, overrides: list[str] | None = None,
                   work_dir: str | Path | None = None, out_dir: str | Path | None = None, reuse_work: bool = False,
                   update_readme: bool = False, command: str = "distillery bench") -> dict:
     """Run the whole benchmark; returns the results dict (also written to `out_dir`)."""
-    from bench import compare, pipeline_timing
-    from distillery.config import load_params
-    from tasks.common import read_json, report_path, stage_context
-    from tasks.models import load_splits
+    from bench import pipeline_timing
+    from tasks.common import STAGES, read_json, report_path, stage_context
     from tasks.register import git_lineage
 
     data_dir = Path(data_dir).resolve()
@@ -135,47 +168,30 @@ def run_benchmark(data_dir: str | Path, *, quick: bool = False, overrides: list[
                "versions": versions(), "git": git_lineage(REPO)}
     raw, bench_cfg, _ = build_params(data_dir, quick, overrides or [])
     prepare_data(raw, bench_cfg, work.parent / f"{work.name}-data")
-    fresh = make_work_project(work, raw, reuse=reuse_work, note=f"bench project for distillery "
-                                                                 f"{results['git']['git_commit']}")
+    fresh = make_work_project(work, raw, reuse=reuse_work,
+                              note=f"bench project for distillery {results['git']['git_commit']}")
     with bench_environment(work):
-        print(f"bench: running the pipeline in {work}")
-        with compare.OtherCpu() as other:
-            first = pipeline_timing.run_first(work)
-        walls = pipeline_timing.task_walls(first["flow_run_id"])
-        print("bench: no-change rerun (fresh process)")
-        rerun = pipeline_timing.rerun_unchanged(work, work / "logs" / "rerun.log")
+        first, walls, rerun, other_share = run_pipeline(work)
         ctx = stage_context(work)  # the bench project's params; seeds; torch threads
-        params = ctx.params
-        dirs, built = build_competitors(ctx, work / "baselines")
-        specs = model_specs(ctx, dirs)
-        train_set, eval_set, labels = load_splits(ctx)
-        texts = list(eval_set.texts)
-        rows = compare.measure_all(specs, texts, eval_set.labels, len(labels), params)
-        texts_file = compare.write_texts(texts, work / "baselines" / "eval_texts.json")
-        for spec in specs:
-            rows[spec.key]["memory"] = compare.measure_memory(spec, texts_file, params)
-            rows[spec.key]["peak_rss_mb"] = rows[spec.key]["memory"]["peak_rss_mb"]
-            rows[spec.key].update(label=spec.label, what=spec.what, runtime=spec.kind, model_dir=str(spec.model_dir))
-        stage_reports = {s: read_json(report_path(work, params, s)) for s in pipeline_timing.STAGE_ROWS
-                         if report_path(work, params, s).exists()}
-        pipeline = pipeline_timing.pipeline_figures(
-            first, walls, stage_reports, {k: r["measure_seconds"] for k, r in rows.items()}, rerun)
-    pipeline.update(fresh_project=fresh, other_cpu_share=other.share)
-    train_file, eval_file = Path(params.data.train_path), Path(params.data.eval_path)
+        specs, rows, built, sizes = measure_models(ctx, work)
+    p = ctx.params
+    reports = {s: read_json(report_path(work, p, s)) for s in STAGES if report_path(work, p, s).exists()}
+    pipeline = pipeline_timing.pipeline_figures(first, walls, reports,
+                                                {k: r["measure_seconds"] for k, r in rows.items()}, rerun)
+    pipeline.update(fresh_project=fresh, other_cpu_share=other_share)
     results.update(
-        data={"dir": str(data_dir), "train_path": str(train_file), "eval_path": str(eval_file),
-              "train_rows": len(train_set), "eval_rows": len(texts), "bench": bench_cfg,
-              "source_sha256": {n: file_sha256(data_dir / n) for n in ("train.tsv", "dev.tsv")}},
+        data={"dir": str(data_dir), "train_path": p.data.train_path, "eval_path": p.data.eval_path, **sizes,
+              "bench": bench_cfg, "source_sha256": {n: file_sha256(data_dir / n) for n in ("train.tsv", "dev.tsv")}},
         params={"profiles": ["bench/sst2.params.yaml"] + (["bench/sst2-quick.params.yaml"] if quick else []),
-                "overrides": overrides or [], "effective": params.as_dict()},
-        conditions={"threads": params.base.threads, "device": "cpu", "warmup": params.measure.warmup,
+                "overrides": overrides or [], "effective": p.as_dict()},
+        conditions={"threads": p.base.threads, "device": p.base.device, "warmup": p.measure.warmup,
                     "latency": "batch 1, every eval sentence in file order, real length, tokenization included",
-                    "throughput_batch_size": params.measure.throughput_batch_size,
-                    "order": [s.key for s in specs],
+                    "throughput_batch_size": p.measure.throughput_batch_size, "order": [s.key for s in specs],
                     "memory": "fresh process per model; peak RSS (VmHWM reset after load) while scoring every "
                               "eval sentence at the throughput batch size; see bench/memory.py"},
         work_dir=str(work), models=rows, built=built, ratios=report.all_ratios(rows), pipeline=pipeline)
     results["targets"] = report.evaluate_targets(rows, pipeline)
+    results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     write_outputs(results, out, update_readme)
     return results
 

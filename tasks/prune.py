@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from functools import partial
 
 import numpy as np
@@ -52,13 +53,15 @@ def run(ctx: StageContext) -> dict:
         return kd(logits, b["teacher_logits"], b["labels"])
 
     before = count_parameters(model)
+    start = time.perf_counter()
     plan = plan_pruning(compute_importance(model, batches, loss_fn), pr.head_fraction, pr.ffn_fraction)
+    importance_seconds = time.perf_counter() - start
     apply_pruning(model, plan)
     after = count_parameters(model)
     structure = dict(model.config.distillery_structure)
     print(f"prune: heads per layer {structure['heads']}, FFN neurons per layer {structure['intermediate']}: "
           f"{before:,} -> {after:,} parameters")
-    info = {"structure": structure, "params_before": before}
+    info = {"structure": structure, "params_before": before, "importance_seconds": importance_seconds}
     if pr.recovery_epochs > 0:
         result = train(model, enc, y, loss_fn=kd, epochs=pr.recovery_epochs, batch_size=d.batch_size,
                        learning_rate=pr.learning_rate, seed=p.base.seed + 1, device=device,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from distillery.config import Params
@@ -33,8 +34,11 @@ def run(ctx: StageContext) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        start = time.perf_counter()
         fp32 = export_onnx(model, tmp / "model.fp32.onnx", q.opset, p.data.max_length)
+        export_seconds = time.perf_counter() - start
         quantize_dynamic_int8(fp32, tmp / "model.onnx", q.per_channel)
+        quantize_seconds = time.perf_counter() - start - export_seconds
         fp32.unlink()  # the int8 graph is the artifact; the fp32 export is an intermediate
         tokenizer.save_pretrained(tmp)
         shutil.copy(src / LABELS_FILE, tmp / LABELS_FILE)
@@ -43,12 +47,15 @@ def run(ctx: StageContext) -> dict:
         replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    start = time.perf_counter()
     clf = OnnxClassifier.from_dir(out, threads=p.base.threads)
     n_params = count_parameters(model)  # the same weights, now stored as int8
     figures = measure_predictor(clf, list(eval_set.texts), eval_set.labels, len(labels), model_dir=out,
                                 n_params=n_params, latency_samples=p.measure.latency_samples,
                                 warmup=p.measure.warmup, batch_size=p.measure.throughput_batch_size)
-    report = {**figures, "runtime": "onnxruntime", "quantization": q.model_dump()}
+    report = {**figures, "runtime": "onnxruntime", "quantization": q.model_dump(),
+              "export_seconds": export_seconds, "quantize_seconds": quantize_seconds,
+              "measure_seconds": time.perf_counter() - start}
     write_report(ctx, "quantize", report)
     return report
 

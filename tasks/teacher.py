@@ -14,7 +14,7 @@ from tasks.common import StageContext, StageIO, report_rel, write_report
 def io(p: Params) -> StageIO:
     return StageIO(deps=[p.paths.validated_dir], outs=[p.paths.teacher_dir, p.paths.logits_dir],
                    metrics=[report_rel(p, "teacher")],
-                   params=["base", "data.max_length", "teacher", "measure"])
+                   params=["base", "data.max_length", "teacher", "measure", "distill.max_train_rows"])
 
 
 def run(ctx: StageContext) -> dict:
@@ -40,11 +40,13 @@ def run(ctx: StageContext) -> dict:
     out = ctx.path(p.paths.teacher_dir)
     save_model_dir(model, tokenizer, labels, out, {"max_length": p.data.max_length, "role": "teacher",
                                                    "identity": identity})
-    # Teacher logits, computed once per dataset: distill and prune read them from disk.
+    # Teacher logits, computed once per dataset: distill and prune read them from disk. Only the
+    # rows they train on (the first distill.max_train_rows) are scored.
     start = time.perf_counter()
     logits_dir = ctx.path(p.paths.logits_dir)
     logits_dir.mkdir(parents=True, exist_ok=True)
-    train_logits = predict_logits(model, enc, 64, device, desc="teacher logits")
+    used = type(enc)(enc.input_ids[: p.distill.max_train_rows], enc.pad_id)
+    train_logits = predict_logits(model, used, 64, device, desc="teacher logits")
     np.save(logits_dir / "train.npy", train_logits, allow_pickle=False)
     info["logits_seconds"] = time.perf_counter() - start
     figures = measure_torch_model(ctx, model, tokenizer, eval_set, len(labels), out)

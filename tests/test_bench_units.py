@@ -1,0 +1,104 @@
+"""Unit tests of the benchmark's pure parts: params profile, data slices, ratios, targets, README section."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.report import README_END, README_START, all_ratios, evaluate_targets, update_readme
+from bench.workdir import PROFILE, REPO, build_params, write_sample
+from distillery.config import ConfigError, read_raw
+
+
+def row(acc, size, p50, params=1_000_000, tps=100.0):
+    return {"accuracy": acc, "macro_f1": acc, "size_mb": size, "params": params, "latency_p50_ms": p50,
+            "latency_p95_ms": 2 * p50, "throughput_sps": tps, "peak_rss_mb": 100.0}
+
+
+PIPELINE = {"fresh_run": True, "wall_seconds": 30 * 60.0, "non_compute_share": 0.08, "rerun_wall_seconds": 31.0}
+
+
+def test_targets_compare_the_final_model_with_a_b_and_d():
+    rows = {"A": row(0.900, 90.0, 18.0), "B": row(0.896, 24.0, 6.0), "D": row(0.880, 60.0, 4.0),
+            "E-quantize": row(0.887, 6.0, 2.0)}
+    t = {x["name"]: x for x in evaluate_targets(rows, PIPELINE)}
+    assert t["accuracy_retention_vs_A"]["value"] == pytest.approx(0.887 / 0.900)
+    assert t["accuracy_retention_vs_A"]["met"] is True            # 98.56% >= 98.5%
+    assert t["size_x_smaller_vs_A"]["met"] is True                # 15x
+    assert t["size_x_smaller_vs_B"]["value"] == pytest.approx(4.0) and t["size_x_smaller_vs_B"]["met"] is True
+    assert t["p50_x_lower_vs_A"]["met"] is True                   # 9x
+    assert t["p50_x_lower_vs_B"]["value"] == pytest.approx(3.0)
+    assert t["accuracy_pts_vs_B"]["value"] == pytest.approx(-0.9) and t["accuracy_pts_vs_B"]["met"] is True
+    assert t["accuracy_pts_vs_D"]["value"] == pytest.approx(0.7) and t["accuracy_pts_vs_D"]["met"] is False
+    assert t["pipeline_minutes"]["met"] is True and t["non_compute_share"]["met"] is True
+    assert t["rerun_seconds"]["met"] is False                     # 31 s > 30 s
+
+
+def test_pipeline_targets_are_not_judged_on_a_reused_project():
+    rows = {k: row(0.9, 10.0, 1.0) for k in ("A", "B", "D", "E-quantize")}
+    t = {x["name"]: x for x in evaluate_targets(rows, {**PIPELINE, "fresh_run": False, "non_compute_share": None})}
+    assert t["pipeline_minutes"]["met"] is None and t["non_compute_share"]["met"] is None
+
+
+def test_ratios_are_times_better_against_a_and_b():
+    r = all_ratios({"A": row(0.9, 90.0, 18.0, tps=50.0), "B": row(0.9, 22.5, 6.0), "E": row(0.81, 9.0, 2.0, tps=400.0)})
+    assert r["E"]["vs_A"]["size_x_smaller"] == pytest.approx(10.0)
+    assert r["E"]["vs_B"]["p50_x_lower"] == pytest.approx(3.0)
+    assert r["E"]["vs_A"]["throughput_x_higher"] == pytest.approx(8.0)
+    assert r["E"]["vs_A"]["accuracy_retention"] == pytest.approx(0.9)
+    assert r["E"]["vs_A"]["accuracy_delta_pts"] == pytest.approx(-9.0)
+    assert r["A"]["vs_A"]["p50_x_lower"] == pytest.approx(1.0)
+
+
+def test_readme_section_is_replaced_between_the_markers_only(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# T\n\nbefore\n{README_START}\nold table\n{README_END}\n\n## Tests\nafter\n")
+    assert update_readme(readme, "| new | table |\n")
+    text = readme.read_text()
+    assert "old table" not in text and "| new | table |" in text
+    assert text.startswith("# T\n\nbefore\n") and text.endswith("\n\n## Tests\nafter\n")
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    assert not update_readme(plain, "x") and plain.read_text() == "no markers\n"
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    d = tmp_path / "sst2"
+    d.mkdir()
+    lines = [f'a "quoted" phrase number {i} \t{i % 2}\n' for i in range(50)]  # SST-2's format
+    (d / "train.tsv").write_text("sentence\tlabel\n" + "".join(lines))
+    (d / "dev.tsv").write_text("sentence\tlabel\n" + "".join(lines[:20]))
+    return d
+
+
+def test_bench_params_layer_repo_profile_quick_and_overrides(data_dir):
+    repo, profile = read_raw(REPO / "params.yaml"), read_raw(PROFILE)
+    raw, bench, params = build_params(data_dir, False, ["distill.epochs=99"])
+    assert params.teacher.max_train_rows == profile["teacher"]["max_train_rows"]     # the profile wins
+    assert params.base.device == "cpu" and params.measure.latency_samples == 872
+    assert params.distill.epochs == 99                                                # --set wins
+    assert params.distill.temperature == repo["distill"]["temperature"]               # untouched: the repo's
+    assert params.data.text_column == "sentence" and params.data.labels is None
+    assert params.data.train_path == str((data_dir / "train.tsv").resolve())
+    assert bench == {"train_rows": None, "eval_rows": None} and "bench" not in raw
+    _, bench, params = build_params(data_dir, True, ["bench.eval_rows=7"])
+    assert bench == {"train_rows": 300, "eval_rows": 7} and params.teacher.max_train_rows is None
+
+
+def test_bench_params_reject_unknown_keys_and_missing_data(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="bench.rows"):
+        build_params(data_dir, False, ["bench.rows=5"])
+    with pytest.raises(ConfigError, match="distill.nonsense: unknown key"):
+        build_params(data_dir, False, ["distill.nonsense=1"])
+    with pytest.raises(ConfigError, match="no train.tsv"):
+        build_params(tmp_path / "nowhere", False, [])
+
+
+def test_write_sample_keeps_the_header_and_whole_lines(data_dir, tmp_path):
+    out = write_sample(data_dir / "train.tsv", tmp_path / "slice" / "train.tsv", 10, seed=42)
+    header, *lines = out.read_text().splitlines(keepends=True)
+    original = (data_dir / "train.tsv").read_text().splitlines(keepends=True)
+    assert header == original[0] and len(lines) == 10 and set(lines) <= set(original[1:])
+    assert lines == sorted(lines, key=original.index)  # file order kept
+    assert write_sample(data_dir / "train.tsv", tmp_path / "x.tsv", 10, seed=42).read_text() == out.read_text()
+    assert write_sample(data_dir / "train.tsv", tmp_path / "y.tsv", None, seed=42) == data_dir / "train.tsv"
