@@ -164,7 +164,7 @@ def cmd_promote(args) -> int:
     root, params, client = _registry(args)
     from tasks.promotion import promote
 
-    entry = promote(root, client, params.register.model_name, args.version, force=args.force, reason=args.reason)
+    entry = promote(client.tracking_uri, client, params.register.model_name, args.version, force=args.force, reason=args.reason)
     print(f"champion: version {entry['from'] or '(none)'} -> {entry['version']} ({entry['kind']}, by {entry['by']}): "
           f"{entry['reason']}")
     return 0
@@ -174,7 +174,7 @@ def cmd_rollback(args) -> int:
     root, params, client = _registry(args)
     from tasks.promotion import rollback
 
-    entry = rollback(root, client, params.register.model_name, reason=args.reason)
+    entry = rollback(client.tracking_uri, client, params.register.model_name, reason=args.reason)
     print(f"champion: version {entry['from']} -> {entry['version']} (rollback, by {entry['by']})")
     return 0
 

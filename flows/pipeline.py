@@ -10,6 +10,7 @@ with promotion, and a Prefect artifact with the stage table and the gate decisio
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 
 from pathlib import Path
@@ -111,28 +112,20 @@ def pipeline(project_dir: str = ".") -> dict:
     fr_id = flow_run.get_id()
     parent = tracking.start_parent_run(client, exp_id, f"pipeline-{flow_run.get_name() or 'local'}",
                                        {"prefect_flow_run_id": str(fr_id), "params_hash": params.section_hash()})
-    from tasks import demo_data, distill, evaluate, prune, quantize, teacher, validate
-
-    modules = dict(demo_data=demo_data, validate=validate, teacher=teacher, distill=distill, prune=prune,
-                   quantize=quantize, evaluate=evaluate)
     ran: dict[str, bool] = {}
     try:
         for stage in STAGES:
-            io = modules[stage].io(params)
+            io = importlib.import_module(f"tasks.{stage}").io(params)
+            ran[stage], status = True, "FAILED"
             try:
                 ran[stage] = STAGE_TASKS[stage](str(root))
-            except Exception:
-                failed = report_path(root, params, stage)
-                tracking.log_stage_run(client, exp_id, parent, stage, ran=True,
-                                       report=read_json(failed) if failed.exists() else None,
+                status = "FINISHED"
+            finally:  # a failed stage is logged too, with whatever report it left
+                report_file = report_path(root, params, stage)
+                tracking.log_stage_run(client, exp_id, parent, stage, ran=ran[stage],
+                                       report=read_json(report_file) if report_file.exists() else None,
                                        params=tracking.section_params(params, io.params),
-                                       artifacts=[root / m for m in io.metrics], status="FAILED")
-                raise
-            report_file = report_path(root, params, stage)
-            tracking.log_stage_run(client, exp_id, parent, stage, ran=ran[stage],
-                                   report=read_json(report_file) if report_file.exists() else None,
-                                   params=tracking.section_params(params, io.params),
-                                   artifacts=[root / m for m in io.metrics])
+                                       artifacts=[root / m for m in io.metrics], status=status)
         gate = read_json(report_path(root, params, "gate"))
         summary = read_json(report_path(root, params, "evaluate"))
         client.set_tag(parent, "gate_passed", str(gate["passed"]).lower())

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 CHAMPION = "champion"
@@ -23,10 +25,15 @@ class PromotionError(RuntimeError):
     """A promotion or rollback that is refused; the message says why."""
 
 
-def registry_lock(root: Path):
+def registry_lock(tracking_uri: str):
+    """One lock per registry, not per project: pipelines of several projects on this machine that
+    share a registry serialise their writes. Beside the database for SQLite, else in the temp dir."""
     from filelock import FileLock
 
-    path = Path(root) / "mlruns" / ".registry.lock"
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri[len("sqlite:///"):]).with_suffix(".registry.lock")
+    else:
+        path = Path(tempfile.gettempdir()) / f"distillery-registry-{hashlib.sha1(tracking_uri.encode()).hexdigest()[:12]}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(path), timeout=600)
 
@@ -68,11 +75,11 @@ def move_champion(client, name: str, version: str, *, kind: str, reason: str, us
     return entry
 
 
-def promote(root: Path, client, name: str, version: str, *, force: bool = False, reason: str | None = None) -> dict:
+def promote(tracking_uri: str, client, name: str, version: str, *, force: bool = False, reason: str | None = None) -> dict:
     """`distillery promote VERSION`: refuses a version that failed its gate unless forced with a reason."""
     from mlflow.exceptions import MlflowException
 
-    with registry_lock(root):
+    with registry_lock(tracking_uri):
         try:
             mv = client.get_model_version(name, str(version))
         except MlflowException:
@@ -91,9 +98,9 @@ def promote(root: Path, client, name: str, version: str, *, force: bool = False,
                              reason=reason or "manual promotion of a version that passed its gate")
 
 
-def rollback(root: Path, client, name: str, reason: str | None = None) -> dict:
+def rollback(tracking_uri: str, client, name: str, reason: str | None = None) -> dict:
     """`distillery rollback`: `champion` returns to the version that held it before the current one."""
-    with registry_lock(root):
+    with registry_lock(tracking_uri):
         stack = _read_tag(client, name, STACK_TAG)
         current = current_champion(client, name)
         if current is None:

@@ -136,7 +136,7 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
     gate = read_json(report_path(root, params, "gate"))
     figures = read_json(report_path(root, params, "quantize"))
     md5 = model_md5(qdir)
-    with registry_lock(root):
+    with registry_lock(client.tracking_uri):
         existing = _find_same_model(client, name, md5)
         if existing is not None:
             # Nothing changed since this exact model was registered: no duplicate version.

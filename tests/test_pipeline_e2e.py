@@ -148,6 +148,55 @@ def test_second_run_with_nothing_changed_trains_nothing(project):
     assert parent.data.metrics["quantize.accuracy"] == pytest.approx(first["accuracy"])
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_champion_served_over_http_answers_like_the_pipeline(project):
+    """`mlflow models serve` on the champion, real HTTP requests, answers equal the pipeline's own."""
+    import json
+    import signal
+    import time
+    import urllib.request
+
+    from distillery.onnx_model import OnnxClassifier
+
+    texts = ["the battery died after a day", "not bad at all", "it does what it says",
+             "the staff were friendly but the room was filthy"]
+    expected = [p["label"] for p in OnnxClassifier.from_dir(project / "models/quantized").predict(texts)]
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlruns' / 'mlflow.db'}",
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/distillery-student@champion",
+                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                assert time.time() < deadline, "model server did not start in 120 s"
+                time.sleep(1)
+        body = json.dumps({"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        answer = json.loads(urllib.request.urlopen(req, timeout=30).read())["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the server's own process group: it and its workers
+        server.wait(timeout=30)
+    assert [row["label"] for row in answer] == expected
+    for row in answer:
+        probs = [v for k, v in row.items() if k.startswith("prob_")]
+        assert len(probs) == 3 and abs(sum(probs) - 1.0) < 1e-4
+
+
 def test_worse_challenger_is_registered_but_champion_stays(project):
     result = run_flow(project, ["prune.ffn_fraction=0.75", "gate.max_size_mb=0.0001"])
     ran = result["ran"]
