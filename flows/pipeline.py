@@ -129,6 +129,9 @@ def pipeline(project_dir: str = ".") -> dict:
         gate = read_json(report_path(root, params, "gate"))
         summary = read_json(report_path(root, params, "evaluate"))
         client.set_tag(parent, "gate_passed", str(gate["passed"]).lower())
+        for check in gate["checks"]:  # every check visible (and comparable across runs) in MLflow
+            client.set_tag(parent, f"gate.{check['name']}", "pass" if check["passed"] else "fail")
+            client.log_metric(parent, f"gate.{check['name']}.observed", check["observed"])
         registration = register(str(root), parent, str(fr_id) if fr_id else None)
         client.set_tag(parent, "registered_version", registration["version"])
         client.set_tag(parent, "promoted", str(registration["promoted"]).lower())

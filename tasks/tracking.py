@@ -19,8 +19,9 @@ def tracking_uri(root: Path, params: Params) -> str:
     return params.register.tracking_uri or f"sqlite:///{(Path(root) / 'mlruns' / 'mlflow.db').resolve()}"
 
 
-def artifact_root(root: Path) -> str:
-    return (Path(root) / "mlruns" / "artifacts").resolve().as_uri()
+def artifact_root(uri: str) -> str:
+    """Artifacts of a SQLite store live beside its database, so projects sharing it share them too."""
+    return (Path(uri[len("sqlite:///"):]).parent / "artifacts").resolve().as_uri()
 
 
 def client_for(root: Path, params: Params):
@@ -28,19 +29,35 @@ def client_for(root: Path, params: Params):
     from mlflow import MlflowClient
 
     uri = tracking_uri(root, params)
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    from tasks.promotion import registry_lock
+
+    Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    # Opening the store creates and migrates the database; two runs doing it at once on a shared
+    # store race (duplicate tables and indexes), so it happens under the registry's lock.
+    with registry_lock(uri):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
+    return client
 
 
 def experiment_id(client, root: Path, params: Params) -> str:
-    exp = client.get_experiment_by_name(params.register.experiment)
+    from mlflow.exceptions import MlflowException
+
+    name = params.register.experiment
+    exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = artifact_root(root) if tracking_uri(root, params).startswith("sqlite:") else None
-    return client.create_experiment(params.register.experiment, artifact_location=location)
+    uri = tracking_uri(root, params)
+    location = artifact_root(uri) if uri.startswith("sqlite:") else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # another run sharing this store created it a moment ago
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -106,6 +106,8 @@ def test_first_run_trains_every_stage_and_registers_champion(project):
     c = client(project)
     parent = c.get_run(result["mlflow_run_id"])
     assert parent.info.status == "FINISHED"
+    assert parent.data.tags["gate.size_mb"] == "pass"
+    assert parent.data.metrics["gate.size_mb.observed"] == pytest.approx(reports["quantize"]["size_mb"])
     assert parent.data.metrics["quantize.accuracy"] == pytest.approx(reports["quantize"]["accuracy"])
     children = c.search_runs([parent.info.experiment_id],
                              filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
