@@ -61,3 +61,28 @@ def make_project(dest: Path, params: dict, teacher_texts: list[str]) -> Path:
                 ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=dest, check=True)
     return dest
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, proc, timeout: float = 120.0) -> None:
+    """Poll `url` until it answers; fail with the server's stderr if it exits or times out."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, f"{url} did not answer in {timeout:.0f} s"
+            time.sleep(1)

@@ -16,7 +16,7 @@ import yaml
 
 from distillery.cli import configure_environment
 from distillery.measure import FIGURES
-from tests.helpers import make_project, tiny_params
+from tests.helpers import free_port, make_project, tiny_params, wait_for_http
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -150,19 +150,10 @@ def test_second_run_with_nothing_changed_trains_nothing(project):
     assert parent.data.metrics["quantize.accuracy"] == pytest.approx(first["accuracy"])
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_champion_served_over_http_answers_like_the_pipeline(project):
     """`mlflow models serve` on the champion, real HTTP requests, answers equal the pipeline's own."""
     import json
     import signal
-    import time
     import urllib.request
 
     from distillery.onnx_model import OnnxClassifier
@@ -177,15 +168,7 @@ def test_champion_served_over_http_answers_like_the_pipeline(project):
                                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-2000:]
-                assert time.time() < deadline, "model server did not start in 120 s"
-                time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server)
         body = json.dumps({"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                      headers={"Content-Type": "application/json"})

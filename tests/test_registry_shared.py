@@ -8,13 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_project, tiny_params
+from tests.helpers import free_port, make_project, tiny_params, wait_for_http
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -67,14 +65,6 @@ def test_two_runs_finishing_at_once_leave_a_consistent_registry(tmp_path):
     assert moves[-1]["version"] == champions[0]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_pipeline_against_a_real_mlflow_server(tmp_path):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -84,15 +74,7 @@ def test_pipeline_against_a_real_mlflow_server(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-2000:]
-                assert time.time() < deadline, "mlflow server did not start in 120 s"
-                time.sleep(1)
+        wait_for_http(f"{uri}/health", server)
         project = new_project(tmp_path / "p", uri, seed=3)
         run = start_run(project)
         out = run.communicate(timeout=900)[0]
