@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+
+from distillery.fileio import write_atomically
 
 TEXT = "text"
 LABEL = "label"
@@ -305,16 +305,7 @@ def save_split(data: pd.DataFrame | TextDataset, path: str | Path) -> Path:
     if any(not isinstance(t, str) for t in data.texts):
         raise DataError(f"{path}: cannot save split, every text must be a string (validate first)")
     table = pa.table({TEXT: pa.array(data.texts, pa.string()), LABEL: pa.array(data.labels, pa.int64())})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same directory as the target, so os.replace is a rename on one filesystem.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda tmp: pq.write_table(table, tmp))
     return path
 
 

@@ -30,13 +30,13 @@ label such sentences, and figures measured on it say little about real data.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+
+from distillery.fileio import write_atomically
 
 LABELS = ("negative", "neutral", "positive")  # index = polarity + 1
 LABEL_NOISE = 0.04
@@ -309,16 +309,7 @@ def make_demo_dataset(n_rows: int, seed: int,
 
 
 def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            df.to_csv(fh, index=False, lineterminator="\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda tmp: df.to_csv(tmp, index=False, lineterminator="\n", encoding="utf-8"))
 
 
 def write_demo_dataset(out_dir: str | Path, n_rows: int, seed: int,

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from distillery.config import ConfigError
-from distillery.pruning import restore_structure
+from distillery.pruning import count_parameters, restore_structure  # noqa: F401  (re-exported)
 
 LABELS_FILE = "labels.json"
 META_FILE = "distillery.json"
@@ -196,7 +196,3 @@ def load_model_dir(model_dir: str | Path):
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return model, tokenizer, read_labels(model_dir), read_meta(model_dir)
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -23,8 +23,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -33,6 +31,8 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
+
+from distillery.fileio import write_atomically
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "logits"
@@ -72,21 +72,6 @@ def _probe_inputs(batch: int, seq: int, vocab_size: int, lengths: list[int]) -> 
     ids = (torch.arange(batch * seq).reshape(batch, seq) * 7919 + 3) % vocab_size  # (B, S)
     mask = (torch.arange(seq).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long()  # (B, S)
     return ids * mask, mask  # padded positions hold id 0, as a tokenizer's [PAD] usually does
-
-
-def _write_atomically(path: Path, write) -> Path:
-    """Call write(tmp_path) for a temp file beside `path`, then rename it into place,
-    so a crash or an error never leaves a half-written file at `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.onnx", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
 
 
 def _strip_debug_metadata(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -154,7 +139,7 @@ def export_onnx(model: torch.nn.Module, out_path: str | Path, opset: int, max_le
         onnx.save_model(proto, str(tmp))  # one file: weights inline, no external data
         check_onnx_parity(model, tmp, max_length)
 
-    return _write_atomically(out_path, write)
+    return write_atomically(out_path, write, suffix=".tmp.onnx")
 
 
 def quantize_dynamic_int8(fp32_path: str | Path, int8_path: str | Path, per_channel: bool) -> Path:
@@ -175,7 +160,7 @@ def quantize_dynamic_int8(fp32_path: str | Path, int8_path: str | Path, per_chan
                              per_channel=per_channel, weight_type=QuantType.QInt8)
         onnx.checker.check_model(str(tmp))
 
-    return _write_atomically(int8_path, write)
+    return write_atomically(int8_path, write, suffix=".tmp.onnx")
 
 
 class _DropPreprocessHint(logging.Filter):

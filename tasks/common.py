@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distillery.config import PARAMS_FILE, Params, load_params
+from distillery.fileio import write_atomically
 
 STAGES = ("demo_data", "validate", "teacher", "distill", "prune", "quantize", "evaluate")
 
@@ -59,11 +60,8 @@ def stage_context(root: str | Path | None = None) -> StageContext:
 
 
 def write_json_atomic(path: Path, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(data, indent=2, sort_keys=True, default=float) + "\n"
+    return write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def read_json(path: Path) -> dict:
