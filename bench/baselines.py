@@ -4,7 +4,8 @@ B: the fine-tuned teacher through ONNX Runtime dynamic int8 (what an Optimum / O
    does instead of distilling): the same export and quantization as the quantize stage.
 C: the teacher with torch.ao.quantization.quantize_dynamic (int8 Linear layers, fp32
    embeddings): the PyTorch-only alternative (recipe in bench/torch_int8.py).
-D: a student of the same shape as ours, trained on the hard labels only, with no teacher:
+D: a student of the same shape as ours (same layers, width and trimmed vocabulary, built by
+   the same `student.build_student`), trained on the hard labels only, with no teacher:
    the baseline that tells whether distillation helps (D-int8: the same through ORT int8,
    to compare like for like with the final model).
 
@@ -25,8 +26,8 @@ from functools import partial
 from pathlib import Path
 
 from distillery.losses import get_loss
-from distillery.modeling import (LABELS_FILE, META_FILE, build_student_from_layers, count_parameters, load_teacher,
-                                 read_meta, save_model_dir)
+from distillery.modeling import LABELS_FILE, META_FILE, count_parameters, load_teacher, read_meta, save_model_dir
+from distillery.student import build_student
 from distillery.quantization import export_onnx, quantize_dynamic_int8
 from distillery.training import encode_texts, resolve_device, seed_everything, train
 from tasks.common import StageContext
@@ -58,9 +59,12 @@ def train_hard_label_student(ctx: StageContext, out_dir: Path) -> dict:
     train_set, _, labels = load_splits(ctx)
     seed_everything(p.base.seed)  # the fresh head is initialised from the seed, as the teacher's was
     source, tokenizer, identity = load_teacher(p.teacher.model, labels, ctx.root)
-    student = build_student_from_layers(source, p.student.layers)
-    del source
     rows = slice(0, d.max_train_rows)
+    # The same builder as the distill stage (layers, width, vocabulary from the same training rows;
+    # augmented texts are not used: they have no gold labels).
+    built = build_student(source, tokenizer, p.student, train_set.texts[rows], p.data.max_length, p.base.seed)
+    student, tokenizer = built.model, built.tokenizer
+    del source
     enc = encode_texts(tokenizer, train_set.texts[rows], p.data.max_length)
     loss = partial(get_loss(d.loss), temperature=d.temperature, alpha=1.0)  # alpha = 1: hard labels only
     result = train(student, enc, train_set.labels[rows], loss_fn=loss, epochs=d.epochs, batch_size=d.batch_size,
@@ -69,5 +73,5 @@ def train_hard_label_student(ctx: StageContext, out_dir: Path) -> dict:
     student.to("cpu")
     save_model_dir(student, tokenizer, labels, out_dir, {
         "max_length": p.data.max_length, "role": "baseline_hard_labels", "init": identity,
-        "teacher_layers": p.student.layers})
+        "teacher_layers": p.student.layers, "student": built.info})
     return {"train": vars(result), "params": count_parameters(student), "init": identity["name"]}

@@ -27,8 +27,8 @@ from tasks.common import STAGES
 from tasks.tracking import flatten
 
 # Report keys (dotted, as MLflow logs them) that hold seconds of model compute.
-COMPUTE_KEYS = ("train.seconds", "logits_seconds", "importance_seconds", "export_seconds", "quantize_seconds",
-                "measure_seconds")
+COMPUTE_KEYS = ("train.seconds", "logits_seconds", "augment_seconds", "build_seconds", "importance_seconds",
+                "export_seconds", "quantize_seconds", "measure_seconds")
 # The benchmark row that re-measures the model a stage measures (same function, same data).
 STAGE_ROWS = {"teacher": "A", "distill": "E-distill", "prune": "E-prune", "quantize": "E-quantize"}
 

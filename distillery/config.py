@@ -93,6 +93,13 @@ class TeacherConfig(_Section):
 class StudentConfig(_Section):
     builder: Literal["layers_from_teacher"] = "layers_from_teacher"
     layers: list[int] = Field(default_factory=lambda: [0, 5], min_length=1)
+    hidden_size: int | None = Field(None, ge=8)         # None = the teacher's width
+    heads: int | None = Field(None, ge=1)               # per layer; None = hidden_size / head size
+    intermediate_size: int | None = Field(None, ge=1)   # FFN neurons per layer; None = the teacher's
+    importance_batches: int = Field(16, ge=1)           # batches scoring channels/heads/neurons for width
+    trim_vocabulary: bool = False                       # keep only the word pieces the training data uses
+    vocab_min_frequency: int = Field(1, ge=1)
+    trim_positions: bool = False                        # keep data.max_length position embeddings
 
     @field_validator("layers")
     @classmethod
@@ -104,6 +111,19 @@ class StudentConfig(_Section):
         return v
 
 
+class ExtraTeacher(_Section):
+    path: str = Field(min_length=1)                     # a model directory written by this project
+    weight: float = Field(1.0, gt=0.0)
+
+
+class AugmentConfig(_Section):
+    copies: int = Field(0, ge=0, le=50)                 # augmented texts per training text (0 = off)
+    mask_prob: float = Field(0.1, ge=0.0, le=1.0)       # a word becomes [MASK]
+    replace_prob: float = Field(0.1, ge=0.0, le=1.0)    # a word becomes a random training word
+    ngram_prob: float = Field(0.25, ge=0.0, le=1.0)     # the text is cut to one n-gram
+    max_ngram: int = Field(5, ge=1, le=100)
+
+
 class DistillConfig(_Section):
     loss: Literal["hinton_kd"] = "hinton_kd"
     temperature: float = Field(2.0, gt=0.0, le=100.0)
@@ -112,15 +132,30 @@ class DistillConfig(_Section):
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1e-4, gt=0.0, lt=1.0)
     max_train_rows: int | None = Field(None, ge=1)
+    hidden_weight: float = Field(0.0, ge=0.0)           # TinyBERT hidden-state loss weight (0 = off)
+    attention_weight: float = Field(0.0, ge=0.0)        # attention-distribution loss weight (0 = off)
+    intermediate_epochs: int | None = Field(None, ge=1)  # epochs with the intermediate losses (None = all)
+    layer_map: list[int] | None = None                  # teacher layer per student layer; None = student.layers
+    teacher_weight: float = Field(1.0, gt=0.0)          # weight of the main teacher among `teachers`
+    teachers: list[ExtraTeacher] = Field(default_factory=list)  # more teachers whose soft targets are fused
 
 
 class PruneConfig(_Section):
     method: Literal["taylor_structured"] = "taylor_structured"
     head_fraction: float = Field(0.25, ge=0.0, lt=1.0)
     ffn_fraction: float = Field(0.5, ge=0.0, lt=1.0)
+    steps: int = Field(1, ge=1, le=20)                  # reach the fractions in this many prune+recover steps
+    drop_layers: list[int] = Field(default_factory=list)  # student layers removed before scoring
     importance_batches: int = Field(16, ge=1)
-    recovery_epochs: int = Field(1, ge=0, le=100)
+    recovery_epochs: int = Field(1, ge=0, le=100)       # KD epochs after each step
     learning_rate: float = Field(5e-5, gt=0.0, lt=1.0)
+
+    @field_validator("drop_layers")
+    @classmethod
+    def _drop_valid(cls, v):
+        if any(i < 0 for i in v) or len(set(v)) != len(v):
+            raise ValueError("layer indices must be distinct and >= 0")
+        return sorted(v)
 
 
 class QuantizeConfig(_Section):
@@ -165,6 +200,7 @@ class Params(_Section):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
+    augment: AugmentConfig = AugmentConfig()
     distill: DistillConfig = DistillConfig()
     prune: PruneConfig = PruneConfig()
     quantize: QuantizeConfig = QuantizeConfig()
@@ -173,6 +209,21 @@ class Params(_Section):
     register: RegisterConfig = RegisterConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _cross_section(self):
+        n = len(self.student.layers)
+        m = self.distill.layer_map
+        if m is not None and len(m) != n:
+            raise ValueError(f"distill.layer_map has {len(m)} entries; student.layers has {n} layers")
+        if m is not None and any(i < 0 for i in m):
+            raise ValueError("distill.layer_map: teacher layer indices must be >= 0")
+        bad = [i for i in self.prune.drop_layers if i >= n]
+        if bad:
+            raise ValueError(f"prune.drop_layers: {bad} out of range; the student has {n} layers (0..{n - 1})")
+        if len(self.prune.drop_layers) >= n:
+            raise ValueError("prune.drop_layers would remove every layer of the student")
+        return self
 
     @property
     def validate_cfg(self) -> ValidateConfig:
@@ -197,6 +248,9 @@ def _format_error(source: str, err: ValidationError) -> str:
             msg = "unknown key"
         elif e["type"] == "missing":
             msg = "required key is missing"
+        if not e["loc"]:  # a check across sections: its message names the keys
+            lines.append(f"{source}: {msg.removeprefix('Value error, ')}")
+            continue
         got = "" if e["type"] in ("extra_forbidden", "missing") else f" (got {e.get('input')!r})"
         lines.append(f"{source}: {key}: {msg}{got}")
     return "\n".join(lines)

@@ -15,7 +15,6 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
@@ -110,37 +109,6 @@ def needs_finetune(finetune: str | bool, has_head: bool, name: str) -> bool:
             "for the declared labels; set teacher.finetune to auto or true."
         )
     return bool(finetune)
-
-
-def build_student_from_layers(teacher: PreTrainedModel, layers: list[int]) -> PreTrainedModel:
-    """DistilBERT-style student: the teacher's embeddings, pooler, head and the chosen layers.
-
-    Copying whole teacher layers (Sanh et al. 2019) starts the student close to the
-    teacher's function, so KD converges in far fewer steps than from random init.
-    """
-    n_teacher = teacher.config.num_hidden_layers
-    bad = [i for i in layers if i >= n_teacher]
-    if bad:
-        raise ConfigError(f"params.yaml: student.layers: {bad} out of range; the teacher has {n_teacher} layers (0..{n_teacher - 1})")
-    config = teacher.config.__class__.from_dict(teacher.config.to_dict())
-    config.num_hidden_layers = len(layers)
-    structure = getattr(teacher.config, "distillery_structure", None)
-    if structure:
-        config.distillery_structure = {k: [v[i] for i in layers] for k, v in structure.items()}
-    student = AutoModelForSequenceClassification.from_config(config)
-    restore_structure(student)
-    # Map student layer j <- teacher layer layers[j]; everything else by identical name.
-    prefix = "bert.encoder.layer."
-    state = {}
-    for key, value in teacher.state_dict().items():
-        if key.startswith(prefix):
-            idx, rest = key[len(prefix):].split(".", 1)
-            if int(idx) in layers:
-                state[f"{prefix}{layers.index(int(idx))}.{rest}"] = value.clone()
-        else:
-            state[key] = value.clone()
-    student.load_state_dict(state, strict=True)
-    return student
 
 
 def save_model_dir(model: PreTrainedModel, tokenizer, labels: list[str], out_dir: str | Path,

@@ -237,6 +237,36 @@ def apply_pruning(model: nn.Module, plan: PruningPlan) -> nn.Module:
     return model
 
 
+def step_fractions(fraction: float, steps: int) -> list[float]:
+    """Per-step fractions (each of what is left at that step) that remove `fraction` of the
+    original in `steps` equal steps: after step s, 1 - fraction * s / steps is left
+    (iterative pruning with recovery in between, Michel et al. 2019 sec. 4; Zhu & Gupta 2017)."""
+    _check_fraction("fraction", fraction)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    left = [1.0 - fraction * s / steps for s in range(steps + 1)]
+    return [1.0 - left[s] / left[s - 1] for s in range(1, steps + 1)]
+
+
+def drop_layers(model: nn.Module, drop: list[int]) -> nn.Module:
+    """Remove whole encoder layers (in place; returns `model`), e.g. the ones that matter
+    least after distillation (Sajjad et al. 2023, "On the effect of dropping layers")."""
+    layers = encoder_layers(model)
+    n = len(layers)
+    if any(i < 0 or i >= n for i in drop) or len(set(drop)) >= n:
+        raise ValueError(f"drop_layers: {drop} must be distinct indices in [0, {n}) leaving at least one layer")
+    kept = [layer for i, layer in enumerate(layers) if i not in set(drop)]
+    model.base_model.encoder.layer = nn.ModuleList(kept)
+    for i, layer in enumerate(kept):  # transformers keys caches by layer index
+        for m in layer.modules():
+            if hasattr(m, "layer_idx"):
+                m.layer_idx = i
+    model.config.num_hidden_layers = len(kept)
+    if getattr(model.config, STRUCTURE_KEY, None):
+        setattr(model.config, STRUCTURE_KEY, current_structure(model))
+    return model
+
+
 def restore_structure(model: nn.Module) -> nn.Module:
     """Shrink a freshly built model to the shapes in `config.distillery_structure`, so that
     the saved weights of a pruned model load with `load_state_dict(..., strict=True)`.
@@ -256,5 +286,5 @@ def restore_structure(model: nn.Module) -> nn.Module:
 
 
 __all__ = ["Importance", "PruningPlan", "STRUCTURE_KEY", "apply_pruning", "compute_importance",
-           "count_parameters", "current_structure", "encoder_layers", "plan_pruning",
-           "restore_structure"]
+           "count_parameters", "current_structure", "drop_layers", "encoder_layers", "plan_pruning",
+           "restore_structure", "step_fractions"]

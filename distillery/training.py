@@ -78,18 +78,25 @@ class TrainResult:
 
 def train(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, *, loss_fn: Callable,
           epochs: int, batch_size: int, learning_rate: float, seed: int, device: torch.device,
-          teacher_logits: np.ndarray | None = None, desc: str = "train") -> TrainResult:
+          teacher_logits: np.ndarray | None = None, desc: str = "train",
+          aux_loss: torch.nn.Module | None = None, aux_epochs: int | None = None) -> TrainResult:
     """AdamW with linear warm-up/decay; `loss_fn(student_logits, teacher_logits|None, labels)`.
 
-    Teacher logits are precomputed once per dataset (teacher stage) and indexed
-    here, so the teacher never runs inside the training loop.
+    Teacher logits are precomputed once per dataset (soft_targets stage) and indexed
+    here. `aux_loss(outputs, batch)` (e.g. losses.IntermediateLoss) is added during the
+    first `aux_epochs` epochs (all when None); its own parameters (a projection) train
+    with the model and are not part of it.
     """
     model.to(device).train()
+    if aux_loss is not None:
+        aux_loss.to(device)
+        aux_epochs = epochs if aux_epochs is None else min(aux_epochs, epochs)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     steps_per_epoch = math.ceil(len(enc) / batch_size)
     total = steps_per_epoch * epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
+    params = list(model.parameters()) + (list(aux_loss.parameters()) if aux_loss is not None else [])
+    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
     sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=int(0.06 * total), num_training_steps=total)
     y_all = torch.tensor(np.asarray(labels), dtype=torch.long)  # copy: loaded arrays may be read-only
     t_all = torch.tensor(np.asarray(teacher_logits), dtype=torch.float32) if teacher_logits is not None else None
@@ -99,11 +106,15 @@ def train(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, *, loss_fn: 
                    unit="batch", leave=False, mininterval=1.0)
         for idx in bar:
             batch = collate(enc, idx, device)
-            logits = model(**batch).logits
+            use_aux = aux_loss is not None and epoch < aux_epochs
+            out = model(**batch, output_hidden_states=use_aux,
+                        output_attentions=use_aux and aux_loss.needs_attentions)
             t = t_all[idx].to(device) if t_all is not None else None
-            loss = loss_fn(logits, t, y_all[idx].to(device))
+            loss = loss_fn(out.logits, t, y_all[idx].to(device))
+            if use_aux:
+                loss = loss + aux_loss(out, batch)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)

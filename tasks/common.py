@@ -15,7 +15,7 @@ from pathlib import Path
 from distillery.config import PARAMS_FILE, Params, load_params
 from distillery.fileio import write_atomically
 
-STAGES = ("demo_data", "validate", "teacher", "distill", "prune", "quantize", "evaluate")
+STAGES = ("demo_data", "validate", "teacher", "soft_targets", "distill", "prune", "quantize", "evaluate")
 
 
 @dataclass(frozen=True)

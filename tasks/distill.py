@@ -1,7 +1,10 @@
-"""Stage distill: build the student from teacher layers and train it with knowledge distillation."""
+"""Stage distill: build the student from the teacher (layers, width, vocabulary) and train it
+with knowledge distillation on the soft_targets stage's set, optionally with
+intermediate-layer (hidden-state and attention) losses against the teacher."""
 
 from __future__ import annotations
 
+import time
 from functools import partial
 
 from distillery.config import Params
@@ -14,30 +17,62 @@ def io(p: Params) -> StageIO:
                    params=["base", "data.max_length", "student", "distill", "measure"])
 
 
+def intermediate_loss(params: Params, teacher, built):
+    """losses.IntermediateLoss for this student, or None when its weights are 0."""
+    from distillery.losses import IntermediateLoss
+
+    d = params.distill
+    if d.hidden_weight <= 0 and d.attention_weight <= 0:
+        return None
+    layer_map = d.layer_map if d.layer_map is not None else params.student.layers
+    if max(layer_map) >= teacher.config.num_hidden_layers:
+        from distillery.config import ConfigError
+
+        raise ConfigError(f"params.yaml: distill.layer_map: {layer_map} out of range; the teacher has "
+                          f"{teacher.config.num_hidden_layers} layers")
+    if d.attention_weight > 0:  # attention maps are only returned by the eager implementation
+        teacher.set_attn_implementation("eager")
+        built.model.set_attn_implementation("eager")
+    return IntermediateLoss(teacher, layer_map, d.hidden_weight, d.attention_weight,
+                            built.model.config.hidden_size, teacher.config.hidden_size,
+                            channels=built.channels, id_map=built.vocab_keep)
+
+
 def run(ctx: StageContext) -> dict:
     from distillery.losses import get_loss
-    from distillery.modeling import build_student_from_layers, count_parameters, load_model_dir, save_model_dir
+    from distillery.modeling import count_parameters, load_model_dir, save_model_dir
+    from distillery.student import build_student
     from distillery.training import encode_texts, resolve_device, train
-    from tasks.models import load_logits, load_splits, measure_torch_model
+    from tasks.models import load_distill_set, load_splits, measure_torch_model
 
     p, d = ctx.params, ctx.params.distill
-    train_set, eval_set, labels = load_splits(ctx)
+    _, eval_set, labels = load_splits(ctx)
+    data, teacher_logits = load_distill_set(ctx)
     teacher, tokenizer, _, teacher_meta = load_model_dir(ctx.path(p.paths.teacher_dir))
-    student = build_student_from_layers(teacher, p.student.layers)
-    print(f"distill: student keeps teacher layers {p.student.layers}: "
-          f"{count_parameters(student):,} parameters (teacher {count_parameters(teacher):,})")
-    del teacher
-    teacher_logits = load_logits(ctx, "train")
-    rows = slice(0, d.max_train_rows)
-    enc = encode_texts(tokenizer, train_set.texts[rows], p.data.max_length)
+    start = time.perf_counter()
+    built = build_student(teacher, tokenizer, p.student, data.texts, p.data.max_length, p.base.seed)
+    build_seconds = time.perf_counter() - start
+    student = built.model
+    print(f"distill: student of {count_parameters(student):,} parameters (teacher {count_parameters(teacher):,}): "
+          f"{built.info}")
+    aux = intermediate_loss(p, teacher, built)
+    if aux is None:
+        del teacher
+    enc = encode_texts(built.tokenizer, data.texts, p.data.max_length)
     loss = partial(get_loss(d.loss), temperature=d.temperature, alpha=d.alpha)
-    result = train(student, enc, train_set.labels[rows], loss_fn=loss, epochs=d.epochs,
-                   batch_size=d.batch_size, learning_rate=d.learning_rate, seed=p.base.seed,
-                   device=resolve_device(p.base.device), teacher_logits=teacher_logits[rows], desc="distill")
+    result = train(student, enc, data.labels, loss_fn=loss, epochs=d.epochs, batch_size=d.batch_size,
+                   learning_rate=d.learning_rate, seed=p.base.seed, device=resolve_device(p.base.device),
+                   teacher_logits=teacher_logits, desc="distill", aux_loss=aux, aux_epochs=d.intermediate_epochs)
+    student.to("cpu")
+    if aux is not None and aux.needs_attentions:
+        student.set_attn_implementation("sdpa")  # back to the default kernels for measuring and export
     out = ctx.path(p.paths.student_dir)
-    save_model_dir(student, tokenizer, labels, out, {"max_length": p.data.max_length, "role": "student",
-                                                     "teacher_layers": p.student.layers,
-                                                     "teacher": teacher_meta.get("identity")})
-    report = {**measure_torch_model(ctx, student, tokenizer, eval_set, len(labels), out), "train": vars(result)}
+    save_model_dir(student, built.tokenizer, labels, out, {"max_length": p.data.max_length, "role": "student",
+                                                           "teacher_layers": p.student.layers,
+                                                           "student": built.info,
+                                                           "teacher": teacher_meta.get("identity")})
+    report = {**measure_torch_model(ctx, student, built.tokenizer, eval_set, len(labels), out),
+              "train": vars(result), "student": built.info, "rows": len(data),
+              "build_seconds": build_seconds}
     write_report(ctx, "distill", report)
     return report

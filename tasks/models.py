@@ -22,8 +22,18 @@ def load_splits(ctx: StageContext):
     return load_split(d / "train.parquet"), load_split(d / "eval.parquet"), labels
 
 
-def load_logits(ctx: StageContext, split: str) -> np.ndarray:
-    return np.load(ctx.path(ctx.params.paths.logits_dir) / f"{split}.npy", allow_pickle=False)
+def load_distill_set(ctx: StageContext):
+    """(texts + labels, teacher logits) written by the soft_targets stage; label -1 marks an
+    augmented text (no gold label)."""
+    from distillery.data import load_split
+    from tasks.soft_targets import LOGITS_FILE, SET_FILE
+
+    d = ctx.path(ctx.params.paths.logits_dir)
+    data, logits = load_split(d / SET_FILE), np.load(d / LOGITS_FILE, allow_pickle=False)
+    if len(logits) != len(data):
+        raise ValueError(f"{d}: {len(data)} texts but {len(logits)} rows of teacher logits; "
+                         "run `dvc repro -f soft_targets`")
+    return data, logits
 
 
 def measure_torch_model(ctx: StageContext, model, tokenizer, eval_set, n_classes: int,

@@ -1,4 +1,5 @@
-"""Stage prune: remove the least important attention heads and FFN neurons, then recover with KD."""
+"""Stage prune: drop layers (optional), then remove the least important attention heads and FFN
+neurons in `prune.steps` steps, each followed by KD recovery."""
 
 from __future__ import annotations
 
@@ -22,52 +23,60 @@ def run(ctx: StageContext) -> dict:
 
     from distillery.losses import get_loss
     from distillery.modeling import count_parameters, load_model_dir, save_model_dir
-    from distillery.pruning import apply_pruning, compute_importance, plan_pruning
+    from distillery.pruning import (apply_pruning, compute_importance, current_structure, drop_layers, plan_pruning,
+                                    step_fractions)
     from distillery.training import collate, encode_texts, iter_batches, resolve_device, train
-    from tasks.models import load_logits, load_splits, measure_torch_model
+    from tasks.models import load_distill_set, load_splits, measure_torch_model
 
     p, pr, d = ctx.params, ctx.params.prune, ctx.params.distill
     device = resolve_device(p.base.device)
-    train_set, eval_set, labels = load_splits(ctx)
+    _, eval_set, labels = load_splits(ctx)
     model, tokenizer, _, meta = load_model_dir(ctx.path(p.paths.student_dir))
     model.to(device)
-    teacher_logits = load_logits(ctx, "train")
-    rows = slice(0, d.max_train_rows)
-    enc = encode_texts(tokenizer, train_set.texts[rows], p.data.max_length)
-    y, t = train_set.labels[rows], teacher_logits[rows]
+    data, t = load_distill_set(ctx)
+    enc, y = encode_texts(tokenizer, data.texts, p.data.max_length), data.labels
     kd = partial(get_loss(d.loss), temperature=d.temperature, alpha=d.alpha)
 
-    # Importance is scored on the same KD objective the model is trained with.
-    rng = np.random.default_rng(p.base.seed)
-    batches = []
-    for i, idx in enumerate(iter_batches(len(enc), d.batch_size, rng)):
-        if i == pr.importance_batches:
-            break
-        b = collate(enc, idx, device)
-        b["labels"] = torch.as_tensor(y[idx], device=device)
-        b["teacher_logits"] = torch.as_tensor(t[idx], device=device)
-        batches.append(b)
-
-    def loss_fn(m, b):
+    def loss_fn(m, b):  # importance is scored on the same KD objective the model trains with
         logits = m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         return kd(logits, b["teacher_logits"], b["labels"])
 
+    def scoring_batches(step: int) -> list[dict]:
+        rng = np.random.default_rng(p.base.seed + step)
+        out = []
+        for _, idx in zip(range(pr.importance_batches), iter_batches(len(enc), d.batch_size, rng)):
+            b = collate(enc, idx, device)
+            b["labels"] = torch.as_tensor(y[idx], device=device)
+            b["teacher_logits"] = torch.as_tensor(t[idx], device=device)
+            out.append(b)
+        return out
+
     before = count_parameters(model)
-    start = time.perf_counter()
-    plan = plan_pruning(compute_importance(model, batches, loss_fn), pr.head_fraction, pr.ffn_fraction)
-    importance_seconds = time.perf_counter() - start
-    apply_pruning(model, plan)
-    after = count_parameters(model)
+    info: dict = {"params_before": before, "steps": [], "dropped_layers": pr.drop_layers}
+    if pr.drop_layers:
+        drop_layers(model, pr.drop_layers)
+    importance_seconds = 0.0
+    for step, (hf, ff) in enumerate(zip(step_fractions(pr.head_fraction, pr.steps),
+                                        step_fractions(pr.ffn_fraction, pr.steps))):
+        start = time.perf_counter()
+        plan = plan_pruning(compute_importance(model, scoring_batches(step), loss_fn), hf, ff)
+        importance_seconds += time.perf_counter() - start
+        apply_pruning(model, plan)
+        structure = current_structure(model)
+        print(f"prune step {step + 1}/{pr.steps}: heads per layer {structure['heads']}, FFN neurons per layer "
+              f"{structure['intermediate']}: {count_parameters(model):,} parameters")
+        record = {"structure": structure, "params": count_parameters(model)}
+        if pr.recovery_epochs > 0:
+            result = train(model, enc, y, loss_fn=kd, epochs=pr.recovery_epochs, batch_size=d.batch_size,
+                           learning_rate=pr.learning_rate, seed=p.base.seed + 1 + step, device=device,
+                           teacher_logits=t, desc=f"prune recovery {step + 1}/{pr.steps}")
+            record["train"] = vars(result)
+        info["steps"].append(record)
     structure = dict(model.config.distillery_structure)
-    print(f"prune: heads per layer {structure['heads']}, FFN neurons per layer {structure['intermediate']}: "
-          f"{before:,} -> {after:,} parameters")
-    info = {"structure": structure, "params_before": before, "importance_seconds": importance_seconds}
-    if pr.recovery_epochs > 0:
-        result = train(model, enc, y, loss_fn=kd, epochs=pr.recovery_epochs, batch_size=d.batch_size,
-                       learning_rate=pr.learning_rate, seed=p.base.seed + 1, device=device,
-                       teacher_logits=t, desc="prune recovery")
-        info["train"] = vars(result)
+    info.update(structure=structure, importance_seconds=importance_seconds,
+                train={"seconds": sum(s.get("train", {}).get("seconds", 0.0) for s in info["steps"])})
     out = ctx.path(p.paths.pruned_dir)
+    model.to("cpu")
     save_model_dir(model, tokenizer, labels, out, {**meta, "role": "pruned", "structure": structure})
     report = {**measure_torch_model(ctx, model, tokenizer, eval_set, len(labels), out), **info}
     write_report(ctx, "prune", report)

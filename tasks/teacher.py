@@ -1,9 +1,7 @@
-"""Stage teacher: load the teacher (fine-tune it if it has no head for the labels), measure it,
-and cache its logits on train and eval once, for distillation and pruning recovery."""
+"""Stage teacher: load the teacher (fine-tune it if it has no head for the labels) and measure it.
+Its soft targets for distillation are the soft_targets stage's job."""
 
 from __future__ import annotations
-
-import time
 
 import numpy as np
 
@@ -12,15 +10,15 @@ from tasks.common import StageContext, StageIO, report_rel, write_report
 
 
 def io(p: Params) -> StageIO:
-    return StageIO(deps=[p.paths.validated_dir], outs=[p.paths.teacher_dir, p.paths.logits_dir],
+    return StageIO(deps=[p.paths.validated_dir], outs=[p.paths.teacher_dir],
                    metrics=[report_rel(p, "teacher")],
-                   params=["base", "data.max_length", "teacher", "measure", "distill.max_train_rows"])
+                   params=["base", "data.max_length", "teacher", "measure"])
 
 
 def run(ctx: StageContext) -> dict:
     from distillery.losses import hinton_kd
     from distillery.modeling import load_teacher, needs_finetune, save_model_dir
-    from distillery.training import encode_texts, predict_logits, resolve_device, train
+    from distillery.training import encode_texts, resolve_device, train
     from tasks.models import load_splits, measure_torch_model
 
     p, t = ctx.params, ctx.params.teacher
@@ -40,15 +38,6 @@ def run(ctx: StageContext) -> dict:
     out = ctx.path(p.paths.teacher_dir)
     save_model_dir(model, tokenizer, labels, out, {"max_length": p.data.max_length, "role": "teacher",
                                                    "identity": identity})
-    # Teacher logits, computed once per dataset: distill and prune read them from disk. Only the
-    # rows they train on (the first distill.max_train_rows) are scored.
-    start = time.perf_counter()
-    logits_dir = ctx.path(p.paths.logits_dir)
-    logits_dir.mkdir(parents=True, exist_ok=True)
-    used = type(enc)(enc.input_ids[: p.distill.max_train_rows], enc.pad_id)
-    train_logits = predict_logits(model, used, 64, device, desc="teacher logits")
-    np.save(logits_dir / "train.npy", train_logits, allow_pickle=False)
-    info["logits_seconds"] = time.perf_counter() - start
     figures = measure_torch_model(ctx, model, tokenizer, eval_set, len(labels), out)
     report = {**figures, **info}
     write_report(ctx, "teacher", report)

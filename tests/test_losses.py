@@ -51,3 +51,66 @@ def test_kd_gradient_pulls_student_towards_teacher():
 def test_unknown_loss_name_is_rejected():
     with pytest.raises(KeyError, match="unknown distillation loss"):
         get_loss("nope")
+
+
+# --------------------------------------------------------------------------- masked CE, fusion
+
+def test_augmented_rows_without_labels_add_no_cross_entropy():
+    from distillery.losses import masked_cross_entropy
+
+    s = torch.tensor([[1.0, 0.0], [5.0, -5.0]])
+    # row 1 has no gold label: the loss is row 0's CE averaged over both rows
+    assert masked_cross_entropy(s, torch.tensor([0, -1])).item() == pytest.approx(CE / 2, abs=1e-6)
+    assert masked_cross_entropy(s, torch.tensor([-1, -1])).item() == 0.0
+
+
+def test_fused_soft_targets_are_the_weighted_mean_distribution():
+    from distillery.losses import fuse_soft_targets
+
+    t1, t2 = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])  # [0.5, 0.5] and [0.75, 0.25] at T=1
+    fused = fuse_soft_targets([t1, t2], [1.0, 3.0], temperature=1.0)
+    # p = (1 * [0.5, 0.5] + 3 * [0.75, 0.25]) / 4 = [0.6875, 0.3125]
+    assert torch.softmax(fused, -1)[0].tolist() == pytest.approx([0.6875, 0.3125], abs=1e-6)
+    t = 2.0  # at T=2 the fused logits reproduce the mean of the tempered distributions
+    fused = fuse_soft_targets([t1, t2], [1.0, 1.0], temperature=t)
+    expect = (torch.softmax(t1 / t, -1) + torch.softmax(t2 / t, -1)) / 2
+    assert torch.allclose(torch.softmax(fused / t, -1), expect, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- intermediate layers
+
+def _tiny_bert(seed=0, hidden=16, heads=2):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=30, hidden_size=hidden, num_attention_heads=heads, num_hidden_layers=2, intermediate_size=32,
+        num_labels=2, attn_implementation="eager")).eval()
+
+
+def _ids():
+    return {"input_ids": torch.tensor([[2, 5, 7, 9, 3], [2, 6, 3, 0, 0]]),
+            "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])}
+
+
+def test_intermediate_loss_is_zero_for_a_copy_of_the_teacher_and_positive_otherwise():
+    from distillery.losses import IntermediateLoss
+
+    teacher = _tiny_bert(0)
+    b = _ids()
+    for student, zero in ((_tiny_bert(0), True), (_tiny_bert(1), False)):
+        loss = IntermediateLoss(teacher, [0, 1], hidden_weight=1.0, attention_weight=1.0,
+                                student_width=16, teacher_width=16)
+        out = student(**b, output_hidden_states=True, output_attentions=True)
+        value = loss(out, b).item()
+        assert (value == pytest.approx(0.0, abs=1e-6)) if zero else value > 1e-3
+
+
+def test_intermediate_loss_projection_starts_at_the_kept_channels_and_trains():
+    from distillery.losses import IntermediateLoss
+
+    loss = IntermediateLoss(_tiny_bert(0), [1], 1.0, 0.0, student_width=2, teacher_width=16, channels=[3, 9],
+                            id_map=list(range(30)))
+    w = loss.proj.weight  # (16, 2): student channel j -> teacher channel channels[j]
+    assert w[3, 0] == 1 and w[9, 1] == 1 and w.abs().sum() == 2
+    assert [n for n, _ in loss.named_parameters()] == ["proj.weight"]  # the teacher is not trained

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from distillery.config import ConfigError
-from distillery.modeling import (ModelLoadError, build_student_from_layers, count_parameters, has_head_for,
+from distillery.modeling import (ModelLoadError, count_parameters, has_head_for,
                                  load_model_dir, load_teacher, needs_finetune, resolve_model_source,
                                  save_model_dir)
+from distillery.student import build_student_from_layers
 from distillery.training import TorchClassifier
 from tests.helpers import make_tiny_teacher
 
