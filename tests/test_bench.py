@@ -32,7 +32,8 @@ def test_bench_quick_produces_every_row_figure_and_output(sst2_dir, prefect_harn
     teacher = make_tiny_teacher(tmp_path / "teacher", vocab_texts)
     results = run_benchmark(
         sst2_dir, quick=True, work_dir=tmp_path / "work", out_dir=tmp_path / "results", command="pytest",
-        overrides=[f"teacher.model={teacher}", "student.layers=[0, 2]", "teacher.learning_rate=1e-3",
+        overrides=[f"teacher.model={teacher}", "student.layers=[0, 2]", "student.hidden_size=16",
+                   "student.intermediate_size=32", "teacher.learning_rate=1e-3",
                    "distill.learning_rate=1e-3", "bench.train_rows=200", "bench.eval_rows=40"])
 
     assert set(ROWS) <= set(REQUIRED_ROWS) <= set(results["models"])
