@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -270,7 +271,8 @@ def quantize_static_int8(fp32_path: str | Path, int8_path: str | Path, feeds: li
     fp32_path = _require_file(fp32_path)
 
     def write(tmp: Path) -> None:
-        with _without_preprocess_hint():
+        # the calibrators print progress ("Collecting tensor data ...") to stdout
+        with _without_preprocess_hint(), contextlib.redirect_stdout(io.StringIO()):
             quantize_static(fp32_path, tmp, FeedsReader(feeds), quant_format=QuantFormat.QOperator,
                             op_types_to_quantize=_QUANTIZED_OP_TYPES, per_channel=per_channel,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -328,7 +330,8 @@ def _import_nbits():
 
 class _DropPreprocessHint(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Please consider to run pre-processing")
+        # dynamic: "Please consider to run pre-processing ...", static: "Please consider pre-processing ..."
+        return not record.getMessage().startswith("Please consider")
 
 
 @contextlib.contextmanager
