@@ -158,10 +158,33 @@ class PruneConfig(_Section):
         return sorted(v)
 
 
+# Quantized variants of the exported graph (distillery/quant_select.py builds them by name).
+QuantVariant = Literal["dynamic_int8", "dynamic_int8_fp32_embeddings", "static_int8", "int4_embeddings",
+                       "int4_weights", "fp32"]
+
+
 class QuantizeConfig(_Section):
-    method: Literal["onnx_dynamic_int8"] = "onnx_dynamic_int8"
+    # onnx_<variant> builds that one variant; onnx_select builds every `candidates` variant and keeps
+    # the smallest whose accuracy on training rows stays within `max_accuracy_drop` of fp32.
+    method: Literal["onnx_dynamic_int8", "onnx_dynamic_int8_fp32_embeddings", "onnx_static_int8",
+                    "onnx_int4_embeddings", "onnx_int4_weights", "onnx_select"] = "onnx_dynamic_int8"
     per_channel: bool = True
     opset: int = Field(18, ge=14, le=23)
+    graph_optimization: Literal["none", "ort_transformers"] = "ort_transformers"
+    calibration_rows: int = Field(128, ge=1, le=100_000)
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    int4_block_size: Literal[16, 32, 64, 128, 256] = 32
+    candidates: list[QuantVariant] = Field(
+        default_factory=lambda: ["dynamic_int8", "int4_embeddings", "dynamic_int8_fp32_embeddings"], min_length=1)
+    max_accuracy_drop: float = Field(0.005, ge=0.0, le=1.0)
+    selection_rows: int = Field(1000, ge=1, le=1_000_000)
+
+    @field_validator("candidates")
+    @classmethod
+    def _candidates_distinct(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("candidates must be distinct")
+        return v
 
 
 class MeasureConfig(_Section):

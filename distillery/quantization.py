@@ -16,12 +16,17 @@ Gathers (the word-embedding matrix is about half of a small BERT's bytes);
 activations are quantized to uint8 on the fly. On the packaged MiniLM (90.9 MB fp32)
 this gives 23.0 MB (59.2 MB with the embeddings left in fp32). Dynamic activation
 scales are computed per batch, so int8 logits move slightly with a text's batch mates.
+
+Other variants (chosen by name in params.yaml, built in distillery/quant_select.py):
+static int8 (activation scales calibrated once on training rows), 4-bit block-quantized
+embeddings (GatherBlockQuantized) and 4-bit weights (MatMulNBits); see their docstrings.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -30,7 +35,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quantize_dynamic, quantize_static)
 
 from distillery.fileio import write_atomically
 
@@ -142,30 +148,190 @@ def export_onnx(model: torch.nn.Module, out_path: str | Path, opset: int, max_le
     return write_atomically(out_path, write, suffix=".tmp.onnx")
 
 
-def quantize_dynamic_int8(fp32_path: str | Path, int8_path: str | Path, per_channel: bool) -> Path:
+def _require_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX file")
+    return path
+
+
+def optimize_fp32_graph(fp32_path: str | Path, out_path: str | Path, method: str) -> Path:
+    """Offline fp32 graph fusion before quantization, checked against the input graph.
+
+    "ort_transformers": onnxruntime.transformers' BERT optimizer (opt_level 0: its own
+    pattern fusions only, so the file stays portable across CPUs). On our dynamo graphs it
+    fuses LayerNorm + residual into SkipLayerNormalization and bias + erf-GELU into BiasGelu
+    (MiniLM 2-layer: 107 -> 89 nodes). Attention fusion matches nothing (ORT 1.32): the
+    exporter's mask path (And/Where/GatherND from transformers 5's mask builder) is not a
+    pattern the fuser knows, so it needs no head count and pruned students optimise alike.
+    "none": copy the graph as exported.
+    """
+    fp32_path = _require_file(fp32_path)
+
+    def write(tmp: Path) -> None:
+        if method == "none":
+            tmp.write_bytes(fp32_path.read_bytes())
+            return
+        if method != "ort_transformers":
+            raise ValueError(f"unknown graph optimization {method!r}")
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        opt_logger = logging.getLogger("onnxruntime.transformers")
+        level = opt_logger.level
+        opt_logger.setLevel(logging.ERROR)  # "fused N nodes" chatter per fusion
+        try:
+            # num_heads/hidden_size 0: detect from the graph (only attention fusion needs them)
+            optimized = optimize_model(str(fp32_path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+        finally:
+            opt_logger.setLevel(level)
+        optimized.save_model_to_file(str(tmp), use_external_data_format=False)
+        onnx.checker.check_model(str(tmp))
+        check_graph_parity(fp32_path, tmp)
+
+    return write_atomically(Path(out_path), write, suffix=".tmp.onnx")
+
+
+def check_graph_parity(ref_path: str | Path, path: str | Path, atol: float = PARITY_ATOL) -> float:
+    """Max |logits difference| between two ONNX graphs on the export's probe batches; raises over `atol`."""
+    ref, got = _session(Path(ref_path)), _session(Path(path))
+    vocab = next(t.dims[0] for t in onnx.load(str(ref_path)).graph.initializer if len(t.dims) == 2)
+    worst = 0.0
+    for ids, mask in (_probe_inputs(1, 5, vocab, [5]), _probe_inputs(3, 17, vocab, [17, 8, 2])):
+        feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+        diff = np.abs(ref.run([OUTPUT_NAME], feeds)[0] - got.run([OUTPUT_NAME], feeds)[0]).max()
+        worst = max(worst, float(diff))
+    if not worst <= atol:
+        raise RuntimeError(f"{path}: optimized logits differ from the exported graph by {worst:.3g} (> {atol})")
+    return worst
+
+
+def quantize_dynamic_int8(fp32_path: str | Path, int8_path: str | Path, per_channel: bool,
+                          quantize_embeddings: bool = True) -> Path:
     """ONNX Runtime dynamic int8 quantization of an fp32 ONNX file (int8 weights for
-    MatMuls and embedding Gathers, uint8 activations quantized at run time).
+    MatMuls and, unless `quantize_embeddings` is False, the embedding Gathers; uint8
+    activations quantized at run time).
 
     ORT's `quant_pre_process` is not run: on our exported graphs (already constant-folded
     by the exporter) it changed the int8 MiniLM by 30 KB out of 23.5 MB, with identical
     logits and latency, while adding a symbolic-shape-inference step that can fail.
     """
-    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
-    if not fp32_path.is_file():
-        raise FileNotFoundError(f"{fp32_path}: no such ONNX file")
+    fp32_path = _require_file(fp32_path)
+    op_types = _QUANTIZED_OP_TYPES if quantize_embeddings else ["MatMul"]
 
     def write(tmp: Path) -> None:
         with _without_preprocess_hint():
-            quantize_dynamic(fp32_path, tmp, op_types_to_quantize=_QUANTIZED_OP_TYPES,
+            quantize_dynamic(fp32_path, tmp, op_types_to_quantize=op_types,
                              per_channel=per_channel, weight_type=QuantType.QInt8)
         onnx.checker.check_model(str(tmp))
 
-    return write_atomically(int8_path, write, suffix=".tmp.onnx")
+    return write_atomically(Path(int8_path), write, suffix=".tmp.onnx")
+
+
+class FeedsReader(CalibrationDataReader):
+    """ORT calibration reader over prepared feed dicts ({"input_ids", "attention_mask"} int64 [B, S])."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._feeds, None)
+
+
+def calibration_feeds(token_ids: list[list[int]], pad_id: int, same_length: bool) -> list[dict[str, np.ndarray]]:
+    """One batch-1 feed per text. `same_length` pads all to the longest: ORT's histogram
+    calibrators (entropy, percentile) stack every batch's activations into one array,
+    which fails on ragged lengths; min-max reduces per batch and needs no padding."""
+    if not token_ids:
+        raise ValueError("calibration needs at least one text")
+    longest = max(1, max(len(ids) for ids in token_ids))
+    feeds = []
+    for ids in token_ids:
+        n = longest if same_length else max(1, len(ids))
+        input_ids = np.full((1, n), pad_id, dtype=np.int64)  # (1, S)
+        input_ids[0, :len(ids)] = ids
+        mask = (np.arange(n) < len(ids)).astype(np.int64)[None, :]  # (1, S)
+        feeds.append({"input_ids": input_ids, "attention_mask": mask})
+    return feeds
+
+
+_CALIBRATION = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile}
+
+
+def quantize_static_int8(fp32_path: str | Path, int8_path: str | Path, feeds: list[dict[str, np.ndarray]],
+                         per_channel: bool, calibration_method: str) -> Path:
+    """ONNX Runtime static int8: activation ranges calibrated once on `feeds`, so no
+    per-batch scale computation and logits do not depend on batch mates.
+
+    QOperator format (QLinearMatMul etc., uint8 activations, int8 weights), not QDQ: on the
+    2-layer MiniLM student QDQ ran 16 ms per batch-1 call against 0.7 ms for QOperator
+    (ORT 1.32, 2 threads). Likely cause, not verified: the DequantizeLinear in front of the
+    int8 embedding tables is not folded, so the whole vocabulary is dequantized on every call.
+    """
+    fp32_path = _require_file(fp32_path)
+
+    def write(tmp: Path) -> None:
+        # the calibrators print progress ("Collecting tensor data ...") to stdout
+        with _without_preprocess_hint(), contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(fp32_path, tmp, FeedsReader(feeds), quant_format=QuantFormat.QOperator,
+                            op_types_to_quantize=_QUANTIZED_OP_TYPES, per_channel=per_channel,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=_CALIBRATION[calibration_method])
+        onnx.checker.check_model(str(tmp))
+
+    return write_atomically(Path(int8_path), write, suffix=".tmp.onnx")
+
+
+def quantize_4bit(src_path: str | Path, out_path: str | Path, block_size: int, op_types: tuple[str, ...]) -> Path:
+    """Weight-only 4-bit block quantization (symmetric int4, one fp32 scale per `block_size`
+    values along the hidden axis) of constant Gather tables (-> GatherBlockQuantized) and/or
+    MatMul weights (-> MatMulNBits), ORT contrib ops with CPU kernels.
+
+    Gathers are quantized along axis 1 (hidden), so a looked-up row dequantizes only its own
+    blocks. Int4 tensors need opset 21: ORT's quantizer raises the default-domain opset of an
+    older graph to 21 in place; for the ops our exporter emits the versions up to 21 only add
+    types (Cast's new `saturate` applies to float8 only), so this is safe here and every output
+    is checked by ONNX's checker and by the caller's accuracy figures.
+    """
+    DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer = _import_nbits()
+    src_path = _require_file(src_path)
+
+    def write(tmp: Path) -> None:
+        config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, op_types_to_quantize=op_types,
+                                              quant_axes=(("MatMul", 0), ("Gather", 1)),
+                                              accuracy_level=4)  # MatMulNBits computes in int8 (fastest on CPU)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(src_path)), algo_config=config)
+        ort_logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+        level = ort_logger.level
+        ort_logger.setLevel(logging.ERROR)  # the opset-21 warning: see the docstring
+        try:
+            with np.errstate(invalid="ignore"):  # all-zero blocks (the [PAD] row) divide 0/0; ORT maps them to 0
+                quantizer.process()
+        finally:
+            ort_logger.setLevel(level)
+        quantizer.model.save_model_to_file(str(tmp), use_external_data_format=False)
+        onnx.checker.check_model(str(tmp))
+
+    return write_atomically(Path(out_path), write, suffix=".tmp.onnx")
+
+
+def _import_nbits():
+    """Import ORT's 4-bit quantizer without its import-time `logging.basicConfig(level=INFO)`,
+    which would otherwise reconfigure the root logger of the whole process."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                      MatMulNBitsQuantizer)
+    finally:
+        root.handlers[:], root.level = handlers, level
+    return DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
 
 class _DropPreprocessHint(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Please consider to run pre-processing")
+        # dynamic: "Please consider to run pre-processing ...", static: "Please consider pre-processing ..."
+        return not record.getMessage().startswith("Please consider")
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
-"""Stage quantize: export the pruned model to ONNX, quantize it to int8 with ONNX Runtime,
-and evaluate the quantized model through ONNX Runtime."""
+"""Stage quantize: export the pruned model to ONNX, fuse the fp32 graph, build the quantized
+variant(s) `quantize.method` asks for (choosing among candidates on training rows for
+onnx_select), and evaluate the chosen model through ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -16,46 +17,62 @@ from tasks.common import StageContext, StageIO, report_rel, write_report
 def io(p: Params) -> StageIO:
     return StageIO(deps=[p.paths.validated_dir, p.paths.pruned_dir], outs=[p.paths.quantized_dir],
                    metrics=[report_rel(p, "quantize")],
-                   params=["base.threads", "data.max_length", "quantize", "measure"])
+                   params=["base.seed", "base.threads", "data.max_length", "quantize", "measure"])
 
 
 def run(ctx: StageContext) -> dict:
-    from distillery.measure import measure_predictor
+    from distillery.measure import latency_ms, measure_predictor
     from distillery.modeling import LABELS_FILE, META_FILE, count_parameters, load_model_dir, replace_dir
     from distillery.onnx_model import OnnxClassifier
-    from distillery.quantization import export_onnx, quantize_dynamic_int8
+    from distillery.quant_select import BuildInputs, build_and_select, split_training_rows
+    from distillery.quantization import export_onnx, optimize_fp32_graph
     from tasks.models import load_splits
 
     p, q = ctx.params, ctx.params.quantize
-    _, eval_set, labels = load_splits(ctx)
+    train_set, eval_set, labels = load_splits(ctx)
     src = ctx.path(p.paths.pruned_dir)
     model, tokenizer, _, meta = load_model_dir(src)
     out = ctx.path(p.paths.quantized_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    # Calibration and selection rows come from the training split only: the eval split is the gate's.
+    calib_idx, sel_idx = split_training_rows(len(train_set.texts), q.calibration_rows, q.selection_rows, p.base.seed)
+    calib_texts = [train_set.texts[i] for i in calib_idx]
+    selection = ([train_set.texts[i] for i in sel_idx], train_set.labels[sel_idx])
+
+    def package(d: Path) -> None:
+        tokenizer.save_pretrained(d)
+        shutil.copy(src / LABELS_FILE, d / LABELS_FILE)
+
     try:
         start = time.perf_counter()
-        fp32 = export_onnx(model, tmp / "model.fp32.onnx", q.opset, p.data.max_length)
+        exported = export_onnx(model, tmp / "model.exported.onnx", q.opset, p.data.max_length)
+        fp32 = optimize_fp32_graph(exported, tmp / "model.fp32.onnx", q.graph_optimization)
         export_seconds = time.perf_counter() - start
-        quantize_dynamic_int8(fp32, tmp / "model.onnx", q.per_channel)
+        ids = tokenizer(calib_texts, truncation=True, max_length=p.data.max_length)["input_ids"]
+        inputs = BuildInputs(q.per_channel, q.int4_block_size, q.calibration_method, ids,
+                             tokenizer.pad_token_id or 0)
+        chosen, selection_report = build_and_select(
+            fp32, tmp / "variants", q, inputs, package=package,
+            load=lambda d: OnnxClassifier.from_dir(d, threads=p.base.threads), selection=selection,
+            latency=lambda clf: latency_ms(clf, selection[0], p.measure.latency_samples, p.measure.warmup),
+            batch_size=p.measure.throughput_batch_size)
         quantize_seconds = time.perf_counter() - start - export_seconds
-        fp32.unlink()  # the int8 graph is the artifact; the fp32 export is an intermediate
-        tokenizer.save_pretrained(tmp)
-        shutil.copy(src / LABELS_FILE, tmp / LABELS_FILE)
-        (tmp / META_FILE).write_text(json.dumps({**meta, "role": "quantized", "format": "onnx",
-                                                 "quantization": q.model_dump()}, indent=2, sort_keys=True))
-        replace_dir(tmp, out)
+        (chosen / META_FILE).write_text(json.dumps({**meta, "role": "quantized", "format": "onnx",
+                                                    "quantization": {**q.model_dump(),
+                                                                     "variant": selection_report["variant"]}},
+                                                   indent=2, sort_keys=True))
+        replace_dir(chosen, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     start = time.perf_counter()
     clf = OnnxClassifier.from_dir(out, threads=p.base.threads)
-    n_params = count_parameters(model)  # the same weights, now stored as int8
+    n_params = count_parameters(model)  # the same weights, now stored in fewer bits
     figures = measure_predictor(clf, list(eval_set.texts), eval_set.labels, len(labels), model_dir=out,
                                 n_params=n_params, latency_samples=p.measure.latency_samples,
                                 warmup=p.measure.warmup, batch_size=p.measure.throughput_batch_size)
-    report = {**figures, "runtime": "onnxruntime", "quantization": q.model_dump(),
+    report = {**figures, "runtime": "onnxruntime", "quantization": q.model_dump(), "selection": selection_report,
               "export_seconds": export_seconds, "quantize_seconds": quantize_seconds,
               "measure_seconds": time.perf_counter() - start}
     write_report(ctx, "quantize", report)
     return report
-

@@ -45,6 +45,13 @@ def test_shipped_params_load():
     (lambda r: r["data"].pop("train_path"), "data.train_path: required key is missing"),
     (lambda r: r["data"].update(labels=["a"]), "data.labels"),
     (lambda r: r["validate"].update(min_rows=10, max_rows=5), "validate"),
+    (lambda r: r["quantize"].update(candidates=["dynamic_int8", "int3"]), "quantize.candidates.1"),
+    (lambda r: r["quantize"].update(candidates=["fp32", "fp32"]), "quantize.candidates: Value error, candidates must be distinct"),
+    (lambda r: r["quantize"].update(candidates=[]), "quantize.candidates"),
+    (lambda r: r["quantize"].update(max_accuracy_drop=1.5), "quantize.max_accuracy_drop"),
+    (lambda r: r["quantize"].update(int4_block_size=48), "quantize.int4_block_size"),
+    (lambda r: r["quantize"].update(calibration_method="kl"), "quantize.calibration_method"),
+    (lambda r: r["quantize"].update(method="onnx_static_int4"), "quantize.method"),
 ])
 def test_bad_values_name_the_key(tmp_path, base, mutate, needle):
     mutate(base)
