@@ -170,7 +170,7 @@ class QuantizeConfig(_Section):
                     "onnx_int4_embeddings", "onnx_int4_weights", "onnx_select"] = "onnx_dynamic_int8"
     per_channel: bool = True
     opset: int = Field(18, ge=14, le=23)
-    graph_optimization: Literal["none", "ort_transformers"] = "ort_transformers"
+    graph_optimization: Literal["none", "ort_transformers"] = "none"
     calibration_rows: int = Field(128, ge=1, le=100_000)
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     int4_block_size: Literal[16, 32, 64, 128, 256] = 32
