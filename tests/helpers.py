@@ -56,13 +56,14 @@ _FILLER = ("the a this that room food phone book seat staff screen battery servi
 
 
 def make_cue_dataset(n_rows: int = 90, eval_rows: int = 30, seed: int = 0):
-    """Rows a tiny random-init BERT learns perfectly in a few epochs: each text holds the one cue
-    word of its class among filler words; classes are balanced. Returns (train, eval) DataFrames.
+    """Rows a tiny random-init BERT can fit in a few epochs: each text holds the one cue word of
+    its class among filler words; classes are balanced. Returns (train, eval) DataFrames.
 
-    It gives the registry tests models of known quality: trained on it, the pipeline's final model
-    reaches 100% on the eval rows (measured: 1.0 at every stage with teacher.epochs=20,
-    learning_rate=3e-3); trained on `shift_labels(train)` (a labelling bug that moves every label
-    to the next class) it is at most at chance (measured: 0.33).
+    It gives the registry tests models of clearly different quality: trained on it, the final model
+    fits the eval rows; trained on `shift_labels(train)` (a labelling bug that moves every label to
+    the next class) it cannot beat chance (1/3) on the true labels. A trial pipeline run (teacher
+    15 epochs at 3e-3, before the soft_targets stage existed) scored 1.0 at every stage on correct
+    labels and 0.33 on shifted ones; the tests assert only a margin of 0.3.
     """
     import random
 

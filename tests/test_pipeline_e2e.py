@@ -238,7 +238,7 @@ def test_better_challenger_is_promoted_over_the_champion_rescored_on_the_current
     reg = result["registration"]
     assert reg["version"] == "2" and reg["new_version"] is True and reg["promoted"] is True
     assert reg["champion"]["version"] == "1" and reg["champion"]["source"] == "re-scored on the current eval data"
-    # Measured: 1.0 for the new model, 0.33 for the demo-data champion on these rows.
+    # A clear margin: the new model fits these rows; the demo-data champion never saw their like.
     assert reg["candidate_value"] > reg["champion"]["value"] + 0.3
     check = checks_by_name(result["gate"])[CHAMPION_CHECK]
     assert check["status"] == "pass"
@@ -289,7 +289,7 @@ def test_worse_challenger_is_kept_by_the_champion_comparison_with_the_reason(pro
     assert [c["name"] for c in decision["checks"] if c["status"] == "fail"] == [CHAMPION_CHECK]
     check = checks_by_name(decision)[CHAMPION_CHECK]
     champion_value, candidate = reg["champion"]["value"], reg["candidate_value"]
-    assert candidate < champion_value - 0.3  # measured: 0.33 vs 1.0
+    assert candidate < champion_value - 0.3  # shifted labels cannot beat chance on the true ones
     assert check["observed"] == pytest.approx(champion_value - candidate) and check["threshold"] == 0.0
     expected = (f"{CHAMPION_CHECK}: accuracy {candidate:.4f} vs champion v2 {champion_value:.4f}, re-scored on the "
                 f"current eval data: regression {champion_value - candidate:.4f} <= 0.0000 required: FAILED")
