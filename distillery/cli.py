@@ -126,15 +126,19 @@ def cmd_status(args) -> int:
     from distillery.report import print_status
     from tasks import tracking
     from tasks.common import read_json, report_path
-    from tasks.register import registry_status
-
     from tasks.promotion import history
+    from tasks.register import PROMOTION_REPORT, registry_status
 
     client = tracking.client_for(root, params)
     status = registry_status(client, params.register.model_name)
     status["history"] = history(client, params.register.model_name)
-    gate_file = report_path(root, params, "gate")
-    status["last_gate"] = read_json(gate_file) if gate_file.exists() else None
+    # The register step's record holds the full decision (thresholds + champion comparison); before
+    # any registration only the evaluate stage's threshold checks exist.
+    promotion_file, gate_file = report_path(root, params, PROMOTION_REPORT), report_path(root, params, "gate")
+    if promotion_file.exists():
+        status["last_decision"] = read_json(promotion_file)
+    elif gate_file.exists():
+        status["last_decision"] = {"decision": read_json(gate_file)}
     print_status(status)
     return 0
 

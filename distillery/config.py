@@ -203,6 +203,9 @@ class GateConfig(_Section):
     max_latency_p50_ms: float | None = Field(None, gt=0.0)
     max_latency_p95_ms: float | None = Field(None, gt=0.0)
     max_ece: float | None = Field(None, ge=0.0, le=1.0)
+    # How far `metric` may fall below the champion's (re-scored on the current eval data);
+    # 0.0 = not worse; None = no comparison. Checked at registration, when the champion is known.
+    max_regression: float | None = Field(0.0, ge=0.0, le=1.0)
 
 
 class RegisterConfig(_Section):

@@ -1,7 +1,10 @@
 """The gate: a pure function from figures and thresholds to a decision with its reasons.
 
 No I/O here, so every decision can be unit-tested and replayed from reports.
-Thresholds set to null in params.yaml are not checked (and say so).
+Thresholds set to null in params.yaml are not checked. The comparison with the
+champion is one more check (`regression_vs_champion`), decided at registration
+time when the champion is known; it is recorded as skipped, with the reason,
+when there is no champion yet or `gate.max_regression` is null.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ class Check:
     observed: float | None
     threshold: float | None
     reason: str
+    skipped: bool = False  # not checked (the reason says why); a skipped check does not block
+
+    @property
+    def status(self) -> str:
+        return "skipped" if self.skipped else ("pass" if self.passed else "fail")
 
 
 @dataclass(frozen=True)
@@ -33,12 +41,19 @@ class GateDecision:
     def failed(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
 
+    def with_check(self, check: Check) -> "GateDecision":
+        """This decision with one more check (the champion comparison, known only at registration)."""
+        checks = [*self.checks, check]
+        return GateDecision(passed=all(c.passed for c in checks), checks=checks)
+
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "checks": [asdict(c) for c in self.checks], "reasons": self.reasons}
+        return {"passed": self.passed, "checks": [{**asdict(c), "status": c.status} for c in self.checks],
+                "reasons": self.reasons}
 
     @classmethod
     def from_dict(cls, d: dict) -> "GateDecision":
-        return cls(passed=bool(d["passed"]), checks=[Check(**c) for c in d["checks"]])
+        return cls(passed=bool(d["passed"]),
+                   checks=[Check(**{k: v for k, v in c.items() if k != "status"}) for c in d["checks"]])
 
 
 def _check(name: str, observed: float, threshold: float, ok: bool, fmt: str, op: str) -> Check:
@@ -77,21 +92,48 @@ def evaluate_gate(candidate: dict, teacher: dict, cfg: GateConfig) -> GateDecisi
     return GateDecision(passed=all(c.passed for c in checks), checks=checks)
 
 
+CHAMPION_CHECK = "regression_vs_champion"
+# Two figures that are equal on paper can differ in the last bit after a subtraction.
+_TOLERANCE_EPS = 1e-9
+
+
+def champion_check(metric: str, candidate: float, champion: float | None, max_regression: float | None,
+                   champion_version: str | None = None, source: str = "") -> Check:
+    """No regression against the champion (`champion_version`, None when there is none) beyond a tolerance.
+
+    observed = champion's `metric` - candidate's `metric` (how far the candidate falls behind;
+    negative when it is better), passing when it is at most `max_regression`. The champion's
+    figure should be re-scored on the current eval data (`source` says how it was obtained),
+    so a changed eval set cannot promote a worse model.
+    """
+    if max_regression is None:
+        return Check(CHAMPION_CHECK, True, None, None,
+                     f"{CHAMPION_CHECK}: skipped: gate.max_regression is null (not checked)", skipped=True)
+    if champion_version is None:
+        return Check(CHAMPION_CHECK, True, None, float(max_regression),
+                     f"{CHAMPION_CHECK}: skipped: no champion yet", skipped=True)
+    if champion is None:  # a champion we cannot score is not evidence that the candidate is not worse
+        return Check(CHAMPION_CHECK, False, None, float(max_regression),
+                     f"{CHAMPION_CHECK}: champion v{champion_version} could not be scored ({source}): FAILED")
+    regression = float(champion) - float(candidate)
+    ok = regression <= max_regression + _TOLERANCE_EPS
+    via = f", {source}" if source else ""
+    return Check(CHAMPION_CHECK, ok, regression, float(max_regression),
+                 f"{CHAMPION_CHECK}: {metric} {candidate:.4f} vs champion v{champion_version} {champion:.4f}"
+                 f"{via}: regression {regression:.4f} <= {max_regression:.4f} required: "
+                 f"{'ok' if ok else 'FAILED'}")
+
+
 @dataclass(frozen=True)
 class Promotion:
     promote: bool
     reason: str
 
 
-def decide_promotion(gate_passed: bool, metric: str, candidate_value: float,
-                     champion_value: float | None, champion_version: str | None = None) -> Promotion:
-    """`champion` moves only to a version that passed the gate and is not worse than the champion."""
-    if not gate_passed:
-        return Promotion(False, "gate failed: the new version stays challenger")
-    if champion_value is None:
-        return Promotion(True, "gate passed and there is no champion yet")
-    if candidate_value >= champion_value:
-        return Promotion(True, f"gate passed and {metric} {candidate_value:.4f} >= champion "
-                               f"v{champion_version} {champion_value:.4f}")
-    return Promotion(False, f"gate passed but {metric} {candidate_value:.4f} < champion "
-                            f"v{champion_version} {champion_value:.4f}: champion kept")
+def decide_promotion(decision: GateDecision) -> Promotion:
+    """`champion` moves only when every check passed: the thresholds and the champion comparison."""
+    if decision.passed:
+        champ = next((c for c in decision.checks if c.name == CHAMPION_CHECK), None)
+        return Promotion(True, "every check passed: champion moves to this version"
+                               + (f" ({champ.reason})" if champ is not None else ""))
+    return Promotion(False, "kept as challenger, failed: " + "; ".join(c.reason for c in decision.failed))

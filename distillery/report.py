@@ -35,13 +35,38 @@ def _console() -> Console:
     return c if c.width >= 120 else Console(width=120)
 
 
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def gate_rows(decision: dict) -> list[dict]:
+    """Every check of a gate decision as display strings: name, observed, threshold, status, and
+    detail (the reason without the check's name, e.g. "0.8450 >= 0.6000 required: ok")."""
+    rows = []
+    for c in decision["checks"]:
+        status = c.get("status") or ("pass" if c["passed"] else "fail")
+        detail = c["reason"].removeprefix(f"{c['name']}: ").removeprefix("skipped: ")
+        rows.append({"name": c["name"], "observed": _num(c["observed"]), "threshold": _num(c["threshold"]),
+                     "status": status, "detail": detail})
+    return rows
+
+
+def gate_table(decision: dict, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for header, justify in (("check", "left"), ("observed", "right"), ("threshold", "right"),
+                            ("result", "left"), ("detail", "left")):
+        table.add_column(header, justify=justify)
+    style = {"pass": "green", "fail": "bold red", "skipped": "yellow"}
+    for r in gate_rows(decision):
+        table.add_row(r["name"], r["observed"], r["threshold"], f"[{style[r['status']]}]{r['status']}[/]", r["detail"])
+    return table
+
+
 def print_run_summary(result: dict, console: Console | None = None) -> None:
     console = console or _console()
     console.print(stage_table(result["table"]))
     gate = result["gate"]
-    console.print(f"[bold]Gate: {'PASSED' if gate['passed'] else 'FAILED'}[/bold]")
-    for reason in gate["reasons"]:
-        console.print(f"  - {reason}")
+    console.print(gate_table(gate, f"Gate: {'PASSED' if gate['passed'] else 'FAILED'}"))
     reg = result["registration"]
     console.print(f"[bold]Registry:[/bold] version {reg['version']} with alias(es) {', '.join(reg['aliases'])}")
     console.print(f"  {reg['reason']}")
@@ -57,12 +82,19 @@ def print_status(status: dict, console: Console | None = None) -> None:
     if status["versions"]:
         rows = [{**v, "version": f"v{v['version']} {','.join(v['aliases'])}"} for v in status["versions"]]
         console.print(stage_table(rows, title="Registered versions"))
+        console.print("Gate decisions (newest first):")
+        for v in status["versions"][:10]:
+            verdict = {"true": "passed", "false": "FAILED"}.get(v.get("gate_passed"), "unknown")
+            console.print(f"  v{v['version']}: gate {verdict}; {v.get('promotion') or '(no promotion record)'}")
     if status.get("history"):
         console.print("Champion history (newest last):")
         for h in status["history"][-10:]:
             console.print(f"  {h['at']}  {h['kind']}: {h['from'] or '(none)'} -> {h['version']} by {h['by']}: {h['reason']}")
-    gate = status.get("last_gate")
-    if gate:
-        console.print(f"Last gate decision: {'PASSED' if gate['passed'] else 'FAILED'}")
-        for reason in gate["reasons"]:
-            console.print(f"  - {reason}")
+    last = status.get("last_decision")
+    if last:
+        gate = last["decision"]
+        where = (f"version {last['version']}, {last.get('decided_at', '')}" if last.get("version")
+                 else "thresholds only: not registered yet")
+        console.print(gate_table(gate, f"Last gate decision: {'PASSED' if gate['passed'] else 'FAILED'} ({where})"))
+        if last.get("reason"):
+            console.print(f"  {last['reason']}")

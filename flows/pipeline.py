@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from distillery.config import load_params
+from distillery.report import gate_rows
 from tasks import tracking
 from tasks.common import STAGES, read_json, report_path
 from tasks.register import register_model
@@ -93,7 +94,9 @@ def stage_markdown(table: list[dict], gate: dict, registration: dict | None) -> 
         f"| {r['stage']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['size_mb']:.2f} | {r['params']:,} | "
         f"{r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} | {r['throughput_sps']:.1f} |\n" for r in table)
     verdict = "PASSED" if gate["passed"] else "FAILED"
-    checks = "".join(f"- {r}\n" for r in gate["reasons"])
+    checks = "| check | observed | threshold | result | detail |\n|---|---|---|---|---|\n" + "".join(
+        f"| {r['name']} | {r['observed']} | {r['threshold']} | {r['status']} | {r['detail']} |\n"
+        for r in gate_rows(gate))
     reg = ""
     if registration:
         reg = (f"\n## Registry\n\nversion {registration['version']}, aliases {', '.join(registration['aliases'])}"
@@ -126,13 +129,16 @@ def pipeline(project_dir: str = ".") -> dict:
                                        report=read_json(report_file) if report_file.exists() else None,
                                        params=tracking.section_params(params, io.params),
                                        artifacts=[root / m for m in io.metrics], status=status)
-        gate = read_json(report_path(root, params, "gate"))
+        thresholds = read_json(report_path(root, params, "gate"))
         summary = read_json(report_path(root, params, "evaluate"))
-        client.set_tag(parent, "gate_passed", str(gate["passed"]).lower())
-        for check in gate["checks"]:  # every check visible (and comparable across runs) in MLflow
-            client.set_tag(parent, f"gate.{check['name']}", "pass" if check["passed"] else "fail")
-            client.log_metric(parent, f"gate.{check['name']}.observed", check["observed"])
+        client.set_tag(parent, "gate_passed", str(thresholds["passed"]).lower())
+        tracking.log_gate_checks(client, parent, thresholds["checks"])
         registration = register(str(root), parent, str(fr_id) if fr_id else None)
+        # The full decision: the thresholds plus the champion comparison made at registration.
+        gate = registration["decision"]
+        logged = {c["name"] for c in thresholds["checks"]}
+        tracking.log_gate_checks(client, parent, [c for c in gate["checks"] if c["name"] not in logged])
+        client.set_tag(parent, "gate_passed", str(gate["passed"]).lower())
         client.set_tag(parent, "registered_version", registration["version"])
         client.set_tag(parent, "promoted", str(registration["promoted"]).lower())
         create_markdown_artifact(stage_markdown(summary["table"], gate, registration),

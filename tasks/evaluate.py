@@ -1,7 +1,9 @@
 """Stage evaluate: every stage's figures side by side, and the gate on the final model.
 
-A failed gate is a normal outcome (the decision is written, the stage succeeds);
-promotion happens later, in the register step, and only for a passed gate.
+A failed gate is a normal outcome (the decision is written, the stage succeeds).
+These are the threshold checks; the register step adds the comparison with the
+champion (which needs the registry) and writes the full decision to
+reports/promotion.json, leaving this stage's gate.json as DVC recorded it.
 """
 
 from __future__ import annotations

@@ -5,8 +5,6 @@ Logged as "models from code": MLflow stores this file with the model, and the
 serving dependencies (onnxruntime, tokenizers, numpy, pandas), not torch.
 """
 
-import warnings
-
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
@@ -23,18 +21,16 @@ def _texts(model_input) -> list[str]:
     return [str(t) for t in model_input]
 
 
-# predict() accepts a DataFrame with a `text` column, a Series or a list of strings, so it has no
-# type hint (MLflow would then enforce one input type); MLflow warns about that at class creation.
-warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
-
-
 class DistilledTextClassifier(PythonModel):
     def load_context(self, context):
         from distillery.onnx_model import OnnxClassifier
 
         self.classifier = OnnxClassifier.from_dir(context.artifacts["model_dir"])
 
-    def predict(self, context, model_input, params=None):
+    # The model is logged with a signature (one string input; label + one probability per class out,
+    # inferred from an input example), so MLflow hands predict() a DataFrame whatever the caller
+    # passed: a list of strings, a Series, or a DataFrame with one string column (e.g. `text`).
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         rows = []
         for pred in self.classifier.predict(_texts(model_input)):
             rows.append({"label": pred["label"],

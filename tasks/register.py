@@ -1,25 +1,32 @@
 """Register step (after the DVC stages; not a DVC stage because it has side effects).
 
 Registers the quantized model as a new version with alias `challenger` and lineage
-tags, and moves `champion` to it only if the gate passed and it is not worse than
-the current champion on the gate's metric. All registry writes happen here, in one
-task, under a lock, so concurrent pipeline runs cannot interleave them.
+tags, adds the champion comparison to the evaluate stage's threshold checks (the
+champion re-scored on the current eval data, `gate.max_regression` as tolerance),
+and moves `champion` to it only if every check passed. The full decision goes to
+reports/promotion.json, the version's tags and the register run. All registry writes
+happen here, in one task, under a lock, so concurrent pipeline runs cannot interleave them.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import json
 import subprocess
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 
 from distillery.config import Params
-from distillery.gate import decide_promotion
+from distillery.gate import CHAMPION_CHECK, Check, GateDecision, champion_check, decide_promotion
 from distillery.measure import FIGURES
-from tasks.common import read_json, report_path
+from tasks.common import read_json, report_path, write_json_atomic
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+PROMOTION_REPORT = "promotion"  # reports/promotion.json: the last registration's full decision
+DECISION_TAG = "gate_decision"  # the same decision, as JSON, on the registered version
 SERVING_PACKAGES = ("onnxruntime", "numpy", "pandas", "transformers", "tokenizers")
+INPUT_EXAMPLE = ["not bad at all", "the battery died after a day"]
 
 
 def git_lineage(root: Path) -> dict:
@@ -99,8 +106,6 @@ def _find_same_model(client, name: str, md5: str):
 def rescore_champion(client, name: str, version: str, root: Path, params: Params) -> dict | None:
     """Score the current champion, as served (its registered pyfunc), on the *current* eval split,
     so a changed eval set cannot promote a worse model. None when it cannot be scored."""
-    import json
-
     import mlflow
     import numpy as np
 
@@ -124,9 +129,38 @@ def rescore_champion(client, name: str, version: str, root: Path, params: Params
     return classification_metrics(onehot, eval_set.labels, len(labels))
 
 
+def champion_figure(client, name: str, champ, root: Path, params: Params) -> tuple[float | None, str]:
+    """The champion's gate metric and where it came from: re-scored through its registered pyfunc
+    on the current eval data, or (if that fails) the figure recorded when it was registered."""
+    metric = params.gate.metric
+    if champ is None:
+        return None, "no champion yet"
+    rescored = rescore_champion(client, name, str(champ.version), root, params)
+    if rescored is not None:
+        return float(rescored[metric]), "re-scored on the current eval data"
+    if f"metric.{metric}" in champ.tags:
+        return float(champ.tags[f"metric.{metric}"]), "recorded figure (could not re-score)"
+    return None, "champion could not be scored"
+
+
+def recorded_decision(version, thresholds: GateDecision) -> dict:
+    """The full decision recorded on a registered version; for a version registered before the
+    champion check existed, the current thresholds plus the check marked as not recorded."""
+    raw = version.tags.get(DECISION_TAG)
+    if raw:
+        return json.loads(raw)
+    return thresholds.with_check(Check(CHAMPION_CHECK, True, None, None,
+                                       f"{CHAMPION_CHECK}: skipped: not recorded for version {version.version}",
+                                       skipped=True)).to_dict()
+
+
 def register_model(root: Path, params: Params, client, exp_id: str, parent_run_id: str,
                    flow_run_id: str | None) -> dict:
-    """Register the final model; returns version, aliases and the promotion decision."""
+    """Register the final model, decide its promotion and write the decision record.
+
+    Returns the record also written to reports/promotion.json (not a DVC output: it is the
+    registry's own record, and rewriting the evaluate stage's gate.json would make DVC re-run it).
+    """
     import mlflow
 
     from tasks.promotion import move_champion, registry_lock
@@ -134,16 +168,23 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
     name, metric = params.register.model_name, params.gate.metric
     qdir = Path(root) / params.paths.quantized_dir
     gate = read_json(report_path(root, params, "gate"))
+    thresholds = GateDecision.from_dict(gate)
     figures = read_json(report_path(root, params, "quantize"))
     md5 = model_md5(qdir)
+    base = {"model_name": name, "metric": metric, "candidate_value": float(figures[metric]),
+            "flow_run_id": flow_run_id, "decided_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     with registry_lock(client.tracking_uri):
         existing = _find_same_model(client, name, md5)
         if existing is not None:
-            # Nothing changed since this exact model was registered: no duplicate version.
+            # Nothing changed since this exact model was registered: no duplicate version, and its
+            # recorded decision stands.
             aliases = sorted(aliases_by_version(client, name).get(str(existing.version), set()))
-            return {"version": str(existing.version), "new_version": False, "aliases": aliases,
-                    "promoted": CHAMPION in aliases,
-                    "reason": f"model unchanged: identical to version {existing.version}, nothing registered"}
+            record = {**base, "version": str(existing.version), "new_version": False, "aliases": aliases,
+                      "promoted": CHAMPION in aliases, "champion": None,
+                      "reason": f"model unchanged: identical to version {existing.version}, nothing registered",
+                      "decision": recorded_decision(existing, thresholds)}
+            write_json_atomic(report_path(root, params, PROMOTION_REPORT), record)
+            return record
         run = client.create_run(exp_id, run_name="register", tags={"mlflow.parentRunId": parent_run_id,
                                                                    "distillery.stage": "register"})
         with mlflow.start_run(run_id=run.info.run_id):
@@ -152,46 +193,49 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
                 artifacts={"model_dir": str(qdir)},
                 code_paths=[str(Path(__file__).resolve().parents[1] / "distillery")],
                 pip_requirements=[f"{p}=={pkg_version(p)}" for p in SERVING_PACKAGES],
+                # The signature (strings in; label + class probabilities out) is inferred from it.
+                input_example=INPUT_EXAMPLE,
                 registered_model_name=name, await_registration_for=60)
         mv_version = str(info.registered_model_version)
+        # model_md5 first: a retried task then finds this version instead of registering it twice.
         tags = {**lineage_tags(root, params, flow_run_id), "model_md5": md5,
-                "gate_passed": str(gate["passed"]).lower(), "gate_reasons": "; ".join(gate["reasons"])[:4000],
                 **{f"metric.{k}": str(figures[k]) for k in FIGURES}}
         for k, v in tags.items():
             client.set_model_version_tag(name, mv_version, k, v)
-        client.update_model_version(name, mv_version, description=describe(figures, gate))
-        client.set_registered_model_alias(name, CHALLENGER, mv_version)
         champ = _champion(client, name)
-        champ_value, champ_source = None, "no champion yet"
-        if champ is not None:
-            rescored = rescore_champion(client, name, str(champ.version), root, params)
-            if rescored is not None:
-                champ_value, champ_source = rescored[metric], "re-scored on the current eval data"
-            elif f"metric.{metric}" in champ.tags:
-                champ_value, champ_source = float(champ.tags[f"metric.{metric}"]), "recorded figure (could not re-score)"
-        decision = decide_promotion(bool(gate["passed"]), metric, float(figures[metric]), champ_value,
-                                    str(champ.version) if champ else None)
-        reason = decision.reason + (f" [champion's {metric}: {champ_source}]" if champ is not None else "")
-        if decision.promote:
-            move_champion(client, name, mv_version, kind="auto_promote", reason=reason,
+        champ_value, champ_source = (None, "not compared (gate.max_regression is null)") \
+            if params.gate.max_regression is None else champion_figure(client, name, champ, root, params)
+        decision = thresholds.with_check(champion_check(
+            metric, float(figures[metric]), champ_value, params.gate.max_regression,
+            str(champ.version) if champ is not None else None, champ_source))
+        promotion = decide_promotion(decision)
+        for k, v in {"gate_passed": str(decision.passed).lower(), "gate_reasons": "; ".join(decision.reasons)[:4000],
+                     DECISION_TAG: json.dumps(decision.to_dict(), sort_keys=True)}.items():
+            client.set_model_version_tag(name, mv_version, k, v)
+        client.update_model_version(name, mv_version, description=describe(figures, decision))
+        client.set_registered_model_alias(name, CHALLENGER, mv_version)
+        if promotion.promote:
+            move_champion(client, name, mv_version, kind="auto_promote", reason=promotion.reason,
                           user=f"pipeline {flow_run_id or 'local'}")
             if champ is not None:
                 client.set_model_version_tag(name, mv_version, "previous_champion", str(champ.version))
-        client.set_model_version_tag(name, mv_version, "promotion", reason)
-        client.log_dict(run.info.run_id, {"version": mv_version, "promoted": decision.promote,
-                                          "reason": reason, "gate": gate, "champion_value": champ_value,
-                                          "champion_value_source": champ_source}, "registration.json")
+        client.set_model_version_tag(name, mv_version, "promotion", promotion.reason)
+        record = {**base, "version": mv_version, "new_version": True, "promoted": promotion.promote,
+                  "aliases": [CHALLENGER] + ([CHAMPION] if promotion.promote else []),
+                  "reason": promotion.reason, "model_uri": info.model_uri,
+                  "champion": None if champ is None else {"version": str(champ.version), "value": champ_value,
+                                                           "source": champ_source},
+                  "decision": decision.to_dict()}
+        client.log_dict(run.info.run_id, record, "promotion.json")
         client.set_terminated(run.info.run_id)
-    aliases = [CHALLENGER] + ([CHAMPION] if decision.promote else [])
-    return {"version": mv_version, "new_version": True, "aliases": aliases, "promoted": decision.promote,
-            "reason": reason, "model_uri": info.model_uri, "champion_value": champ_value,
-            "champion_value_source": champ_source}
+    write_json_atomic(report_path(root, params, PROMOTION_REPORT), record)
+    return record
 
 
-def describe(figures: dict, gate: dict) -> str:
+def describe(figures: dict, decision: GateDecision) -> str:
     rows = "\n".join(f"| {k} | {figures[k]:.4g} |" for k in FIGURES)
-    checks = "\n".join(f"- {r}" for r in gate["reasons"]) or "- (no thresholds set)"
-    verdict = "passed" if gate["passed"] else "failed"
+    checks = "\n".join(f"- {r}" for r in decision.reasons) or "- (no thresholds set)"
+    verdict = "passed" if decision.passed else "failed"
     return f"Distilled, pruned, int8 ONNX model.\n\n| figure | value |\n|---|---|\n{rows}\n\nGate {verdict}:\n{checks}\n"
 
 

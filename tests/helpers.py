@@ -50,6 +50,45 @@ def tiny_params(**overrides) -> dict:
     return raw
 
 
+CUE_WORDS = {"negative": "awful", "neutral": "okay", "positive": "great"}
+_FILLER = ("the a this that room food phone book seat staff screen battery service flight music price "
+           "was is felt looked").split()
+
+
+def make_cue_dataset(n_rows: int = 90, eval_rows: int = 30, seed: int = 0):
+    """Rows a tiny random-init BERT can fit in a few epochs: each text holds the one cue word of
+    its class among filler words; classes are balanced. Returns (train, eval) DataFrames.
+
+    It gives the registry tests models of clearly different quality: trained on it, the final model
+    fits the eval rows; trained on `shift_labels(train)` (a labelling bug that moves every label to
+    the next class) it cannot beat chance (1/3) on the true labels. A trial pipeline run (teacher
+    15 epochs at 3e-3, before the soft_targets stage existed) scored 1.0 at every stage on correct
+    labels and 0.33 on shifted ones; the tests assert only a margin of 0.3.
+    """
+    import random
+
+    import pandas as pd
+
+    rng, seen, rows = random.Random(seed), set(), []
+    labels = list(CUE_WORDS)
+    while len(rows) < n_rows:
+        label = labels[len(rows) % len(labels)]
+        words = [rng.choice(_FILLER) for _ in range(4)]
+        words.insert(rng.randrange(len(words) + 1), CUE_WORDS[label])
+        text = " ".join(words)
+        if text not in seen:
+            seen.add(text)
+            rows.append((text, label))
+    frame = pd.DataFrame(rows, columns=["text", "label"])
+    return frame.iloc[: n_rows - eval_rows].reset_index(drop=True), frame.iloc[n_rows - eval_rows:].reset_index(drop=True)
+
+
+def shift_labels(frame):
+    """Every label moved to the next class (negative -> neutral -> positive -> negative)."""
+    labels = list(CUE_WORDS)
+    return frame.assign(label=frame["label"].map({a: labels[(i + 1) % len(labels)] for i, a in enumerate(labels)}))
+
+
 def make_project(dest: Path, params: dict, teacher_texts: list[str]) -> Path:
     """A fresh project folder: dvc.yaml, params.yaml, a tiny teacher, git and DVC initialised."""
     dest.mkdir(parents=True, exist_ok=True)

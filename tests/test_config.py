@@ -42,6 +42,7 @@ def test_shipped_params_load():
     (lambda r: r["base"].update(device="tpu"), "base.device"),
     (lambda r: r["student"].update(layers=[0, 0]), "student.layers"),
     (lambda r: r["prune"].update(head_fraction=1.0), "prune.head_fraction"),
+    (lambda r: r["gate"].update(max_regression=-0.01), "gate.max_regression: Input should be greater than or equal to 0"),
     (lambda r: r["data"].pop("train_path"), "data.train_path: required key is missing"),
     (lambda r: r["data"].update(labels=["a"]), "data.labels"),
     (lambda r: r["validate"].update(min_rows=10, max_rows=5), "validate"),

@@ -1,7 +1,9 @@
 """The gate's decisions and the promotion rule, as pure functions."""
 
 from distillery.config import GateConfig
-from distillery.gate import GateDecision, decide_promotion, evaluate_gate
+import pytest
+
+from distillery.gate import CHAMPION_CHECK, GateDecision, champion_check, decide_promotion, evaluate_gate
 
 TEACHER = {"accuracy": 0.90, "size_mb": 90.0, "latency_p50_ms": 20.0}
 GOOD = {"accuracy": 0.88, "size_mb": 5.0, "latency_p50_ms": 2.0}
@@ -42,12 +44,61 @@ def test_decision_round_trips_through_json_dict():
     assert GateDecision.from_dict(d.to_dict()) == d
 
 
-def test_promotion_rules():
-    assert not decide_promotion(False, "accuracy", 0.99, None).promote
-    assert decide_promotion(True, "accuracy", 0.80, None).promote
-    assert decide_promotion(True, "accuracy", 0.85, 0.85, "3").promote  # not worse is enough
-    kept = decide_promotion(True, "accuracy", 0.84, 0.85, "3")
-    assert not kept.promote and "champion kept" in kept.reason and "v3" in kept.reason
+def test_champion_check_is_skipped_with_its_reason_when_there_is_no_champion_or_no_tolerance():
+    none_yet = champion_check("accuracy", 0.80, None, 0.0, None, "no champion yet")
+    assert none_yet.skipped and none_yet.passed and none_yet.status == "skipped"
+    assert none_yet.observed is None and none_yet.threshold == 0.0
+    assert none_yet.reason == f"{CHAMPION_CHECK}: skipped: no champion yet"
+    off = champion_check("accuracy", 0.10, 0.90, None, "3")
+    assert off.skipped and off.passed and "gate.max_regression is null" in off.reason
+
+
+def test_champion_check_observes_the_regression_against_the_tolerance():
+    equal = champion_check("accuracy", 0.85, 0.85, 0.0, "3", "re-scored on the current eval data")
+    assert equal.passed and equal.status == "pass" and equal.observed == 0.0  # not worse is enough
+    better = champion_check("accuracy", 0.90, 0.85, 0.0, "3")
+    assert better.passed and better.observed == pytest.approx(-0.05)
+    within = champion_check("accuracy", 0.84, 0.85, 0.01, "3")  # 0.85 - 0.84 is 0.0100000000000000089
+    assert within.passed
+    worse = champion_check("accuracy", 0.80, 0.85, 0.01, "3", "re-scored on the current eval data")
+    assert not worse.passed and worse.status == "fail"
+    assert worse.observed == pytest.approx(0.05) and worse.threshold == 0.01
+    assert worse.reason == (f"{CHAMPION_CHECK}: accuracy 0.8000 vs champion v3 0.8500, re-scored on the "
+                            "current eval data: regression 0.0500 <= 0.0100 required: FAILED")
+
+
+def test_a_champion_that_cannot_be_scored_fails_the_check():
+    c = champion_check("accuracy", 0.99, None, 0.0, "4", "champion could not be scored")
+    assert not c.passed and not c.skipped and "v4 could not be scored" in c.reason
+
+
+def test_champion_moves_only_when_every_check_passes():
+    thresholds = evaluate_gate(GOOD, TEACHER, CFG)
+    first = thresholds.with_check(champion_check("accuracy", 0.88, None, 0.0))
+    promotion = decide_promotion(first)
+    assert first.passed and promotion.promote and "no champion yet" in promotion.reason
+
+    better = thresholds.with_check(champion_check("accuracy", 0.88, 0.86, 0.0, "1"))
+    assert decide_promotion(better).promote
+
+    worse = thresholds.with_check(champion_check("accuracy", 0.88, 0.90, 0.0, "1"))
+    kept = decide_promotion(worse)
+    assert not worse.passed and [c.name for c in worse.failed] == [CHAMPION_CHECK]
+    assert not kept.promote and kept.reason.startswith("kept as challenger, failed: regression_vs_champion")
+    assert "0.8800 vs champion v1 0.9000" in kept.reason
+
+    failed_size = evaluate_gate({**GOOD, "size_mb": 12.0}, TEACHER, CFG)
+    kept = decide_promotion(failed_size.with_check(champion_check("accuracy", 0.88, 0.80, 0.0, "1")))
+    assert not kept.promote and "size_mb: 12.00 <= 10.00 required: FAILED" in kept.reason
+    assert CHAMPION_CHECK not in kept.reason  # only the failed checks are named
+
+
+def test_decision_with_skipped_champion_check_round_trips_and_reports_status():
+    d = evaluate_gate(GOOD, TEACHER, CFG).with_check(champion_check("accuracy", 0.88, None, 0.0))
+    as_dict = d.to_dict()
+    assert [c["status"] for c in as_dict["checks"]] == ["pass"] * 4 + ["skipped"]
+    assert as_dict["reasons"][-1] == f"{CHAMPION_CHECK}: skipped: no champion yet"
+    assert GateDecision.from_dict(as_dict) == d
 
 
 def test_optional_checks_macro_f1_weakest_class_p95_and_calibration():

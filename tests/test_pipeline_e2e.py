@@ -1,10 +1,13 @@
 """End to end: the Prefect flow over the DVC stages on a random-init tiny BERT and ~90 rows,
 with MLflow and Prefect state in temp dirs. The tests run in order and share one project:
-first run, no-change rerun, a worse challenger, and a run whose data fails validation.
+first run (no champion yet), no-change rerun, a better challenger promoted, a challenger failing
+a threshold, a worse challenger kept by the champion comparison, promotion and rollback, and a
+run whose data fails validation.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -16,10 +19,19 @@ import yaml
 
 from distillery.cli import configure_environment
 from distillery.measure import FIGURES
-from tests.helpers import free_port, make_project, tiny_params, wait_for_http
+from tests.helpers import free_port, make_cue_dataset, make_project, shift_labels, tiny_params, wait_for_http
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
+NAME = "distillery-student"
+CHAMPION_CHECK = "regression_vs_champion"
+# Files the pipeline writes that are deliberately not DVC outputs: the register step's record of its
+# decision. It lies outside every out, so DVC neither tracks it nor sees a stage as changed by it.
+REGISTRY_RECORDS = {"reports/promotion.json"}
+# Learnable data for the champion comparison tests (see make_cue_dataset): the teacher needs more
+# epochs than on the demo data to fit it.
+CUE_DATA = ["data.train_path=cue_train.csv", "data.eval_path=cue_eval.csv",
+            "teacher.epochs=20", "teacher.learning_rate=0.003", "distill.epochs=3"]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +40,13 @@ def project(tmp_path_factory, prefect_harness):
 
     params = tiny_params()
     train, eval_ = make_demo_dataset(params["data"]["demo_rows"], params["base"]["seed"])
-    root = make_project(tmp_path_factory.mktemp("project"), params, list(train.text) + list(eval_.text))
+    cue_train, cue_eval = make_cue_dataset()
+    root = tmp_path_factory.mktemp("project")
+    cue_train.to_csv(root / "cue_train.csv", index=False)
+    cue_eval.to_csv(root / "cue_eval.csv", index=False)
+    shift_labels(cue_train).to_csv(root / "cue_train_shifted.csv", index=False)
+    texts = [*train.text, *eval_.text, *cue_train.text, *cue_eval.text]
+    root = make_project(root, params, texts)
     configure_environment(root)
     return root
 
@@ -75,6 +93,14 @@ def prefect_artifact_markdown(flow_run_id: str) -> str:
     return arts[0].data
 
 
+def promotion_record(root: Path) -> dict:
+    return json.loads((root / "reports/promotion.json").read_text())
+
+
+def checks_by_name(decision: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in decision["checks"]}
+
+
 def test_first_run_trains_every_stage_and_registers_champion(project):
     result = run_flow(project)
     assert all(result["ran"].values()), result["ran"]
@@ -90,10 +116,20 @@ def test_first_run_trains_every_stage_and_registers_champion(project):
     for f in ("model.onnx", "labels.json", "tokenizer.json", "distillery.json"):
         assert (project / "models/quantized" / f).is_file(), f
     gate = yaml.safe_load((project / "reports/gate.json").read_text())
-    assert gate["passed"] is True and len(gate["checks"]) == 4
+    assert gate["passed"] is True and len(gate["checks"]) == 4  # the evaluate stage: thresholds only
 
     reg = result["registration"]
     assert reg["version"] == "1" and reg["promoted"] is True
+    # The champion comparison is a check of its own, skipped with its reason on the first run.
+    assert result["gate"] == reg["decision"] and result["gate"]["passed"] is True
+    champ_check = checks_by_name(result["gate"])[CHAMPION_CHECK]
+    assert champ_check["status"] == "skipped" and champ_check["observed"] is None
+    assert champ_check["reason"] == f"{CHAMPION_CHECK}: skipped: no champion yet"
+    assert champ_check["threshold"] == 0.0  # gate.max_regression in the shipped params
+    assert [c["name"] for c in result["gate"]["checks"]] == [c["name"] for c in gate["checks"]] + [CHAMPION_CHECK]
+    record = promotion_record(project)
+    assert record == reg and record["champion"] is None
+    assert "no champion yet" in record["reason"] and record["decision"]["reasons"][-1] == champ_check["reason"]
     assert versions(project) == {"1": {"challenger", "champion"}}
     tags = client(project).get_model_version("distillery-student", "1").tags
     assert re.fullmatch(r"[0-9a-f]{40}", tags["git_commit"])
@@ -102,12 +138,15 @@ def test_first_run_trains_every_stage_and_registers_champion(project):
     assert re.fullmatch(r"[0-9a-f]{16}", tags["params_hash"])
     assert tags["prefect_flow_run_id"] == result["flow_run_id"]
     assert tags["teacher"] and tags["gate_passed"] == "true"
+    assert json.loads(tags["gate_decision"]) == reg["decision"]
 
     c = client(project)
     parent = c.get_run(result["mlflow_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["gate.size_mb"] == "pass"
     assert parent.data.metrics["gate.size_mb.observed"] == pytest.approx(reports["quantize"]["size_mb"])
+    assert parent.data.tags[f"gate.{CHAMPION_CHECK}"] == "skipped"
+    assert f"gate.{CHAMPION_CHECK}.observed" not in parent.data.metrics  # nothing was observed
     assert parent.data.metrics["quantize.accuracy"] == pytest.approx(reports["quantize"]["accuracy"])
     children = c.search_runs([parent.info.experiment_id],
                              filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -119,6 +158,7 @@ def test_first_run_trains_every_stage_and_registers_champion(project):
 
     markdown = prefect_artifact_markdown(result["flow_run_id"])
     assert "| quantize |" in markdown and "## Gate: PASSED" in markdown and "version 1" in markdown
+    assert f"| {CHAMPION_CHECK} | - | 0 | skipped | no champion yet |" in markdown
 
 
 def test_every_file_written_belongs_to_a_declared_output(project):
@@ -134,16 +174,26 @@ def test_every_file_written_belongs_to_a_declared_output(project):
             continue
         if rel in ("dvc.lock", ".dvcignore") or rel.endswith(".gitignore"):
             continue
-        assert any(rel == o or rel.startswith(o + "/") for o in outs), f"{rel} is written but not a DVC output"
+        under_an_out = any(rel == o or rel.startswith(o + "/") for o in outs)
+        if rel in REGISTRY_RECORDS:
+            assert not under_an_out, f"{rel} is the registry's record and must stay outside every DVC out"
+            continue
+        assert under_an_out, f"{rel} is written but not a DVC output"
+    assert all((project / r).is_file() for r in REGISTRY_RECORDS)
 
 
 def test_second_run_with_nothing_changed_trains_nothing(project):
-    before = mtimes(project, "models", "data/validated", "data/teacher_logits")
+    first_decision = promotion_record(project)["decision"]
+    before = mtimes(project, "models", "data/validated", "data/teacher_logits", "reports")
     result = run_flow(project)
-    assert not any(result["ran"].values()), result["ran"]
-    assert mtimes(project, "models", "data/validated", "data/teacher_logits") == before
+    assert not any(result["ran"].values()), result["ran"]  # writing promotion.json changed no stage
+    after = mtimes(project, "models", "data/validated", "data/teacher_logits", "reports")
+    changed = {Path(p).relative_to(project).as_posix() for p in after if after[p] != before.get(p)}
+    assert changed == REGISTRY_RECORDS  # the DVC outputs (gate.json too) are untouched
     assert result["registration"]["new_version"] is False
     assert versions(project) == {"1": {"challenger", "champion"}}
+    # Nothing registered: the decision recorded on version 1 stands.
+    assert promotion_record(project)["decision"] == first_decision == result["gate"]
     # Skipped stages still log their figures (read back from their metrics files).
     parent = client(project).get_run(result["mlflow_run_id"])
     first = yaml.safe_load((project / "reports/quantize.json").read_text())
@@ -182,27 +232,93 @@ def test_champion_served_over_http_answers_like_the_pipeline(project):
         assert len(probs) == 3 and abs(sum(probs) - 1.0) < 1e-4
 
 
-def test_worse_challenger_is_registered_but_champion_stays(project):
+def test_better_challenger_is_promoted_over_the_champion_rescored_on_the_current_data(project):
+    """New, learnable data: the new model beats the champion scored on the *new* eval rows."""
+    result = run_flow(project, CUE_DATA)
+    reg = result["registration"]
+    assert reg["version"] == "2" and reg["new_version"] is True and reg["promoted"] is True
+    assert reg["champion"]["version"] == "1" and reg["champion"]["source"] == "re-scored on the current eval data"
+    # A clear margin: the new model fits these rows; the demo-data champion never saw their like.
+    assert reg["candidate_value"] > reg["champion"]["value"] + 0.3
+    check = checks_by_name(result["gate"])[CHAMPION_CHECK]
+    assert check["status"] == "pass"
+    assert check["observed"] == pytest.approx(reg["champion"]["value"] - reg["candidate_value"])
+    assert f"vs champion v1 {reg['champion']['value']:.4f}" in check["reason"]
+    assert reg["reason"].startswith("every check passed: champion moves to this version")
+    assert versions(project) == {"1": set(), "2": {"challenger", "champion"}}
+    from tasks.promotion import history
+
+    c = client(project)
+    last = history(c, NAME)[-1]
+    assert (last["kind"], last["from"], last["version"]) == ("auto_promote", "1", "2")
+    assert c.get_model_version(NAME, "2").tags["previous_champion"] == "1"
+    parent = c.get_run(result["mlflow_run_id"])
+    assert parent.data.tags[f"gate.{CHAMPION_CHECK}"] == "pass" and parent.data.tags["promoted"] == "true"
+    assert parent.data.metrics[f"gate.{CHAMPION_CHECK}.observed"] == pytest.approx(check["observed"])
+
+
+def test_challenger_failing_a_threshold_is_registered_but_champion_stays(project):
     result = run_flow(project, ["prune.ffn_fraction=0.75", "gate.max_size_mb=0.0001"])
     ran = result["ran"]
     assert not ran["teacher"] and not ran["distill"]  # only what changed is re-run
     assert ran["prune"] and ran["quantize"] and ran["evaluate"]
     assert result["gate"]["passed"] is False
     assert any("size_mb" in r and "FAILED" in r for r in result["gate"]["reasons"])
-    assert result["registration"]["promoted"] is False
-    assert result["registration"]["champion_value_source"] == "re-scored on the current eval data"
-    v1 = client(project).get_model_version("distillery-student", "1")
+    reg = result["registration"]
+    assert reg["promoted"] is False and "size_mb" in reg["reason"]
+    assert reg["champion"]["version"] == "2"
+    assert reg["champion"]["source"] == "re-scored on the current eval data"
+    v2 = client(project).get_model_version(NAME, "2")
     # Same eval data, same model, served through its pyfunc: the recorded figure is reproduced.
-    assert result["registration"]["champion_value"] == pytest.approx(float(v1.tags["metric.accuracy"]), abs=1e-9)
-    assert versions(project) == {"1": {"champion"}, "2": {"challenger"}}
+    assert reg["champion"]["value"] == pytest.approx(float(v2.tags["metric.accuracy"]), abs=1e-9)
+    assert checks_by_name(reg["decision"])[CHAMPION_CHECK]["status"] in ("pass", "fail")  # compared, either way
+    assert versions(project) == {"1": set(), "2": {"champion"}, "3": {"challenger"}}
 
 
-def test_status_command_shows_champion_and_challenger(project):
+def test_worse_challenger_is_kept_by_the_champion_comparison_with_the_reason(project):
+    """Every threshold passes, but the model (trained on shifted labels) is worse than the champion."""
+    result = run_flow(project, ["data.train_path=cue_train_shifted.csv", "prune.ffn_fraction=0.5",
+                                "gate.max_size_mb=10.0"])
+    thresholds = yaml.safe_load((project / "reports/gate.json").read_text())
+    assert thresholds["passed"] is True  # the evaluate stage alone would have let it through
+    reg = result["registration"]
+    assert reg["version"] == "4" and reg["promoted"] is False
+    assert versions(project) == {"1": set(), "2": {"champion"}, "3": set(), "4": {"challenger"}}
+    decision = reg["decision"]
+    assert decision["passed"] is False
+    assert [c["name"] for c in decision["checks"] if c["status"] == "fail"] == [CHAMPION_CHECK]
+    check = checks_by_name(decision)[CHAMPION_CHECK]
+    champion_value, candidate = reg["champion"]["value"], reg["candidate_value"]
+    assert candidate < champion_value - 0.3  # shifted labels cannot beat chance on the true ones
+    assert check["observed"] == pytest.approx(champion_value - candidate) and check["threshold"] == 0.0
+    expected = (f"{CHAMPION_CHECK}: accuracy {candidate:.4f} vs champion v2 {champion_value:.4f}, re-scored on the "
+                f"current eval data: regression {champion_value - candidate:.4f} <= 0.0000 required: FAILED")
+    assert check["reason"] == expected
+    assert reg["reason"] == f"kept as challenger, failed: {expected}"
+    assert promotion_record(project) == reg
+    c = client(project)
+    tags = c.get_model_version(NAME, "4").tags
+    assert tags["gate_passed"] == "false" and expected in tags["gate_reasons"] and tags["promotion"] == reg["reason"]
+    parent = c.get_run(result["mlflow_run_id"])
+    assert parent.data.tags[f"gate.{CHAMPION_CHECK}"] == "fail" and parent.data.tags["gate_passed"] == "false"
+    assert parent.data.metrics[f"gate.{CHAMPION_CHECK}.observed"] == pytest.approx(check["observed"])
+    markdown = prefect_artifact_markdown(result["flow_run_id"])
+    assert "## Gate: FAILED" in markdown and f"| {CHAMPION_CHECK} |" in markdown and "| fail |" in markdown
+    assert "kept as challenger" in markdown
+
+
+def test_status_command_shows_champion_challenger_and_gate_decisions(project):
     out = subprocess.run([str(BIN / "distillery"), "--project-dir", str(project), "status"],
                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
-    assert "champion 1, challenger 2" in out.stdout
-    assert "Last gate decision: FAILED" in out.stdout
+    assert "champion 2, challenger 4" in out.stdout
+    assert "Last gate decision: FAILED (version 4" in out.stdout
+    # The champion comparison's row: check, observed regression, threshold, result.
+    assert re.search(rf"│ {CHAMPION_CHECK}\s+│\s+[\d.]+\s+│\s+0\s+│ fail", out.stdout), out.stdout
+    assert "vs champion v2" in out.stdout
+    for line in ("v4: gate FAILED; kept as challenger, failed: regression_vs_champion",
+                 "v3: gate FAILED; kept as challenger, failed: size_mb", "v2: gate passed; every check passed"):
+        assert line in out.stdout
 
 
 def cli(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -211,22 +327,28 @@ def cli(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_promote_refuses_failed_gate_unless_forced_and_rollback_restores(project):
-    refused = cli(project, "promote", "2")
+    refused = cli(project, "promote", "3")
     assert refused.returncode == 1 and "failed its gate" in refused.stderr and "size_mb" in refused.stderr
-    assert versions(project) == {"1": {"champion"}, "2": {"challenger"}}
-    no_reason = cli(project, "promote", "2", "--force")
+    worse = cli(project, "promote", "4")  # the champion comparison is part of the gate
+    assert worse.returncode == 1 and "failed its gate" in worse.stderr and CHAMPION_CHECK in worse.stderr
+    assert versions(project) == {"1": set(), "2": {"champion"}, "3": set(), "4": {"challenger"}}
+    no_reason = cli(project, "promote", "3", "--force")
     assert no_reason.returncode == 1 and "--force needs --reason" in no_reason.stderr
-    forced = cli(project, "promote", "2", "--force", "--reason", "size budget waived for the demo")
+    forced = cli(project, "promote", "3", "--force", "--reason", "size budget waived for the demo")
     assert forced.returncode == 0, forced.stderr
-    assert versions(project) == {"1": set(), "2": {"challenger", "champion"}}
+    assert versions(project) == {"1": set(), "2": set(), "3": {"champion"}, "4": {"challenger"}}
     back = cli(project, "rollback")
     assert back.returncode == 0, back.stderr
-    assert versions(project) == {"1": {"champion"}, "2": {"challenger"}}
+    assert versions(project) == {"1": set(), "2": {"champion"}, "3": set(), "4": {"challenger"}}
     from tasks.promotion import history
 
-    kinds = [(h["kind"], h["from"], h["version"]) for h in history(client(project), "distillery-student")]
-    assert kinds == [("auto_promote", None, "1"), ("forced_promote", "1", "2"), ("rollback", "2", "1")]
+    kinds = [(h["kind"], h["from"], h["version"]) for h in history(client(project), NAME)]
+    assert kinds == [("auto_promote", None, "1"), ("auto_promote", "1", "2"), ("forced_promote", "2", "3"),
+                     ("rollback", "3", "2")]
     assert "size budget waived" in cli(project, "status").stdout
+    further = cli(project, "rollback")  # the champion before version 2
+    assert further.returncode == 0, further.stderr
+    assert versions(project) == {"1": {"champion"}, "2": set(), "3": set(), "4": {"challenger"}}
     nothing_before = cli(project, "rollback")
     assert nothing_before.returncode == 1 and "no earlier champion" in nothing_before.stderr
 
@@ -242,7 +364,7 @@ def test_data_failing_validation_stops_before_training_and_leaves_registry(proje
         run_flow(project, ["data.train_path=bad_train.csv"])
     msg = str(exc.value)
     assert "validate" in msg and "bad_train.csv" in msg and "not-a-label" in msg
-    assert versions(project) == {"1": {"champion"}, "2": {"challenger"}}
+    assert versions(project) == {"1": {"champion"}, "2": set(), "3": set(), "4": {"challenger"}}
     assert mtimes(project, "models/teacher") == teacher_before
     c = client(project)
     exp = c.get_experiment_by_name("distillery")
