@@ -7,6 +7,7 @@ need them, so `distillery --help` and config errors answer at once.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -54,6 +55,34 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+class _UserErrorsOnce(logging.Filter):
+    """Prefect logs a failed task and flow with a traceback and the full message, four times over.
+    For errors that are the user's input (bad data, bad params), `distillery run` prints the
+    message once itself: on the console, Prefect's records of them are dropped, and its state
+    lines keep their first line. (The Prefect API and UI still get every record in full.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        errors = expected_errors()
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and isinstance(exc, errors):
+            return False
+        message = record.getMessage()
+        if any(e.__name__ in message for e in errors) and ("\n" in message or "\\n" in message):
+            first = message.replace("\\n", "\n").split("\n")[0]
+            record.msg, record.args = f"{first} ...", ()
+        return True
+
+
+def quiet_user_errors_on_console() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for logger in (logging.getLogger(), logging.getLogger("prefect")):
+        for handler in logger.handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not any(
+                    isinstance(f, _UserErrorsOnce) for f in handler.filters):
+                handler.addFilter(_UserErrorsOnce())
+
+
 def prepare_params(root: Path, params_file: str | None, overrides: list[str]) -> None:
     """Validate the params to run with and make them the project's params.yaml (which DVC tracks).
 
@@ -98,6 +127,7 @@ def cmd_run(args) -> int:
     prepare_params(root, args.params, args.set or [])
     from flows.pipeline import pipeline
 
+    quiet_user_errors_on_console()
     result = pipeline(project_dir=str(root))
     from distillery.report import print_run_summary
 

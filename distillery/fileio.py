@@ -48,7 +48,9 @@ def temp_dir_for(out_dir: str | Path) -> Path:
     """A fresh temp directory beside `out_dir` (same filesystem, so `replace_dir` is a rename)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the output is an ordinary folder
+    return tmp
 
 
 def replace_dir(tmp: Path, out_dir: Path) -> None:

@@ -308,7 +308,8 @@ def _failure(r, check: str, column: str | None, df: pd.DataFrame, frame: pd.Data
         return Failure(check, column, f"class {name!r} holds {count} of {int(counts.sum())} labelled rows "
                        f"({res.get('observed_value', 0):.1%}); at most {kw.get('max_value'):.1%} allowed", count)
     if check == CLASSES_PRESENT:
-        absent = list(res.get("partial_missing_list") or [])
+        missing = set(res.get("partial_missing_list") or [])
+        absent = [n for n in kw["value_set"] if n in missing]  # in label-map order (GX returns a set's order)
         present = {str(k): int(v) for k, v in counts.items()}
         return Failure(check, column, f"no rows of class(es) {absent}; the label map is {list(kw['value_set'])}, "
                        f"this split has {present}", len(absent))

@@ -34,8 +34,8 @@ def run(ctx: StageContext) -> dict:
     from distillery.data import DataError, LabelMap, TextDataset, read_source, write_validated
     from distillery.drift import length_profile
     from distillery.fileio import replace_dir, temp_dir_for
-    from distillery.validation import (CLASSES_PRESENT, Failure, SuiteRunner, ValidationFailed, format_warnings,
-                                       teacher_label_failure, unreadable)
+    from distillery.validation import (CLASSES_PRESENT, Failure, SplitValidation, SuiteRunner, ValidationFailed,
+                                       format_warnings, teacher_label_failure, unreadable)
 
     p = ctx.params
     files = {"train": p.data.train_path, "eval": p.data.eval_path}
@@ -47,23 +47,26 @@ def run(ctx: StageContext) -> dict:
             unread[name] = unreadable(name, rel, str(exc).replace(str(ctx.path(rel)), rel))
 
     labels, label_failure = None, None
-    if "train" in sources:
+    if not unread:
         try:
             labels = LabelMap.from_labels(p.data.labels, sources["train"].frame["label"])
-        except DataError as exc:
+        except DataError as exc:  # fewer than two classes in train, with labels to be inferred
             label_failure = Failure(CLASSES_PRESENT, p.data.label_column, str(exc))
     names = labels.names if labels else ([str(x) for x in p.data.labels] if p.data.labels is not None else None)
+
+    if unread:  # a file that cannot be read at all is the one thing to fix first
+        results = [unread.get(name) or SplitValidation(name, rel, len(sources[name].frame), True, [])
+                   for name, rel in files.items()]
+        write_report(ctx, "validate", {"success": False, "rows": {r.split: r.rows for r in results},
+                                       "warnings": 0, "results": [r.to_dict() for r in results]})
+        raise ValidationFailed(results)
 
     docs_tmp = temp_dir_for(ctx.path(docs_rel(p)))
     try:
         runner = SuiteRunner(docs_tmp)
-        results = []
-        for name, rel in files.items():
-            if name in unread:
-                results.append(unread[name])
-                continue
-            train_texts = sources["train"].frame["text"] if name == "eval" and "train" in sources else None
-            results.append(runner.validate(sources[name].frame, name, rel, p.data, p.validate_cfg, names, train_texts))
+        results = [runner.validate(sources[name].frame, name, rel, p.data, p.validate_cfg, names,
+                                   sources["train"].frame["text"] if name == "eval" else None)
+                   for name, rel in files.items()]
         extra = [label_failure] if label_failure else []
         if labels is not None:
             extra.append(teacher_label_failure(labels.names, _teacher_head_labels(ctx), p.teacher.model,
