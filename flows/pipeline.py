@@ -27,6 +27,7 @@ from distillery.data import DataError, check_validated, validated_is_stale
 from tasks import tracking
 from tasks.common import STAGES, read_json, report_path
 from tasks.register import register_model
+from tasks.validate import length_shift
 
 STAGE_ERRORS_DIR = "errors"
 
@@ -115,18 +116,7 @@ def stage_task(stage: str):
 STAGE_TASKS = {s: stage_task(s) for s in STAGES}
 
 
-def check_length_shift(root: Path, params, client) -> dict:
-    """The validated data's text lengths against the champion's data; a failure stops the run here."""
-    from tasks.validate import length_shift
-
-    shift = length_shift(root, params, client)
-    print(f"validate: text length vs the champion's data: {shift['status']}: {shift['reason']}")
-    if shift["status"] == "failed":
-        raise StageFailed(f"stage 'validate' failed: text length shift {shift['reason']}")
-    return shift
-
-
-def publish_validation(root: Path, params, report: dict, shift: dict | None) -> None:
+def publish_validation(report: dict, shift: dict | None) -> None:
     """The validation summary as a Prefect artifact, whatever the outcome."""
     from distillery.validation import summary_markdown
 
@@ -182,13 +172,16 @@ def pipeline(project_dir: str = ".") -> dict:
                 ran[stage] = True  # until DVC says it skipped the stage
                 ran[stage] = STAGE_TASKS[stage](str(root), force)
                 if stage == "validate":
-                    extra["length_shift"] = check_length_shift(root, params, client)
+                    extra["length_shift"] = shift = length_shift(root, params, client)
+                    print(f"validate: text length vs the champion's data: {shift['status']}: {shift['reason']}")
+                    if shift["status"] == "failed":
+                        raise StageFailed(f"stage 'validate' failed: text length shift {shift['reason']}")
                 status = "FINISHED"
             finally:  # a failed stage is logged too, with whatever report it left
                 report_file = report_path(root, params, stage)
                 report = read_json(report_file) if report_file.exists() else None
                 if stage == "validate" and report is not None:
-                    publish_validation(root, params, report, extra.get("length_shift"))
+                    publish_validation(report, extra.get("length_shift"))
                 reports = [o for o in io.outs if o.startswith(f"{params.paths.reports_dir}/")]
                 tracking.log_stage_run(client, exp_id, parent, stage, ran=ran[stage],
                                        report={**report, **extra} if report is not None else None,

@@ -31,59 +31,20 @@ def io(p: Params) -> StageIO:
 
 
 def run(ctx: StageContext) -> dict:
-    from distillery.data import DataError, LabelMap, TextDataset, read_source, write_validated
+    from distillery.data import TextDataset, write_validated
     from distillery.drift import length_profile
-    from distillery.fileio import replace_dir, temp_dir_for
-    from distillery.validation import (CLASSES_PRESENT, Failure, SplitValidation, SuiteRunner, ValidationFailed,
-                                       format_warnings, teacher_label_failure, unreadable)
+    from distillery.validation import ValidationFailed, format_warnings
 
     p = ctx.params
     files = {"train": p.data.train_path, "eval": p.data.eval_path}
-    sources, unread = {}, {}
-    for name, rel in files.items():
-        try:
-            sources[name] = read_source(ctx.path(rel), p.data.text_column, p.data.label_column)
-        except DataError as exc:  # reported with the other split's results, in one message
-            unread[name] = unreadable(name, rel, str(exc).replace(str(ctx.path(rel)), rel))
-
-    labels, label_failure = None, None
-    if not unread:
-        try:
-            labels = LabelMap.from_labels(p.data.labels, sources["train"].frame["label"])
-        except DataError as exc:  # fewer than two classes in train, with labels to be inferred
-            label_failure = Failure(CLASSES_PRESENT, p.data.label_column, str(exc))
-    names = labels.names if labels else ([str(x) for x in p.data.labels] if p.data.labels is not None else None)
-
-    if unread:  # a file that cannot be read at all is the one thing to fix first
-        results = [unread.get(name) or SplitValidation(name, rel, len(sources[name].frame), True, [])
-                   for name, rel in files.items()]
-        write_report(ctx, "validate", {"success": False, "rows": {r.split: r.rows for r in results},
-                                       "warnings": 0, "results": [r.to_dict() for r in results]})
-        raise ValidationFailed(results)
-
-    docs_tmp = temp_dir_for(ctx.path(docs_rel(p)))
-    try:
-        runner = SuiteRunner(docs_tmp)
-        results = [runner.validate(sources[name].frame, name, rel, p.data, p.validate_cfg, names,
-                                   sources["train"].frame["text"] if name == "eval" else None)
-                   for name, rel in files.items()]
-        extra = [label_failure] if label_failure else []
-        if labels is not None:
-            extra.append(teacher_label_failure(labels.names, _teacher_head_labels(ctx), p.teacher.model,
-                                               p.teacher.finetune))
-        for f in filter(None, extra):  # the label map is train's (declared or inferred from it)
-            results[0].failures.append(f)
-            results[0].success = False
-        runner.build_docs()
-        replace_dir(docs_tmp, ctx.path(docs_rel(p)))
-    finally:
-        shutil.rmtree(docs_tmp, ignore_errors=True)
-
-    report = {"success": all(r.success for r in results),
-              "rows": {r.split: r.rows for r in results},
-              "warnings": sum(len(r.warnings) for r in results),
-              "docs": f"{docs_rel(p)}/index.html",
-              "results": [r.to_dict() for r in results]}
+    sources, results = _read(ctx, files)
+    labels = None
+    if sources:
+        labels, results = _run_suite(ctx, files, sources)
+    report = {"success": all(r.success for r in results), "rows": {r.split: r.rows for r in results},
+              "warnings": sum(len(r.warnings) for r in results), "results": [r.to_dict() for r in results]}
+    if sources:
+        report["docs"] = f"{docs_rel(p)}/index.html"
     if not report["success"]:
         write_report(ctx, "validate", report)
         raise ValidationFailed(results)
@@ -101,6 +62,57 @@ def run(ctx: StageContext) -> dict:
     print(f"validate: train {len(splits['train'])} rows, eval {len(splits['eval'])} rows, labels {labels.names}: "
           f"passed{warned} (report: {report['docs']})")
     return report
+
+
+def _read(ctx: StageContext, files: dict[str, str]):
+    """Both files, or (when either cannot be read at all: the one thing to fix first) no sources
+    and a result per split saying which could not be read and why."""
+    from distillery.data import DataError, read_source
+    from distillery.validation import SplitValidation, unreadable
+
+    sources, unread = {}, {}
+    for name, rel in files.items():
+        try:
+            sources[name] = read_source(ctx.path(rel), ctx.params.data.text_column, ctx.params.data.label_column)
+        except DataError as exc:
+            unread[name] = unreadable(name, rel, str(exc).replace(str(ctx.path(rel)), rel))
+    if not unread:
+        return sources, []
+    return {}, [unread.get(name) or SplitValidation(name, rel, len(sources[name].frame), True, [])
+                for name, rel in files.items()]
+
+
+def _run_suite(ctx: StageContext, files: dict[str, str], sources: dict):
+    """The label map, the GX suite on both splits (eval against train for leakage), the label
+    map against the teacher's, and the Data Docs swapped into place."""
+    from distillery.data import DataError, LabelMap
+    from distillery.fileio import replace_dir, temp_dir_for
+    from distillery.validation import CLASSES_PRESENT, Failure, SuiteRunner, teacher_label_failure
+
+    p = ctx.params
+    labels, problems = None, []
+    try:
+        labels = LabelMap.from_labels(p.data.labels, sources["train"].frame["label"])
+    except DataError as exc:  # fewer than two classes in train, with labels to be inferred
+        problems.append(Failure(CLASSES_PRESENT, p.data.label_column, str(exc)))
+    names = labels.names if labels else None
+    if labels is not None:
+        problems.append(teacher_label_failure(labels.names, _teacher_head_labels(ctx), p.teacher.model,
+                                              p.teacher.finetune))
+    docs_tmp = temp_dir_for(ctx.path(docs_rel(p)))
+    try:
+        runner = SuiteRunner(docs_tmp)
+        results = [runner.validate(sources[name].frame, name, rel, p.data, p.validate_cfg, names,
+                                   sources["train"].frame["text"] if name == "eval" else None)
+                   for name, rel in files.items()]
+        runner.build_docs()
+        replace_dir(docs_tmp, ctx.path(docs_rel(p)))
+    finally:
+        shutil.rmtree(docs_tmp, ignore_errors=True)
+    for f in filter(None, problems):  # the label map is train's (declared, or inferred from it)
+        results[0].failures.append(f)
+        results[0].success = False
+    return labels, results
 
 
 def _teacher_head_labels(ctx: StageContext) -> list[str] | None:

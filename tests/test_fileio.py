@@ -70,3 +70,17 @@ def test_replace_dir_and_write_atomically(tmp_path):
     assert (out / "f").read_text() == "two" and list(tmp_path.iterdir()) == [out]
     p = write_atomically(tmp_path / "x.txt", lambda t: t.write_text("x"))
     assert p.stat().st_mode & 0o777 == 0o666 & ~_umask()  # what open() would make, not mkstemp's 0600
+
+
+def test_a_dvc_lock_cut_short_is_set_aside(tmp_path, capsys):
+    from flows.pipeline import ensure_dvc
+
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  validate:\n    cmd: distillery st")  # still YAML
+    ensure_dvc(tmp_path)
+    assert (tmp_path / "dvc.lock").exists()  # parseable: DVC itself sees which stages changed
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  validate:\n    deps:\n    - path: [unclosed")
+    ensure_dvc(tmp_path)
+    assert not (tmp_path / "dvc.lock").exists()
+    assert [p.name.startswith("dvc.lock.corrupt-") for p in tmp_path.iterdir() if p.name != ".dvc"] == [True]
+    assert "every stage runs again" in capsys.readouterr().out
