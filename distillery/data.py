@@ -413,9 +413,10 @@ def check_validated(out_dir: str | Path, root: str | Path) -> dict:
 
 
 def validated_is_stale(out_dir: str | Path, root: str | Path) -> bool:
-    """True when validated data exists but no longer matches its sources (`check_validated` fails)."""
-    if not (Path(out_dir) / MANIFEST_FILE).exists():
-        return False
+    """True when validated data exists but no longer matches its sources, or has no manifest
+    (`check_validated` fails): the validate stage must run again, whatever DVC's record says."""
+    if not Path(out_dir).exists():
+        return False  # never validated: DVC runs the stage anyway
     try:
         check_validated(out_dir, root)
     except DataError:

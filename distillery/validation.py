@@ -33,6 +33,8 @@ from distillery.data import LABEL, TEXT
 SHARE = "label_share"        # the row's class's share of the labelled rows (0 when unlabelled)
 CLASS_ROWS = "class_rows"    # the number of rows of the row's class
 IN_TRAIN = "text_in_train"   # eval only: the row's exact text is also a train text
+CHARS = "text_chars"         # characters in the row's text (checked here rather than GX's value
+                             # lengths, so its failing values are lengths, not 1 MB texts)
 
 # Short human names of the checks; they travel in each expectation's `meta`.
 READABLE = "file readable"
@@ -143,8 +145,8 @@ def build_expectations(data_cfg: DataConfig, validate_cfg: ValidateConfig,
             min_value=s.row_count.min, max_value=s.row_count.max,
             **kw(ROW_COUNT, None, f"between {s.row_count.min} and {s.row_count.max} rows")))
     if s.text_length is not None:
-        exps.append(E.ExpectColumnValueLengthsToBeBetween(
-            column=TEXT, min_value=s.text_length.min, max_value=s.text_length.max,
+        exps.append(E.ExpectColumnValuesToBeBetween(
+            column=CHARS, min_value=s.text_length.min, max_value=s.text_length.max,
             **kw(TEXT_LENGTH, tcol, f"every {tcol!r} has {s.text_length.min} to {s.text_length.max} characters")))
     if label_names is not None:
         names = [str(x) for x in label_names]
@@ -194,6 +196,8 @@ def gx_frame(df: pd.DataFrame, train_texts: pd.Series | None = None,
         if label_names is not None:
             sizes[~labels.isin([str(x) for x in label_names])] = np.nan
         out[CLASS_ROWS] = sizes
+    if TEXT in out.columns:
+        out[CHARS] = out[TEXT].map(lambda t: len(t) if isinstance(t, str) else None).astype(float)
     if train_texts is not None and TEXT in out.columns:
         out[IN_TRAIN] = out[TEXT].isin(set(train_texts.dropna())) & out[TEXT].notna()
     return out
@@ -236,8 +240,9 @@ class SuiteRunner:
             cfg = r.expectation_config
             gx_column = cfg.kwargs.get("column")
             check = cfg.meta.get("check", cfg.type)
-            derived_from_label = gx_column in (SHARE, CLASS_ROWS) and LABEL in missing
-            if check != REQUIRED_COLUMN and (gx_column in missing or derived_from_label):
+            derived_from_missing = (gx_column in (SHARE, CLASS_ROWS) and LABEL in missing) or (
+                gx_column in (CHARS, IN_TRAIN) and TEXT in missing)
+            if check != REQUIRED_COLUMN and (gx_column in missing or derived_from_missing):
                 continue  # a consequence of the missing column, already reported once
             failure = _failure(r, check, cfg.meta.get("column"), df, frame, validate_cfg)
             failure.severity = WARNING if str(getattr(cfg.severity, "value", cfg.severity)) == "warning" else FAILURE
@@ -320,7 +325,9 @@ def _failure(r, check: str, column: str | None, df: pd.DataFrame, frame: pd.Data
         values = ", ".join(f"{d['value']!r} ({d['count']}x)" for d in res.get("partial_unexpected_counts", []))
         details += f"; unexpected labels include {values}; declared: {list(kw.get('value_set'))}"
     elif check == TEXT_LENGTH:
-        details += f" outside {kw.get('min_value')}..{kw.get('max_value')} characters"
+        bounds = [kw.get(k) for k in ("min_value", "max_value")]
+        low, high = ("" if b is None else int(b) for b in bounds)  # GX hands bounds back as floats
+        details += f" outside {low}..{high} characters"
     elif check == CLASS_ROWS_MIN:
         minimum = int(kw["min_value"])  # GX hands bounds back as floats
         small = {str(k): int(v) for k, v in counts.items() if v < minimum}

@@ -339,7 +339,8 @@ def test_validated_split_edited_by_hand_is_refused(tmp_path):
     (out / "manifest.json").unlink()
     with pytest.raises(DataError, match="manifest.json: not found"):
         check_validated(out, tmp_path)
-    assert not validated_is_stale(out, tmp_path)  # nothing validated yet: DVC decides
+    assert validated_is_stale(out, tmp_path)  # e.g. written by an older version: validate again
+    assert not validated_is_stale(tmp_path / "never", tmp_path)  # nothing validated yet: DVC decides
 
 
 def test_rewriting_the_validated_dir_swaps_it_whole(tmp_path):

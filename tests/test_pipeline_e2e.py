@@ -5,12 +5,14 @@ first run, no-change rerun, a worse challenger, and a run whose data fails valid
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -124,7 +126,8 @@ def test_first_run_trains_every_stage_and_registers_champion(project):
     validate_run = next(r for r in children if r.info.run_name == "validate")
     artifacts = [a.path for a in c.list_artifacts(validate_run.info.run_id, "validation")]
     assert "validation/index.html" in artifacts  # the GX Data Docs, kept with the run
-    assert tags["data_length_profile"].startswith('{"train":')  # what the next run's drift check reads
+    profile = json.loads(tags["data_length_profile"])  # what the next run's drift check reads
+    assert profile["train"]["rows"] == len(pd.read_parquet(project / "data/validated/train.parquet"))
 
 
 def test_every_file_written_belongs_to_a_declared_output(project):
