@@ -4,7 +4,7 @@ One project (a random-init tiny BERT, ~90 rows of user data under `incoming/`) s
 whole module, in order:
 
 1. A real `distillery run` process is SIGKILLed during the distill stage; the next run
-   completes, reusing validate and teacher, and registers the champion.
+   completes, reusing validate, teacher and soft_targets, and registers the champion.
 2. A corpus of bad inputs, generated here: each goes through the real entry point
    (`distillery.cli.main(["run"])`, in-process; one case as a real process) and must stop at
    the right place with one message naming the file, column, key or rows, while nothing is
@@ -39,8 +39,8 @@ NAME = "distillery-student"
 TRAIN, EVAL = "incoming/train.csv", "incoming/eval.csv"
 # Enough distill epochs on the tiny model (~0.2 s each here) that a kill lands inside training.
 DISTILL_EPOCHS = 40
-DISTILL_MARKER = "distill: student keeps teacher layers"
-LATER = ("teacher", "distill", "prune", "quantize", "evaluate", "register")
+DISTILL_MARKER = "distill: student of"  # printed when the student is built, before training
+LATER = ("teacher", "soft_targets", "distill", "prune", "quantize", "evaluate", "register")
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +170,9 @@ def test_run_killed_during_distill_resumes_without_redoing_finished_stages(proje
         kill_process_tree(run)
     assert run.returncode == -signal.SIGKILL
 
-    # What the killed run left: validate and teacher finished and recorded, distill nothing.
+    # What the killed run left: validate, teacher, soft_targets finished and recorded, distill nothing.
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    assert set(lock) == {"demo_data", "validate", "teacher"}
+    assert set(lock) == {"demo_data", "validate", "teacher", "soft_targets"}
     assert not (project / "models/student").exists() and not (project / "reports/distill.json").exists()
     finished = digest(project, "data/validated", "models/teacher", "data/teacher_logits")
     mtimes = {p: (project / p).stat().st_mtime_ns for p in finished}
@@ -192,8 +192,8 @@ def test_run_killed_during_distill_resumes_without_redoing_finished_stages(proje
     latest, closed = pipeline_runs(project)
     assert latest.info.status == "FINISHED"
     stages = nested_runs(project, latest.info.run_id)
-    assert {s: stages[s].data.tags["dvc_skipped"] for s in ("validate", "teacher", "distill", "prune")} == {
-        "validate": "true", "teacher": "true", "distill": "false", "prune": "false"}
+    assert {s: stages[s].data.tags["dvc_skipped"] for s in ("validate", "teacher", "soft_targets", "distill")} == {
+        "validate": "true", "teacher": "true", "soft_targets": "true", "distill": "false"}
     assert registry(project)["versions"] == ["1"] and registry(project)["aliases"]["1"] == {"challenger", "champion"}
     # Nothing half-done is left or accepted: the killed run is closed, DVC's record is complete.
     assert closed.info.run_id == killed.info.run_id and closed.info.status == "KILLED"
@@ -337,8 +337,8 @@ CASES = [
              (r / "params.yaml").read_text() + "gate: {min_accuracy: [0.5\n") and [],
          ["params.yaml: YAML syntax error", "line"], "params"),
 ]
-INTACT = ["models", "data/teacher_logits", "data/validated", "reports/teacher.json", "reports/distill.json",
-          "reports/prune.json", "reports/quantize.json", "reports/evaluate.json", "reports/gate.json", "dvc.lock"]
+INTACT = ["models", "data/teacher_logits", "data/validated", "dvc.lock"] + [
+    f"reports/{s}.json" for s in ("teacher", "soft_targets", "distill", "prune", "quantize", "evaluate", "gate")]
 
 
 @pytest.fixture
@@ -479,7 +479,8 @@ def test_good_data_again_retrains_nothing(project):
     assert rc == 0, output[-3000:]
     latest = pipeline_runs(project)[0]
     stages = nested_runs(project, latest.info.run_id)
-    assert all(stages[s].data.tags["dvc_skipped"] == "true" for s in ("teacher", "distill", "prune", "quantize"))
+    assert all(stages[s].data.tags["dvc_skipped"] == "true" for s in ("teacher", "soft_targets", "distill", "prune",
+                                                                       "quantize"))
     assert digest(project, "models", "data/teacher_logits") == before["files"]
     assert registry(project) == before["registry"]
     assert leftovers(project) == []
