@@ -113,6 +113,7 @@ def prepare_params(root: Path, params_file: str | None, overrides: list[str]) ->
             for k in keys[:-1]:
                 node = node.setdefault(k, {})
             node[keys[-1]] = value
+
         def dump(tmp: Path) -> None:
             with tmp.open("w") as fh:
                 yaml.dump(doc, fh)
