@@ -7,6 +7,7 @@ need them, so `distillery --help` and config errors answer at once.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -26,6 +27,11 @@ OFFLINE_ENV = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "TOKENIZERS_PARALLELISM": "false",
 }
+
+
+# Set by the flow for the stages it runs through DVC: a stage's expected error is then printed
+# once, by `distillery run`, instead of by the stage, DVC and Prefect in turn.
+IN_FLOW_ENV = "DISTILLERY_IN_FLOW"
 
 
 def configure_environment(root: Path) -> None:
@@ -49,6 +55,34 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+class _UserErrorsOnce(logging.Filter):
+    """Prefect logs a failed task and flow with a traceback and the full message, four times over.
+    For errors that are the user's input (bad data, bad params), `distillery run` prints the
+    message once itself: on the console, Prefect's records of them are dropped, and its state
+    lines keep their first line. (The Prefect API and UI still get every record in full.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        errors = expected_errors()
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and isinstance(exc, errors):
+            return False
+        message = record.getMessage()
+        if any(e.__name__ in message for e in errors) and ("\n" in message or "\\n" in message):
+            first = message.replace("\\n", "\n").split("\n")[0]
+            record.msg, record.args = f"{first} ...", ()
+        return True
+
+
+def quiet_user_errors_on_console() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for logger in (logging.getLogger(), logging.getLogger("prefect")):
+        for handler in logger.handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not any(
+                    isinstance(f, _UserErrorsOnce) for f in handler.filters):
+                handler.addFilter(_UserErrorsOnce())
+
+
 def prepare_params(root: Path, params_file: str | None, overrides: list[str]) -> None:
     """Validate the params to run with and make them the project's params.yaml (which DVC tracks).
 
@@ -59,8 +93,10 @@ def prepare_params(root: Path, params_file: str | None, overrides: list[str]) ->
     source = Path(params_file) if params_file else target
     raw = apply_overrides(read_raw(source), overrides, str(source))
     params_from_dict(raw, str(source), root)  # fails here, before anything is touched
+    from distillery.fileio import write_atomically  # a kill mid-write must not truncate the user's params
+
     if source.resolve() != target.resolve():
-        shutil.copyfile(source, target)
+        write_atomically(target, lambda tmp: shutil.copyfile(source, tmp))
         print(f"params: using {source} (copied to {target.name}, which DVC tracks)")
     if overrides:
         from ruamel.yaml import YAML
@@ -77,8 +113,12 @@ def prepare_params(root: Path, params_file: str | None, overrides: list[str]) ->
             for k in keys[:-1]:
                 node = node.setdefault(k, {})
             node[keys[-1]] = value
-        with target.open("w") as fh:
-            yaml.dump(doc, fh)
+
+        def dump(tmp: Path) -> None:
+            with tmp.open("w") as fh:
+                yaml.dump(doc, fh)
+
+        write_atomically(target, dump)
         print(f"params: {', '.join(overrides)} written to {target.name}")
 
 
@@ -88,6 +128,7 @@ def cmd_run(args) -> int:
     prepare_params(root, args.params, args.set or [])
     from flows.pipeline import pipeline
 
+    quiet_user_errors_on_console()
     result = pipeline(project_dir=str(root))
     from distillery.report import print_run_summary
 
@@ -101,7 +142,8 @@ def cmd_stage(args) -> int:
     configure_environment(root)
     import importlib
 
-    from tasks.common import stage_context
+    from distillery.fileio import write_atomically
+    from tasks.common import remove_stage_leftovers, stage_context
 
     err_file = None
     try:
@@ -109,13 +151,17 @@ def cmd_stage(args) -> int:
         err_file = root / params.paths.reports_dir / "errors" / f"{args.name}.txt"
         err_file.unlink(missing_ok=True)
         module = importlib.import_module(f"tasks.{args.name}")
-        module.run(stage_context(root))
+        for p in remove_stage_leftovers(root, module.io(params)):
+            print(f"{args.name}: removed {p.relative_to(root)}, left by an interrupted run")
+        module.run(stage_context(root, uses_torch=getattr(module, "USES_TORCH", True)))
         return 0
     except BaseException as exc:
-        message = str(exc) if isinstance(exc, expected_errors()) else traceback.format_exc()
+        expected = isinstance(exc, expected_errors())
+        message = str(exc) if expected else traceback.format_exc()
         if err_file is not None:
-            err_file.parent.mkdir(parents=True, exist_ok=True)
-            err_file.write_text(f"{type(exc).__name__}: {message}\n")
+            write_atomically(err_file, lambda tmp: tmp.write_text(f"{message}\n"))
+        if expected and os.environ.get(IN_FLOW_ENV) == "1":
+            return 1  # the flow reports the saved message once, as its own error
         raise
 
 

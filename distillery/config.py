@@ -64,21 +64,51 @@ class DataConfig(_Section):
         return v
 
 
-class ValidateConfig(_Section):
-    min_rows: int = Field(20, ge=1)
-    max_rows: int = Field(10_000_000, ge=1)
-    min_text_chars: int = Field(1, ge=0)
-    max_text_chars: int = Field(5000, ge=1)
-    max_class_share: float = Field(0.9, gt=0.0, le=1.0)
-    sample_rows: int = Field(5, ge=0, le=100)
+class Bounds(_Section):
+    """An inclusive range; null on either side leaves that side open."""
+
+    min: int | None = Field(None, ge=0)
+    max: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
-    def _bounds_ordered(self):
-        if self.min_rows > self.max_rows:
-            raise ValueError("min_rows must not exceed max_rows")
-        if self.min_text_chars > self.max_text_chars:
-            raise ValueError("min_text_chars must not exceed max_text_chars")
+    def _ordered(self):
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min must not exceed max")
         return self
+
+
+class SuiteConfig(_Section):
+    """The Great Expectations suite run on train and on eval: one entry per expectation, null = off.
+
+    Always on (the pipeline cannot train without them): text and label columns present, no null
+    or blank text, no null label, labels within the label map, every class of the map present.
+    """
+
+    row_count: Bounds | None = Bounds(min=20, max=10_000_000)
+    text_length: Bounds | None = Bounds(min=1, max=5000)
+    max_class_share: float | None = Field(0.9, gt=0.0, le=1.0)
+    min_class_rows: int | None = Field(5, ge=1)
+    max_leakage_share: float | None = Field(0.01, ge=0.0, le=1.0)
+    max_duplicate_share: float | None = Field(0.05, ge=0.0, le=1.0)
+
+
+class LengthShiftConfig(_Section):
+    """Text-length drift against the current champion's data, as a population stability index."""
+
+    warn_psi: float | None = Field(0.1, ge=0.0)
+    fail_psi: float | None = Field(0.25, ge=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.warn_psi is not None and self.fail_psi is not None and self.warn_psi > self.fail_psi:
+            raise ValueError("warn_psi must not exceed fail_psi")
+        return self
+
+
+class ValidateConfig(_Section):
+    sample_rows: int = Field(5, ge=0, le=100)
+    suite: SuiteConfig = SuiteConfig()
+    length_shift: LengthShiftConfig = LengthShiftConfig()
 
 
 class TeacherConfig(_Section):
@@ -356,10 +386,18 @@ def check_data_files(params: Params, root: Path, source: str = PARAMS_FILE) -> N
         p = (root / getattr(params.data, key)).resolve()
         if p.is_relative_to(demo):
             continue  # written by the demo_data stage
+        name = getattr(params.data, key)
         if not p.exists():
-            raise ConfigError(f"{source}: data.{key}: file not found: {getattr(params.data, key)}")
+            raise ConfigError(f"{source}: data.{key}: file not found: {name}")
         if p.is_dir():
-            raise ConfigError(f"{source}: data.{key}: is a directory, expected a CSV/TSV/Parquet file")
+            raise ConfigError(f"{source}: data.{key}: {name} is a directory, expected a CSV/TSV/Parquet file")
+        if not p.is_file():  # a FIFO or device would block or stream forever
+            raise ConfigError(f"{source}: data.{key}: {name} is not a regular file")
+        try:  # opening reads nothing; it is the check the OS applies (root included)
+            p.open("rb").close()
+        except OSError as exc:
+            reason = "permission denied" if isinstance(exc, PermissionError) else (exc.strerror or str(exc))
+            raise ConfigError(f"{source}: data.{key}: cannot read {name}: {reason}") from None
 
 
 def load_params(path: str | Path = PARAMS_FILE, overrides: list[str] | None = None,

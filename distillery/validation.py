@@ -2,8 +2,15 @@
 
 Bad data must stop the pipeline before any training, with a message a person
 can act on: which file, which split, which check, how many rows, and the first
-failing rows by number. GX runs the checks and its own result is kept verbatim
-in the report (`gx_result`); the readable summary is ours.
+failing rows by number. GX runs every check, on train and on eval; its own
+result is kept verbatim, as GX Data Docs (HTML) and in the report (`gx_result`);
+the readable summary is ours.
+
+Checks that look beyond one column work through columns derived in pandas
+(`gx_frame`): each row's class share and class size, and for eval whether its
+text is also in train; GX then checks those columns like any other, so every
+check sits in one suite, one result and one HTML report. Checks with
+`severity="warning"` are reported but do not stop the pipeline.
 
 GX is imported lazily (about 3-5 s) so the rest of the package stays cheap to import.
 """
@@ -13,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,21 +29,35 @@ import pandas as pd
 from distillery.config import DataConfig, ValidateConfig
 from distillery.data import LABEL, TEXT
 
-# Column derived for the class-balance check: each row carries its class's share
-# of the labelled rows (0 for unlabelled rows: they belong to no class).
-SHARE = "label_share"
+# Columns derived for checks beyond one column (see `gx_frame`).
+SHARE = "label_share"        # the row's class's share of the labelled rows (0 when unlabelled)
+CLASS_ROWS = "class_rows"    # the number of rows of the row's class
+IN_TRAIN = "text_in_train"   # eval only: the row's exact text is also a train text
+CHARS = "text_chars"         # characters in the row's text (checked here rather than GX's value
+                             # lengths, so its failing values are lengths, not 1 MB texts)
 
 # Short human names of the checks; they travel in each expectation's `meta`.
+READABLE = "file readable"
 REQUIRED_COLUMN = "required column present"
+ROW_COUNT = "row count within bounds"
 TEXT_NOT_NULL = "text not null"
 TEXT_NOT_BLANK = "text not empty or whitespace-only"
 TEXT_LENGTH = "text length within bounds"
 LABEL_NOT_NULL = "label not null"
 LABEL_IN_SET = "labels in declared set"
-ROW_COUNT = "row count within bounds"
+CLASSES_PRESENT = "every class present"
 CLASS_BALANCE = "no class above max share"
+CLASS_ROWS_MIN = "enough rows per class"
+LEAKAGE = "no train/eval leakage"
+DUPLICATES = "few duplicate texts"
+LABEL_MAP = "label map agrees with the teacher"
+ORDER = (READABLE, REQUIRED_COLUMN, ROW_COUNT, TEXT_NOT_NULL, TEXT_NOT_BLANK, TEXT_LENGTH, LABEL_NOT_NULL,
+         LABEL_IN_SET, CLASSES_PRESENT, LABEL_MAP, CLASS_BALANCE, CLASS_ROWS_MIN, LEAKAGE, DUPLICATES)
 
+FAILURE, WARNING = "failure", "warning"
+DATA_DOCS_SITE = "distillery"
 _TEXT_SHOWN = 80
+_GX_STRING_KEPT = 200  # failing values longer than this are shortened in the JSON report
 
 
 def _gx():
@@ -48,33 +70,37 @@ def _gx():
 
 @dataclass
 class Failure:
-    """One failed expectation, in terms of the user's file and columns."""
+    """One failed check, in terms of the user's file and columns."""
 
     expectation: str
     column: str | None
     details: str
     unexpected_count: int | None = None
     sample_rows: list[dict] = field(default_factory=list)
+    severity: str = FAILURE
 
     def to_dict(self) -> dict[str, Any]:
         return {"expectation": self.expectation, "column": self.column, "details": self.details,
-                "unexpected_count": self.unexpected_count, "sample_rows": self.sample_rows}
+                "unexpected_count": self.unexpected_count, "sample_rows": self.sample_rows,
+                "severity": self.severity}
 
 
 @dataclass
 class SplitValidation:
-    """The verdict on one split (file): success, our failures, and GX's own result."""
+    """The verdict on one split (file): its failures and warnings, and GX's own result."""
 
     split: str
     file: str
-    rows: int
+    rows: int | None
     success: bool
     failures: list[Failure]
     gx_result: dict = field(default_factory=dict)
+    warnings: list[Failure] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"split": self.split, "file": self.file, "rows": self.rows, "success": self.success,
-                "failures": [f.to_dict() for f in self.failures], "gx_result": self.gx_result}
+                "failures": [f.to_dict() for f in self.failures],
+                "warnings": [w.to_dict() for w in self.warnings], "gx_result": self.gx_result}
 
 
 class ValidationFailed(Exception):
@@ -88,100 +114,183 @@ class ValidationFailed(Exception):
         return format_failures(self.results)
 
 
+# --------------------------------------------------------------------------- the suite
+
+
 def build_expectations(data_cfg: DataConfig, validate_cfg: ValidateConfig,
-                       label_names: list[str | int] | None) -> list:
-    """The suite, from params, for the frame `gx_frame` derives (`text`, `label` as text,
-    `label_share`); `meta` keeps the check's name and the user's own column name for messages."""
+                       label_names: list[str | int] | None, *, with_leakage: bool = False) -> list:
+    """The suite, from params, for the frame `gx_frame` derives. `meta` keeps the check's name and
+    the user's own column name for messages; `description` is what the Data Docs show."""
     gx = _gx()
     E = gx.expectations
+    s = validate_cfg.suite
     tcol, lcol = data_cfg.text_column, data_cfg.label_column
 
-    def meta(check: str, column: str | None) -> dict:
-        return {"check": check, "column": column}
+    def kw(check: str, column: str | None, description: str, severity: str = "critical") -> dict:
+        # `$` starts a template variable in GX's renderer: keep it out of descriptions.
+        return {"meta": {"check": check, "column": column}, "severity": severity,
+                "description": f"{check}: {description}".replace("$", "")}
 
     exps = [
-        E.ExpectColumnToExist(column=TEXT, meta=meta(REQUIRED_COLUMN, tcol)),
-        E.ExpectColumnToExist(column=LABEL, meta=meta(REQUIRED_COLUMN, lcol)),
-        E.ExpectTableRowCountToBeBetween(min_value=validate_cfg.min_rows, max_value=validate_cfg.max_rows,
-                                         meta=meta(ROW_COUNT, None)),
-        E.ExpectColumnValuesToNotBeNull(column=TEXT, meta=meta(TEXT_NOT_NULL, tcol)),
+        E.ExpectColumnToExist(column=TEXT, **kw(REQUIRED_COLUMN, tcol, f"the text column {tcol!r} exists")),
+        E.ExpectColumnToExist(column=LABEL, **kw(REQUIRED_COLUMN, lcol, f"the label column {lcol!r} exists")),
+        E.ExpectColumnValuesToNotBeNull(column=TEXT, **kw(TEXT_NOT_NULL, tcol, f"no row has an empty {tcol!r} cell")),
         # Python's \s is Unicode-aware, so non-breaking spaces count as blank too.
-        E.ExpectColumnValuesToNotMatchRegex(column=TEXT, regex=r"^\s*$", meta=meta(TEXT_NOT_BLANK, tcol)),
-        E.ExpectColumnValueLengthsToBeBetween(column=TEXT, min_value=validate_cfg.min_text_chars,
-                                              max_value=validate_cfg.max_text_chars,
-                                              meta=meta(TEXT_LENGTH, tcol)),
-        E.ExpectColumnValuesToNotBeNull(column=LABEL, meta=meta(LABEL_NOT_NULL, lcol)),
-        # GX 1.x has no "largest value share at most x" expectation (MostCommonValueToBeInSet
-        # checks which value, KLDivergence needs a reference distribution, ProportionOfUnique
-        # counts distinct values). So the per-class share is computed in pandas as a derived
-        # column and GX checks its maximum: the observed value in GX's result is the real
-        # share of the largest class, and the check stays inside the suite and its report.
-        E.ExpectColumnMaxToBeBetween(column=SHARE, max_value=validate_cfg.max_class_share,
-                                     meta=meta(CLASS_BALANCE, lcol)),
+        E.ExpectColumnValuesToNotMatchRegex(column=TEXT, regex=r"^\s*$", **kw(
+            TEXT_NOT_BLANK, tcol, f"no {tcol!r} is only whitespace")),
+        E.ExpectColumnValuesToNotBeNull(column=LABEL, **kw(LABEL_NOT_NULL, lcol, f"every row has a {lcol!r}")),
     ]
+    if s.row_count is not None:
+        exps.append(E.ExpectTableRowCountToBeBetween(
+            min_value=s.row_count.min, max_value=s.row_count.max,
+            **kw(ROW_COUNT, None, f"between {s.row_count.min} and {s.row_count.max} rows")))
+    if s.text_length is not None:
+        exps.append(E.ExpectColumnValuesToBeBetween(
+            column=CHARS, min_value=s.text_length.min, max_value=s.text_length.max,
+            **kw(TEXT_LENGTH, tcol, f"every {tcol!r} has {s.text_length.min} to {s.text_length.max} characters")))
     if label_names is not None:
+        names = [str(x) for x in label_names]
         # Labels are compared as text (`gx_frame` stringifies them): 1 in data matches "1" in params.
-        exps.append(E.ExpectColumnValuesToBeInSet(column=LABEL, value_set=[str(x) for x in label_names],
-                                                  meta=meta(LABEL_IN_SET, lcol)))
+        exps.append(E.ExpectColumnValuesToBeInSet(column=LABEL, value_set=names, **kw(
+            LABEL_IN_SET, lcol, f"every {lcol!r} is one of {names}")))
+        # (ExpectColumnDistinctValuesToEqualSet / ToBeInSet would say the same, but GX 1.24's Data
+        # Docs renderer fails on their results; ContainSet plus the row-level InSet above is exact.)
+        exps.append(E.ExpectColumnDistinctValuesToContainSet(column=LABEL, value_set=names, **kw(
+            CLASSES_PRESENT, lcol, f"each of {names} occurs at least once (train and eval hold the same classes)")))
+    if s.max_class_share is not None:
+        # GX 1.x has no "largest value share at most x" expectation (MostCommonValueToBeInSet
+        # checks which value, KLDivergence needs a reference distribution), so the share is a
+        # derived column and GX checks its maximum: the observed value is the real largest share.
+        exps.append(E.ExpectColumnMaxToBeBetween(column=SHARE, max_value=s.max_class_share, **kw(
+            CLASS_BALANCE, lcol, f"no class holds more than {s.max_class_share:.0%} of the rows")))
+    if s.min_class_rows is not None:
+        exps.append(E.ExpectColumnValuesToBeBetween(column=CLASS_ROWS, min_value=s.min_class_rows, **kw(
+            CLASS_ROWS_MIN, lcol, f"every class has at least {s.min_class_rows} rows")))
+    if with_leakage and s.max_leakage_share is not None:
+        exps.append(E.ExpectColumnValuesToBeInSet(
+            column=IN_TRAIN, value_set=[False], mostly=1.0 - s.max_leakage_share, **kw(
+                LEAKAGE, tcol, f"at most {s.max_leakage_share:.1%} of the eval rows have a text that is also in train")))
+    if s.max_duplicate_share is not None:
+        exps.append(E.ExpectColumnValuesToBeUnique(
+            column=TEXT, mostly=1.0 - s.max_duplicate_share, **kw(
+                DUPLICATES, tcol, f"at most {s.max_duplicate_share:.1%} of the rows share their exact text "
+                                  "with another row of the split", severity="warning")))
     return exps
 
 
-def gx_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """The frame GX sees: positional index (row i+1 of the file), labels as text, class shares."""
+def gx_frame(df: pd.DataFrame, train_texts: pd.Series | None = None,
+             label_names: list[str | int] | None = None) -> pd.DataFrame:
+    """The frame GX sees: positional index (row i+1 of the file), labels as text, and the
+    derived columns: class share, class size, and (given train's texts) whether a text is in train.
+    A label outside `label_names` is no class: it is reported once, as such, not as a tiny class."""
     out = df.reset_index(drop=True).copy()
     if LABEL in out.columns:
         raw = out[LABEL]
         null = raw.isna()
         labels = pd.Series([None if n else str(v) for v, n in zip(raw, null)], dtype=object)
         out[LABEL] = labels
-        shares = labels[~null].value_counts(normalize=True)
-        out[SHARE] = labels.map(shares).astype(float).fillna(0.0)
+        counts = labels[~null].value_counts()
+        out[SHARE] = labels.map(counts / max(1, int(counts.sum()))).astype(float).fillna(0.0)
+        # Unlabelled rows belong to no class: they are reported once, as null labels.
+        sizes = labels.map(counts).astype(float)
+        if label_names is not None:
+            sizes[~labels.isin([str(x) for x in label_names])] = np.nan
+        out[CLASS_ROWS] = sizes
+    if TEXT in out.columns:
+        out[CHARS] = out[TEXT].map(lambda t: len(t) if isinstance(t, str) else None).astype(float)
+    if train_texts is not None and TEXT in out.columns:
+        out[IN_TRAIN] = out[TEXT].isin(set(train_texts.dropna())) & out[TEXT].notna()
     return out
 
 
+# --------------------------------------------------------------------------- running it
+
+
+class SuiteRunner:
+    """One ephemeral GX context for a validation: each split is validated into it, and the
+    Data Docs are built from all of them at the end."""
+
+    def __init__(self, docs_dir: str | Path | None = None):
+        self.gx = _gx()
+        self.docs_dir = Path(docs_dir) if docs_dir is not None else None
+        self.context = _ephemeral_context(self.gx, self.docs_dir)
+        self.source = self.context.data_sources.add_pandas("distillery")
+
+    def validate(self, df: pd.DataFrame, split: str, file: str, data_cfg: DataConfig,
+                 validate_cfg: ValidateConfig, label_names: list[str | int] | None,
+                 train_texts: pd.Series | None = None) -> SplitValidation:
+        gx = self.gx
+        frame = gx_frame(df, train_texts, label_names)
+        batch = self.source.add_dataframe_asset(split).add_batch_definition_whole_dataframe("all_rows")
+        suite = self.context.suites.add(gx.ExpectationSuite(
+            name=f"distillery_{split}",
+            expectations=build_expectations(data_cfg, validate_cfg, label_names,
+                                            with_leakage=train_texts is not None)))
+        definition = gx.ValidationDefinition(name=f"validate_{split}", data=batch, suite=suite)
+        # SUMMARY keeps only the first few failing values and their index (a row number here);
+        # COMPLETE would copy every failing value, which on a large bad file is the whole file.
+        result = definition.run(batch_parameters={"dataframe": frame}, result_format={
+            "result_format": "SUMMARY", "partial_unexpected_count": max(1, validate_cfg.sample_rows)})
+
+        missing = {c for c in (TEXT, LABEL) if c not in frame.columns}
+        found = []
+        for r in result.results:
+            if r.success:
+                continue
+            cfg = r.expectation_config
+            gx_column = cfg.kwargs.get("column")
+            check = cfg.meta.get("check", cfg.type)
+            derived_from_missing = (gx_column in (SHARE, CLASS_ROWS) and LABEL in missing) or (
+                gx_column in (CHARS, IN_TRAIN) and TEXT in missing)
+            if check != REQUIRED_COLUMN and (gx_column in missing or derived_from_missing):
+                continue  # a consequence of the missing column, already reported once
+            failure = _failure(r, check, cfg.meta.get("column"), df, frame, validate_cfg)
+            failure.severity = WARNING if str(getattr(cfg.severity, "value", cfg.severity)) == "warning" else FAILURE
+            found.append(failure)
+        found.sort(key=lambda f: ORDER.index(f.expectation) if f.expectation in ORDER else len(ORDER))
+        failures = [f for f in found if f.severity == FAILURE]
+        return SplitValidation(split=split, file=str(file), rows=len(frame), success=not failures,
+                               failures=failures, warnings=[f for f in found if f.severity == WARNING],
+                               gx_result=_json_safe(result.describe_dict(), _GX_STRING_KEPT))
+
+    def build_docs(self) -> Path | None:
+        """Write the GX Data Docs site (index.html, one page per split) to `docs_dir`."""
+        if self.docs_dir is None:
+            return None
+        self.context.build_data_docs(site_names=[DATA_DOCS_SITE])
+        # GX copies ~4 MB of images and fonts no page uses (the pages take their styles from CDNs
+        # and fall back to plain HTML offline); keep only what the pages reference.
+        static = self.docs_dir / "static"
+        for p in sorted(static.rglob("*"), reverse=True) if static.is_dir() else []:
+            if p.is_file() and p.name != "favicon.ico":
+                p.unlink()
+            elif p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        return self.docs_dir / "index.html"
+
+
 def validate_frame(df: pd.DataFrame, split_name: str, file_path: str, data_cfg: DataConfig,
-                   validate_cfg: ValidateConfig, label_names: list[str | int] | None) -> SplitValidation:
-    """Run the suite on one split in an ephemeral GX context and explain what failed."""
-    gx = _gx()
-    frame = gx_frame(df)
-    context = _ephemeral_context(gx)
-    batch = (context.data_sources.add_pandas("distillery").add_dataframe_asset(split_name)
-             .add_batch_definition_whole_dataframe("all_rows"))
-    suite = context.suites.add(gx.ExpectationSuite(
-        name=f"distillery_{split_name}", expectations=build_expectations(data_cfg, validate_cfg, label_names)))
-    definition = gx.ValidationDefinition(name=f"validate_{split_name}", data=batch, suite=suite)
-    # SUMMARY keeps only the first few failing values and their index (a row number here);
-    # COMPLETE would copy every failing value, which on a large bad file is the whole file.
-    result = definition.run(batch_parameters={"dataframe": frame}, result_format={
-        "result_format": "SUMMARY", "partial_unexpected_count": max(1, validate_cfg.sample_rows)})
-
-    missing = {c for c in (TEXT, LABEL) if c not in frame.columns}
-    failures = []
-    for r in result.results:
-        if r.success:
-            continue
-        cfg = r.expectation_config
-        gx_column = cfg.kwargs.get("column")
-        check = cfg.meta.get("check", cfg.type)
-        if check != REQUIRED_COLUMN and (gx_column in missing or (gx_column == SHARE and LABEL in missing)):
-            continue  # a consequence of the missing column, already reported once
-        failures.append(_failure(r, check, cfg.meta.get("column"), df, frame, validate_cfg))
-    order = {c: i for i, c in enumerate((REQUIRED_COLUMN, ROW_COUNT, TEXT_NOT_NULL, TEXT_NOT_BLANK,
-                                         TEXT_LENGTH, LABEL_NOT_NULL, LABEL_IN_SET, CLASS_BALANCE))}
-    failures.sort(key=lambda f: order.get(f.expectation, len(order)))  # GX returns results unordered
-    return SplitValidation(split=split_name, file=str(file_path), rows=len(frame), success=not failures,
-                           failures=failures, gx_result=_json_safe(result.describe_dict()))
+                   validate_cfg: ValidateConfig, label_names: list[str | int] | None,
+                   train_texts: pd.Series | None = None) -> SplitValidation:
+    """Run the suite on one split in its own ephemeral GX context and explain what failed."""
+    return SuiteRunner().validate(df, split_name, file_path, data_cfg, validate_cfg, label_names, train_texts)
 
 
-def _ephemeral_context(gx):
-    """An in-memory context: no progress bars (they garble stage logs), analytics off, and no
-    temporary data-docs site (the default ephemeral config sets one up that we never build)."""
+def _ephemeral_context(gx, docs_dir: Path | None):
+    """An in-memory context: no progress bars (they garble stage logs), analytics off, and a Data
+    Docs site only where asked for (the default ephemeral config makes a temporary one)."""
     from great_expectations.data_context.types.base import (DataContextConfig, InMemoryStoreBackendDefaults,
                                                             ProgressBarsConfig)
 
+    sites = {}
+    if docs_dir is not None:
+        sites[DATA_DOCS_SITE] = {
+            "class_name": "SiteBuilder", "show_how_to_buttons": False,
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"}}
     config = DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-        analytics_enabled=False,
+        analytics_enabled=False, data_docs_sites=sites,
         progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False))
     return gx.get_context(project_config=config, mode="ephemeral")
 
@@ -189,31 +298,46 @@ def _ephemeral_context(gx):
 def _failure(r, check: str, column: str | None, df: pd.DataFrame, frame: pd.DataFrame,
              cfg: ValidateConfig) -> Failure:
     res = r.result or {}
+    kw = r.expectation_config.kwargs
     error = _exception_message(r.exception_info)
     if error:
         return Failure(check, column, f"GX could not evaluate it: {error}")
     if check == REQUIRED_COLUMN:
         return Failure(check, column, f"column {column!r} not found; columns found: {list(map(str, df.columns))}")
     if check == ROW_COUNT:
-        kw = r.expectation_config.kwargs
         return Failure(check, None, f"{res.get('observed_value')} rows; expected between "
                        f"{kw.get('min_value')} and {kw.get('max_value')}")
+    counts = frame[LABEL].dropna().value_counts() if LABEL in frame.columns else pd.Series(dtype=int)
     if check == CLASS_BALANCE:
-        labels = frame[LABEL].dropna()
-        top = labels.value_counts()
-        name, count = (top.index[0], int(top.iloc[0])) if len(top) else (None, 0)
-        return Failure(check, column, f"class {name!r} holds {count} of {len(labels)} labelled rows "
-                       f"({res.get('observed_value', 0):.1%}); at most "
-                       f"{r.expectation_config.kwargs.get('max_value'):.1%} allowed", count)
+        name, count = (counts.index[0], int(counts.iloc[0])) if len(counts) else (None, 0)
+        return Failure(check, column, f"class {name!r} holds {count} of {int(counts.sum())} labelled rows "
+                       f"({res.get('observed_value', 0):.1%}); at most {kw.get('max_value'):.1%} allowed", count)
+    if check == CLASSES_PRESENT:
+        missing = set(res.get("partial_missing_list") or [])
+        absent = [n for n in kw["value_set"] if n in missing]  # in label-map order (GX returns a set's order)
+        present = {str(k): int(v) for k, v in counts.items()}
+        return Failure(check, column, f"no rows of class(es) {absent}; the label map is {list(kw['value_set'])}, "
+                       f"this split has {present}", len(absent))
     count = int(res.get("unexpected_count") or 0)
-    details = f"{count} of {res.get('element_count', len(frame))} rows"
+    n = res.get("element_count", len(frame))
+    details = f"{count} of {n} rows"
     if check == LABEL_IN_SET:
         values = ", ".join(f"{d['value']!r} ({d['count']}x)" for d in res.get("partial_unexpected_counts", []))
-        allowed = r.expectation_config.kwargs.get("value_set")
-        details += f"; unexpected labels include {values}; declared: {list(allowed)}"
+        details += f"; unexpected labels include {values}; declared: {list(kw.get('value_set'))}"
     elif check == TEXT_LENGTH:
-        kw = r.expectation_config.kwargs
-        details += f" outside {kw.get('min_value')}..{kw.get('max_value')} characters"
+        bounds = [kw.get(k) for k in ("min_value", "max_value")]
+        low, high = ("" if b is None else int(b) for b in bounds)  # GX hands bounds back as floats
+        details += f" outside {low}..{high} characters"
+    elif check == CLASS_ROWS_MIN:
+        minimum = int(kw["min_value"])  # GX hands bounds back as floats
+        small = {str(k): int(v) for k, v in counts.items() if v < minimum}
+        details = f"class(es) with fewer than {minimum} rows: {small}"
+    elif check == LEAKAGE:
+        details += (f" ({count / max(1, n):.1%}) have a text that is also in train; at most "
+                    f"{1 - kw.get('mostly', 1.0):.1%} allowed")
+    elif check == DUPLICATES:
+        details += (f" ({count / max(1, n):.1%}) share their exact text with another row; at most "
+                    f"{1 - kw.get('mostly', 1.0):.1%} allowed")
     rows = res.get("partial_unexpected_index_list") or []
     return Failure(check, column, details, count, [_sample(df, int(i)) for i in rows[:cfg.sample_rows]])
 
@@ -239,21 +363,63 @@ def _exception_message(info: Any) -> str | None:
     return None
 
 
-def _json_safe(obj: Any) -> Any:
-    """NaN -> None and numpy scalars -> Python, so reports are strict JSON."""
+def _json_safe(obj: Any, max_str: int | None = None) -> Any:
+    """NaN -> None and numpy scalars -> Python, so reports are strict JSON; long strings shortened."""
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): _json_safe(v, max_str) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [_json_safe(v, max_str) for v in obj]
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if obj is pd.NA or obj is pd.NaT:
         return None
-    if obj is None or isinstance(obj, (str, int, float, bool)):
+    if isinstance(obj, str):
+        if max_str is not None and len(obj) > max_str:
+            return f"{obj[:max_str]}... ({len(obj):,} characters)"
+        return obj
+    if obj is None or isinstance(obj, (int, float, bool)):
         return obj
     return str(obj)
+
+
+# --------------------------------------------------------------------------- label maps
+
+
+def teacher_label_failure(data_labels: list[str], teacher_labels: list[str] | None, teacher: str,
+                          finetune: str | bool) -> Failure | None:
+    """The data's label map against the head the teacher checkpoint already has, if any.
+
+    A head for another number of classes cannot be loaded for this data at all; a head with
+    named classes that differ from the data's would be silently replaced (and its training lost)
+    unless `teacher.finetune` is true, which says that is intended.
+    """
+    if teacher_labels is None:
+        return None  # no classification head: the teacher stage trains one for the data's labels
+    where = f"teacher {teacher!r} classifies into {teacher_labels}; the data's label map is {data_labels}"
+    if len(teacher_labels) != len(data_labels):
+        return Failure(LABEL_MAP, None, f"{where}: a {len(teacher_labels)}-class head cannot serve "
+                       f"{len(data_labels)} classes; use another teacher or fix data.labels")
+    generic = all(str(n) == f"LABEL_{i}" for i, n in enumerate(teacher_labels))
+    if generic or finetune is True or list(teacher_labels) == list(data_labels):
+        return None
+    if sorted(teacher_labels) == sorted(data_labels):
+        return Failure(LABEL_MAP, None, f"{where}: same classes in another order; declare "
+                       f"data.labels: {list(teacher_labels)} to keep the teacher's head")
+    return Failure(LABEL_MAP, None, f"{where}: they disagree; fix data.labels, or set teacher.finetune: true "
+                   "to train a new head")
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def unreadable(split: str, file: str, message: str) -> SplitValidation:
+    """A split whose file could not be read at all (a `DataError` from `read_source`)."""
+    prefix = f"{file}: "
+    details = message[len(prefix):] if message.startswith(prefix) else message
+    return SplitValidation(split=split, file=file, rows=None, success=False,
+                           failures=[Failure(READABLE, None, details)])
 
 
 def format_failures(results: list[SplitValidation]) -> str:
@@ -264,10 +430,48 @@ def format_failures(results: list[SplitValidation]) -> str:
     n = sum(len(r.failures) for r in failed)
     lines = [f"data validation failed: {n} check(s) in {len(failed)} of {len(results)} split(s)"]
     for r in failed:
-        lines.append(f"{r.file} (split {r.split!r}, {r.rows} rows):")
+        rows = f", {r.rows} rows" if r.rows is not None else ""
+        lines.append(f"{r.file} (split {r.split!r}{rows}):")
         for f in r.failures:
-            where = f" [column {f.column!r}]" if f.column else ""
-            lines.append(f"  - {f.expectation}{where}: {f.details}")
-            for s in f.sample_rows:
-                lines.append(f"      row {s['row']}: label={s['label']!r} text={s['text']!r}")
+            lines.extend(_failure_lines(f))
     return "\n".join(lines)
+
+
+def _failure_lines(f: Failure, indent: str = "  ") -> list[str]:
+    where = f" [column {f.column!r}]" if f.column else ""
+    lines = [f"{indent}- {f.expectation}{where}: {f.details}"]
+    for s in f.sample_rows:
+        lines.append(f"{indent}    row {s['row']}: label={s['label']!r} text={s['text']!r}")
+    return lines
+
+
+def format_warnings(results: list[SplitValidation]) -> list[str]:
+    return [line for r in results for w in r.warnings
+            for line in [f"warning: {r.file} (split {r.split!r}):"] + _failure_lines(w)]
+
+
+def summary_markdown(report: dict, shift: dict | None = None, docs: str | None = None) -> str:
+    """The validation summary for the Prefect artifact: per split, what failed or warned, with rows."""
+    verdict = "PASSED" if report.get("success") else "FAILED"
+    if report.get("success") and shift and shift.get("status") == "failed":
+        verdict = "FAILED (length shift)"
+    out = [f"# Data validation: {verdict}", "", "| split | file | rows | failures | warnings |", "|---|---|--:|--:|--:|"]
+    for r in report.get("results", []):
+        rows = "-" if r.get("rows") is None else f"{r['rows']:,}"
+        out.append(f"| {r['split']} | `{r['file']}` | {rows} | {len(r['failures'])} | {len(r.get('warnings', []))} |")
+    for r in report.get("results", []):
+        for kind, items in (("Failed", r["failures"]), ("Warning", r.get("warnings", []))):
+            for f in items:
+                where = f" (column `{f['column']}`)" if f.get("column") else ""
+                out += ["", f"**{kind}: {f['expectation']}**{where} in `{r['file']}` ({r['split']}): {_md(f['details'])}"]
+                for s in f.get("sample_rows", []):
+                    out.append(f"- row {s['row']}: label `{s['label']!r}`, text `{_md(repr(s['text']))}`")
+    if shift is not None:
+        out += ["", f"**Text length vs the champion's data: {shift['status']}**: {_md(shift['reason'])}"]
+    if docs:
+        out += ["", f"Full Great Expectations result (Data Docs): `{docs}`"]
+    return "\n".join(out) + "\n"
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("`", "'")

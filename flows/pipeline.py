@@ -4,7 +4,9 @@ Reads top to bottom like the pipeline: each DVC stage runs as a Prefect task of 
 same name *through DVC* (`dvc repro --single-item <stage>`), so there is one code
 path and an unchanged stage is skipped by DVC, not retrained. The flow adds what DVC
 cannot: MLflow tracking (one parent run, a nested run per stage), the registry step
-with promotion, and a Prefect artifact with the stage table and the gate decision.
+with promotion, and Prefect artifacts with the validation summary, the stage table and
+the gate decision. It also guards what DVC cannot see: the text-length drift against the
+champion's data, and that the data a training stage reads is exactly what was validated.
 """
 
 from __future__ import annotations
@@ -12,18 +14,21 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-
+import os
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
+from distillery.cli import IN_FLOW_ENV
 from distillery.config import load_params
+from distillery.data import DataError, check_validated, validated_is_stale
 from distillery.report import gate_rows
 from tasks import tracking
 from tasks.common import STAGES, read_json, report_path
 from tasks.register import register_model
+from tasks.validate import length_shift
 
 STAGE_ERRORS_DIR = "errors"
 
@@ -37,7 +42,24 @@ def stage_error_path(root: Path, params, stage: str) -> Path:
 
 
 def ensure_dvc(root: Path) -> None:
-    """A project without `.dvc/` (e.g. a copied folder) is initialised, with git when present."""
+    """A project without `.dvc/` (e.g. a copied folder) is initialised, with git when present.
+
+    DVC rewrites dvc.lock in place (not atomically): a run killed during that write leaves a
+    file DVC cannot parse. It is set aside, so every stage runs again rather than none.
+    """
+    lock = root / "dvc.lock"
+    if lock.exists():
+        import yaml
+
+        try:
+            ok = isinstance(yaml.safe_load(lock.read_text()) or {}, dict)
+        except (yaml.YAMLError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            aside = lock.with_name(f"dvc.lock.corrupt-{os.getpid()}")
+            os.replace(lock, aside)
+            print(f"dvc: {lock.name} was unreadable (a run killed while DVC wrote it?); moved to {aside.name}, "
+                  "so every stage runs again")
     if (root / ".dvc").is_dir():
         return
     from dvc.repo import Repo
@@ -46,7 +68,7 @@ def ensure_dvc(root: Path) -> None:
     print(f"dvc: initialised a DVC project in {root}")
 
 
-def run_dvc_stage(root: Path, stage: str) -> bool:
+def run_dvc_stage(root: Path, stage: str, force: bool = False) -> bool:
     """Run one stage through DVC. Returns False when DVC skipped it as unchanged."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
@@ -59,18 +81,33 @@ def run_dvc_stage(root: Path, stage: str) -> bool:
         # DVC resolves targets and stage paths against the process cwd, so run from the project
         # root (stages run one at a time in this flow; nothing else depends on cwd meanwhile).
         with contextlib.chdir(root), Repo(str(root)) as repo:
-            return bool(repo.reproduce(targets=[f"dvc.yaml:{stage}"], single_item=True))
+            return bool(repo.reproduce(targets=[f"dvc.yaml:{stage}"], single_item=True, force=force))
     except DvcException as exc:
         params = load_params(Path(root) / "params.yaml", check_files=False)
         err = stage_error_path(root, params, stage)
-        detail = err.read_text().strip() if err.exists() else str(exc)
+        detail = err.read_text().strip() if err.exists() else " ".join(str(exc).split())
         raise StageFailed(f"stage {stage!r} failed: {detail}") from None
+
+
+def check_stage_inputs(root: Path, params, stage: str, deps: list[str]) -> bool:
+    """Before a stage that reads the validated data: is it still exactly what validation passed?
+    Checked here, before DVC would delete the stage's earlier outputs. For validate itself:
+    True when its last outputs no longer match their sources (then it must run, changed or not)."""
+    vdir = params.paths.validated_dir
+    if stage == "validate":
+        return validated_is_stale(root / vdir, root)
+    if vdir in deps:
+        try:
+            check_validated(root / vdir, root)
+        except DataError as exc:
+            raise StageFailed(f"stage {stage!r} not started: {exc}") from None
+    return False
 
 
 def stage_task(stage: str):
     @task(name=stage, task_run_name=stage)
-    def _run(root: str) -> bool:
-        ran = run_dvc_stage(Path(root), stage)
+    def _run(root: str, force: bool = False) -> bool:
+        ran = run_dvc_stage(Path(root), stage, force)
         get_run_logger().info("%s: %s", stage, "ran" if ran else "unchanged, skipped by DVC")
         return ran
 
@@ -78,6 +115,14 @@ def stage_task(stage: str):
 
 
 STAGE_TASKS = {s: stage_task(s) for s in STAGES}
+
+
+def publish_validation(report: dict, shift: dict | None) -> None:
+    """The validation summary as a Prefect artifact, whatever the outcome."""
+    from distillery.validation import summary_markdown
+
+    create_markdown_artifact(summary_markdown(report, shift, report.get("docs")), key="distillery-validation",
+                             description="Data validation: failed checks, files, rows")
 
 
 @task(name="register", retries=2, retry_delay_seconds=5)
@@ -112,27 +157,44 @@ def pipeline(project_dir: str = ".") -> dict:
     ensure_dvc(root)
     client = tracking.client_for(root, params)
     exp_id = tracking.experiment_id(client, root, params)
+    for run_id in tracking.close_interrupted_runs(client, exp_id, root):
+        print(f"mlflow: run {run_id} of an interrupted pipeline run marked KILLED")
     fr_id = flow_run.get_id()
     parent = tracking.start_parent_run(client, exp_id, f"pipeline-{flow_run.get_name() or 'local'}",
-                                       {"prefect_flow_run_id": str(fr_id), "params_hash": params.section_hash()})
+                                       {"prefect_flow_run_id": str(fr_id), "params_hash": params.section_hash(),
+                                        **tracking.process_tags(root)})
     ran: dict[str, bool] = {}
+    in_flow = os.environ.get(IN_FLOW_ENV)
+    os.environ[IN_FLOW_ENV] = "1"  # stages leave their expected errors to this flow to report, once
     try:
         for stage in STAGES:
             io = importlib.import_module(f"tasks.{stage}").io(params)
-            ran[stage], status = True, "FAILED"
+            ran[stage], status, extra = False, "FAILED", {}
             try:
-                ran[stage] = STAGE_TASKS[stage](str(root))
+                force = check_stage_inputs(root, params, stage, io.deps)
+                ran[stage] = True  # until DVC says it skipped the stage
+                ran[stage] = STAGE_TASKS[stage](str(root), force)
+                if stage == "validate":
+                    extra["length_shift"] = shift = length_shift(root, params, client)
+                    print(f"validate: text length vs the champion's data: {shift['status']}: {shift['reason']}")
+                    if shift["status"] == "failed":
+                        raise StageFailed(f"stage 'validate' failed: text length shift {shift['reason']}")
                 status = "FINISHED"
             finally:  # a failed stage is logged too, with whatever report it left
                 report_file = report_path(root, params, stage)
+                report = read_json(report_file) if report_file.exists() else None
+                if stage == "validate" and report is not None:
+                    publish_validation(report, extra.get("length_shift"))
+                reports = [o for o in io.outs if o.startswith(f"{params.paths.reports_dir}/")]
                 tracking.log_stage_run(client, exp_id, parent, stage, ran=ran[stage],
-                                       report=read_json(report_file) if report_file.exists() else None,
+                                       report={**report, **extra} if report is not None else None,
                                        params=tracking.section_params(params, io.params),
-                                       artifacts=[root / m for m in io.metrics], status=status)
+                                       artifacts=[root / m for m in io.metrics + reports], status=status)
         thresholds = read_json(report_path(root, params, "gate"))
         summary = read_json(report_path(root, params, "evaluate"))
         client.set_tag(parent, "gate_passed", str(thresholds["passed"]).lower())
         tracking.log_gate_checks(client, parent, thresholds["checks"])
+        check_stage_inputs(root, params, "register", [params.paths.validated_dir])  # it re-scores the champion on eval
         registration = register(str(root), parent, str(fr_id) if fr_id else None)
         # The full decision: the thresholds plus the champion comparison made at registration.
         gate = registration["decision"]
@@ -148,5 +210,10 @@ def pipeline(project_dir: str = ".") -> dict:
         client.set_tag(parent, "failure", str(exc)[:4000])
         client.set_terminated(parent, status="FAILED")
         raise
+    finally:
+        if in_flow is None:
+            os.environ.pop(IN_FLOW_ENV, None)
+        else:
+            os.environ[IN_FLOW_ENV] = in_flow
     return {"ran": ran, "table": summary["table"], "gate": gate, "registration": registration,
             "mlflow_run_id": parent, "flow_run_id": str(fr_id) if fr_id else None}

@@ -46,17 +46,25 @@ def report_path(root: Path, params: Params, stage: str) -> Path:
     return Path(root) / report_rel(params, stage)
 
 
-def stage_context(root: str | Path | None = None) -> StageContext:
+def stage_context(root: str | Path | None = None, uses_torch: bool = True) -> StageContext:
     """Load params for a stage run (DVC runs stages from the project root)."""
     root = Path(root or os.getcwd()).resolve()
     params = load_params(root / PARAMS_FILE)
-    import torch  # heavy: only stages that reach here pay for it
+    if uses_torch:  # heavy (~3 s): only the model stages pay for it
+        import torch
 
-    torch.set_num_threads(params.base.threads)
-    from distillery.training import seed_everything
+        torch.set_num_threads(params.base.threads)
+        from distillery.training import seed_everything
 
-    seed_everything(params.base.seed)
+        seed_everything(params.base.seed)
     return StageContext(root, params)
+
+
+def remove_stage_leftovers(root: Path, io: StageIO) -> list[Path]:
+    """Temp files and directories that a killed run of this stage left beside its outputs."""
+    from distillery.fileio import remove_leftovers
+
+    return [p for out in io.outs + io.metrics for p in remove_leftovers(Path(root) / out)]
 
 
 def write_json_atomic(path: Path, data: dict) -> Path:

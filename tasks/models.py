@@ -14,10 +14,12 @@ from tasks.common import StageContext
 
 
 def load_splits(ctx: StageContext):
-    """(train, eval, label names) from the validate stage's outputs."""
-    from distillery.data import load_split
+    """(train, eval, label names) from the validate stage's outputs, after checking that they and
+    their source files are exactly what validation passed (else a `DataError` naming the file)."""
+    from distillery.data import check_validated, load_split
 
     d = ctx.path(ctx.params.paths.validated_dir)
+    check_validated(d, ctx.root)
     labels = json.loads((d / "labels.json").read_text())["labels"]
     return load_split(d / "train.parquet"), load_split(d / "eval.parquet"), labels
 

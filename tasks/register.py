@@ -21,6 +21,7 @@ from distillery.config import Params
 from distillery.gate import CHAMPION_CHECK, Check, GateDecision, champion_check, decide_promotion
 from distillery.measure import FIGURES
 from tasks.common import read_json, report_path, write_json_atomic
+from tasks.validate import profile_tag
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 PROMOTION_REPORT = "promotion"  # reports/promotion.json: the last registration's full decision
@@ -66,7 +67,8 @@ def lineage_tags(root: Path, params: Params, flow_run_id: str | None) -> dict[st
             "params_hash": params.section_hash(),
             "teacher": teacher.get("name_or_path", params.teacher.model),
             "teacher_source": str(teacher.get("source", "")),
-            "prefect_flow_run_id": flow_run_id or "none"}
+            "prefect_flow_run_id": flow_run_id or "none",
+            **profile_tag(root, params)}  # what the next run's length-shift check compares with
 
 
 def _champion(client, name: str):

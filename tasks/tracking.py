@@ -8,11 +8,16 @@ skipped is still logged, from its metrics file, with tag `dvc_skipped=true`.
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
 from distillery.config import Params
 
 STAGE_TAG = "distillery.stage"
+# On each parent run: which process on which machine runs it, for which project. A run left
+# RUNNING whose process is gone was killed; the next run of the project closes it.
+PID_TAG, HOST_TAG, PROJECT_TAG = "distillery.pid", "distillery.host", "distillery.project"
 
 
 def tracking_uri(root: Path, params: Params) -> str:
@@ -93,6 +98,61 @@ def start_parent_run(client, exp_id: str, run_name: str, tags: dict) -> str:
     return client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
 
 
+def process_tags(root: Path) -> dict[str, str]:
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), PROJECT_TAG: str(Path(root).resolve())}
+
+
+def _process_alive(pid: int, started_ms: int) -> bool:
+    """Is the process that started a run at `started_ms` still there (and not a reused pid)?"""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time() * 1000 <= started_ms + 1000
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return False
+
+
+def close_interrupted_runs(client, exp_id: str, root: Path) -> list[str]:
+    """Mark KILLED the runs of this project that a killed pipeline left RUNNING on this machine
+    (its parent run, and any nested run it had open), and their Prefect flow runs Crashed."""
+    project = str(Path(root).resolve()).replace("'", "\\'")
+    stale = [r for r in client.search_runs([exp_id], filter_string=(
+                 f"attributes.status = 'RUNNING' and tags.`{PROJECT_TAG}` = '{project}'"), max_results=100)
+             if r.data.tags.get(HOST_TAG) == socket.gethostname()
+             and not _process_alive(int(r.data.tags.get(PID_TAG, "0") or 0), r.info.start_time)]
+    closed = []
+    for run in stale:
+        rid = run.info.run_id
+        reason = (f"interrupted: process {run.data.tags.get(PID_TAG)} ended without closing this run "
+                  "(killed?); closed by the next run of the project")
+        for child in client.search_runs([exp_id], filter_string=(
+                f"attributes.status = 'RUNNING' and tags.mlflow.parentRunId = '{rid}'")):
+            client.set_terminated(child.info.run_id, status="KILLED")
+        client.set_tag(rid, "failure", reason)
+        client.set_terminated(rid, status="KILLED")
+        _crash_flow_run(run.data.tags.get("prefect_flow_run_id"), reason)
+        closed.append(rid)
+    return closed
+
+
+def _crash_flow_run(flow_run_id: str | None, reason: str) -> None:
+    """The killed run's Prefect flow run stays Running for ever otherwise (nobody reports its end)."""
+    if not flow_run_id or flow_run_id == "None":
+        return
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Crashed
+
+    try:
+        with get_client(sync_client=True) as c:
+            fr = c.read_flow_run(UUID(flow_run_id))
+            if fr.state is not None and not fr.state.is_final():
+                c.set_flow_run_state(fr.id, Crashed(message=reason), force=True)
+    except Exception as exc:  # another Prefect server, or the run is gone: the MLflow record suffices
+        print(f"tracking: could not mark Prefect flow run {flow_run_id} crashed: {exc}")
+
+
 def log_stage_run(client, exp_id: str, parent_run_id: str, stage: str, *, ran: bool, report: dict | None,
                   params: dict[str, str], artifacts: list[Path], status: str = "FINISHED") -> str:
     """One nested run for a stage, with its params, figures and report files."""
@@ -106,8 +166,10 @@ def log_stage_run(client, exp_id: str, parent_run_id: str, stage: str, *, ran: b
     client.log_batch(rid, metrics=[Metric(k, v, ts, 0) for k, v in metrics.items()],
                      params=[Param(k, v[:6000]) for k, v in params.items()],
                      tags=[RunTag("distillery.ran", str(ran).lower())])
-    for path in artifacts:
-        if Path(path).exists():
+    for path in map(Path, artifacts):
+        if path.is_dir():  # a report folder, e.g. the validation's Data Docs
+            client.log_artifacts(rid, str(path), artifact_path=path.name)
+        elif path.exists():
             client.log_artifact(rid, str(path))
     client.set_terminated(rid, status=status)
     # The parent run carries every stage's figures too, prefixed by stage, so runs compare in one table.

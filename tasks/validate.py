@@ -1,47 +1,163 @@
 """Stage validate: the Great Expectations suite over train and eval data.
 
-Writes the validated splits (text + class index, Parquet) and the label map for the
-later stages. Failure stops here, before any training, with the failed
-expectations, their files and sample rows printed and kept in the report.
+Writes the validated splits (text + class index, Parquet), the label map and a manifest
+of the md5 of every file it validated, for the later stages; the GX Data Docs (HTML) of
+every run under `reports/validation/`; and `reports/validate.json`, whatever the outcome.
+Failure stops here, before any training, with the failed checks, their files and sample
+rows in one message. The length-drift check against the champion needs the registry, so
+the flow runs it after this stage (`length_shift`); `dvc repro` alone skips it.
 """
 
 from __future__ import annotations
 
-import json
+import shutil
+from pathlib import Path
 
 from distillery.config import Params
 from tasks.common import StageContext, StageIO, report_rel, write_report
 
+VALIDATION_DOCS = "validation"
+USES_TORCH = False  # the stage runs without importing torch (saves ~3 s)
+PROFILE_TAG = "data_length_profile"  # on each registered version: its data's text-length profile
+
+
+def docs_rel(p: Params) -> str:
+    return f"{p.paths.reports_dir}/{VALIDATION_DOCS}"
+
 
 def io(p: Params) -> StageIO:
-    return StageIO(deps=[p.data.train_path, p.data.eval_path], outs=[p.paths.validated_dir],
-                   metrics=[report_rel(p, "validate")], params=["data", "validate"])
+    return StageIO(deps=[p.data.train_path, p.data.eval_path], outs=[p.paths.validated_dir, docs_rel(p)],
+                   metrics=[report_rel(p, "validate")], params=["data", "validate", "teacher.model", "teacher.finetune"])
 
 
 def run(ctx: StageContext) -> dict:
-    from distillery.data import LabelMap, read_table, save_split
-    from distillery.validation import ValidationFailed, validate_frame
+    from distillery.data import TextDataset, write_validated
+    from distillery.drift import length_profile
+    from distillery.validation import ValidationFailed, format_warnings
 
     p = ctx.params
-    splits = {"train": p.data.train_path, "eval": p.data.eval_path}
-    frames = {name: read_table(ctx.path(path), p.data.text_column, p.data.label_column)
-              for name, path in splits.items()}
-    declared = [str(x) for x in p.data.labels] if p.data.labels is not None else None
-    results = [validate_frame(frames[name], name, splits[name], p.data, p.validate_cfg, declared)
-               for name in splits]
-    report = {"success": all(r.success for r in results),
-              "rows": {name: len(df) for name, df in frames.items()},
-              "results": [r.to_dict() for r in results]}
+    files = {"train": p.data.train_path, "eval": p.data.eval_path}
+    sources, results = _read(ctx, files)
+    labels = None
+    if sources:
+        labels, results = _run_suite(ctx, files, sources)
+    report = {"success": all(r.success for r in results), "rows": {r.split: r.rows for r in results},
+              "warnings": sum(len(r.warnings) for r in results), "results": [r.to_dict() for r in results]}
+    if sources:
+        report["docs"] = f"{docs_rel(p)}/index.html"
     if not report["success"]:
         write_report(ctx, "validate", report)
         raise ValidationFailed(results)
-    labels = LabelMap.from_labels(p.data.labels, frames["train"]["label"])
-    out = ctx.path(p.paths.validated_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, df in frames.items():
-        save_split(df.assign(label=labels.encode(df["label"])), out / f"{name}.parquet")
-    (out / "labels.json").write_text(json.dumps(labels.to_json(), indent=2))
-    report["labels"] = labels.names
+
+    splits = {name: TextDataset(src.frame["text"].tolist(), labels.encode(src.frame["label"], files[name]))
+              for name, src in sources.items()}
+    manifest = write_validated(ctx.path(p.paths.validated_dir), splits, labels,
+                               {name: {"path": files[name], "md5": src.md5} for name, src in sources.items()})
+    report.update(labels=labels.names, md5={n: s["source_md5"] for n, s in manifest["splits"].items()},
+                  length_profile={name: length_profile(ds.texts) for name, ds in splits.items()})
     write_report(ctx, "validate", report)
-    print(f"validate: train {len(frames['train'])} rows, eval {len(frames['eval'])} rows, labels {labels.names}: passed")
+    for line in format_warnings(results):
+        print(line)
+    warned = f" with {report['warnings']} warning(s)" if report["warnings"] else ""
+    print(f"validate: train {len(splits['train'])} rows, eval {len(splits['eval'])} rows, labels {labels.names}: "
+          f"passed{warned} (report: {report['docs']})")
     return report
+
+
+def _read(ctx: StageContext, files: dict[str, str]):
+    """Both files, or (when either cannot be read at all: the one thing to fix first) no sources
+    and a result per split saying which could not be read and why."""
+    from distillery.data import DataError, read_source
+    from distillery.validation import SplitValidation, unreadable
+
+    sources, unread = {}, {}
+    for name, rel in files.items():
+        try:
+            sources[name] = read_source(ctx.path(rel), ctx.params.data.text_column, ctx.params.data.label_column)
+        except DataError as exc:
+            unread[name] = unreadable(name, rel, str(exc).replace(str(ctx.path(rel)), rel))
+    if not unread:
+        return sources, []
+    return {}, [unread.get(name) or SplitValidation(name, rel, len(sources[name].frame), True, [])
+                for name, rel in files.items()]
+
+
+def _run_suite(ctx: StageContext, files: dict[str, str], sources: dict):
+    """The label map, the GX suite on both splits (eval against train for leakage), the label
+    map against the teacher's, and the Data Docs swapped into place."""
+    from distillery.data import DataError, LabelMap
+    from distillery.fileio import replace_dir, temp_dir_for
+    from distillery.validation import CLASSES_PRESENT, Failure, SuiteRunner, teacher_label_failure
+
+    p = ctx.params
+    labels, problems = None, []
+    try:
+        labels = LabelMap.from_labels(p.data.labels, sources["train"].frame["label"])
+    except DataError as exc:  # fewer than two classes in train, with labels to be inferred
+        problems.append(Failure(CLASSES_PRESENT, p.data.label_column, str(exc)))
+    names = labels.names if labels else None
+    if labels is not None:
+        problems.append(teacher_label_failure(labels.names, _teacher_head_labels(ctx), p.teacher.model,
+                                              p.teacher.finetune))
+    docs_tmp = temp_dir_for(ctx.path(docs_rel(p)))
+    try:
+        runner = SuiteRunner(docs_tmp)
+        results = [runner.validate(sources[name].frame, name, rel, p.data, p.validate_cfg, names,
+                                   sources["train"].frame["text"] if name == "eval" else None)
+                   for name, rel in files.items()]
+        runner.build_docs()
+        replace_dir(docs_tmp, ctx.path(docs_rel(p)))
+    finally:
+        shutil.rmtree(docs_tmp, ignore_errors=True)
+    for f in filter(None, problems):  # the label map is train's (declared, or inferred from it)
+        results[0].failures.append(f)
+        results[0].success = False
+    return labels, results
+
+
+def _teacher_head_labels(ctx: StageContext) -> list[str] | None:
+    from distillery.model_source import ModelLoadError, head_labels, resolve_model_source
+
+    try:
+        source, kind = resolve_model_source(ctx.params.teacher.model, ctx.root)
+    except ModelLoadError:
+        return None  # the teacher stage reports an unusable teacher.model
+    return head_labels(source, kind)
+
+
+def length_shift(root: Path, params: Params, client) -> dict:
+    """Text-length drift of the validated data against the current champion's (run by the flow:
+    it needs the registry). The champion's profile is the `data_length_profile` tag of its version."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    from distillery.data import load_split
+    from distillery.drift import check_length_shift
+
+    cfg = params.validate_cfg.length_shift
+    try:
+        champ = client.get_model_version_by_alias(params.register.model_name, "champion")
+    except MlflowException:
+        champ = None
+    profile = None
+    if champ is not None and champ.tags.get(PROFILE_TAG):
+        try:
+            profile = json.loads(champ.tags[PROFILE_TAG])
+        except ValueError:
+            profile = None
+    vdir = Path(root) / params.paths.validated_dir
+    texts = {name: load_split(vdir / f"{name}.parquet").texts for name in ("train", "eval")}
+    return check_length_shift(texts, profile, str(champ.version) if champ is not None else None,
+                              cfg.warn_psi, cfg.fail_psi)
+
+
+def profile_tag(root: Path, params: Params) -> dict[str, str]:
+    """The validated data's length profile, as the tag a registered version carries (see `length_shift`)."""
+    import json
+
+    from tasks.common import read_json, report_path
+
+    path = report_path(root, params, "validate")
+    profile = read_json(path).get("length_profile") if path.exists() else None
+    return {PROFILE_TAG: json.dumps(profile, separators=(",", ":"))} if profile else {}

@@ -37,7 +37,7 @@ def tiny_params(**overrides) -> dict:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["base"]["threads"] = 1
     raw["data"]["demo_rows"] = 90
-    raw["validate"]["min_rows"] = 10
+    raw["validate"]["suite"].update(row_count={"min": 10, "max": 10000}, min_class_rows=2)
     raw["teacher"].update(model="teacher_src", epochs=2, batch_size=8, learning_rate=1e-3)
     raw["student"]["layers"] = [0, 2]
     raw["distill"].update(epochs=1, batch_size=8, learning_rate=1e-3)

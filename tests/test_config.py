@@ -45,7 +45,6 @@ def test_shipped_params_load():
     (lambda r: r["gate"].update(max_regression=-0.01), "gate.max_regression: Input should be greater than or equal to 0"),
     (lambda r: r["data"].pop("train_path"), "data.train_path: required key is missing"),
     (lambda r: r["data"].update(labels=["a"]), "data.labels"),
-    (lambda r: r["validate"].update(min_rows=10, max_rows=5), "validate"),
     (lambda r: r["quantize"].update(candidates=["dynamic_int8", "int3"]), "quantize.candidates.1"),
     (lambda r: r["quantize"].update(candidates=["fp32", "fp32"]), "quantize.candidates: Value error, candidates must be distinct"),
     (lambda r: r["quantize"].update(candidates=[]), "quantize.candidates"),
@@ -53,6 +52,10 @@ def test_shipped_params_load():
     (lambda r: r["quantize"].update(int4_block_size=48), "quantize.int4_block_size"),
     (lambda r: r["quantize"].update(calibration_method="kl"), "quantize.calibration_method"),
     (lambda r: r["quantize"].update(method="onnx_static_int4"), "quantize.method"),
+    (lambda r: r["validate"]["suite"].update(row_count={"min": 10, "max": 5}), "validate.suite.row_count"),
+    (lambda r: r["validate"]["suite"].update(max_leakage_share=1.5), "validate.suite.max_leakage_share"),
+    (lambda r: r["validate"]["suite"].update(min_rows=3), "validate.suite.min_rows: unknown key"),
+    (lambda r: r["validate"]["length_shift"].update(warn_psi=0.5, fail_psi=0.2), "validate.length_shift"),
 ])
 def test_bad_values_name_the_key(tmp_path, base, mutate, needle):
     mutate(base)
@@ -71,7 +74,31 @@ def test_missing_data_file_is_named(tmp_path, base):
 def test_directory_as_data_file_is_rejected(tmp_path, base):
     (tmp_path / "adir").mkdir()
     base["data"]["train_path"] = "adir"
-    with pytest.raises(ConfigError, match=r"data\.train_path: is a directory"):
+    with pytest.raises(ConfigError, match=r"data\.train_path: adir is a directory"):
+        load_params(write(tmp_path, base))
+
+
+def test_unreadable_data_file_is_named(tmp_path, base, monkeypatch):
+    real_open = Path.open
+
+    def deny(self, *a, **k):
+        if self.name == "train.csv":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *a, **k)
+
+    # Patched rather than chmod: as root, chmod 000 does not stop reads (tests/test_bad_inputs.py
+    # drops root's override capabilities in a real run instead).
+    monkeypatch.setattr(Path, "open", deny)
+    with pytest.raises(ConfigError, match=r"data\.train_path: cannot read train.csv: permission denied"):
+        load_params(write(tmp_path, base))
+
+
+def test_fifo_as_data_file_is_rejected(tmp_path, base):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.csv")  # opening it would block until a writer came
+    base["data"]["train_path"] = "pipe.csv"
+    with pytest.raises(ConfigError, match=r"data\.train_path: pipe.csv is not a regular file"):
         load_params(write(tmp_path, base))
 
 

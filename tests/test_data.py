@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distillery.data import DataError, LabelMap, TextDataset, load_split, read_table, save_split
+from distillery.data import (DataError, LabelMap, TextDataset, check_validated, load_split, read_source, read_table,
+                             save_split, validated_is_stale, write_validated)
 
 
 def write(path: Path, text: str) -> Path:
@@ -49,6 +50,23 @@ def test_empty_cells_become_null_but_na_text_is_kept(tmp_path):
     assert df["text"][1] == "NA"
     # an int column with a gap keeps its ints and its null (no coercion to float or 0)
     assert df["label"].tolist()[:2] == [1, 0] and df["label"][2] is None
+
+
+def test_nan_labels_are_missing_but_nan_texts_are_texts(tmp_path):
+    p = write(tmp_path / "d.csv", "text,label\nnan,1\nb,NaN\nc,nan\nd,<NA>\ne,0\n")
+    df = read_table(p, "text", "label")
+    assert df["text"][0] == "nan"
+    assert df["label"].tolist() == [1, None, None, None, 0]
+
+
+def test_read_source_hashes_the_bytes_it_parsed(tmp_path):
+    import hashlib
+
+    p = write(tmp_path / "d.csv", "text,label\na,1\n")
+    assert read_source(p, "text", "label").md5 == hashlib.md5(p.read_bytes()).hexdigest()
+    q = tmp_path / "d.parquet"
+    pd.DataFrame({"text": ["a"], "label": [1]}).to_parquet(q)
+    assert read_source(q, "text", "label").md5 == hashlib.md5(q.read_bytes()).hexdigest()
 
 
 def test_tsv_with_bare_quotes(tmp_path):
@@ -139,7 +157,7 @@ def test_header_only(tmp_path):
 def test_not_utf8_names_byte_offset(tmp_path):
     p = tmp_path / "d.csv"
     p.write_bytes(b"text,label\ncaf\xe9,1\n")
-    assert_data_error(p, "byte offset 14")
+    assert_data_error(p, "byte offset 14, line 2")
 
 
 def test_wrong_delimiter_lists_columns_found(tmp_path):
@@ -286,3 +304,47 @@ def test_load_split_checks_schema(tmp_path):
 def test_text_dataset_length_mismatch():
     with pytest.raises(ValueError, match="2 texts"):
         TextDataset(["a", "b"], np.array([0]))
+
+
+# --------------------------------------------------------------------------- the validated directory
+
+
+def validated(tmp_path):
+    src = write(tmp_path / "train.csv", "text,label\na,pos\nb,neg\n")
+    ev = write(tmp_path / "eval.csv", "text,label\nc,pos\n")
+    out = tmp_path / "validated"
+    splits = {"train": TextDataset(["a", "b"], [1, 0]), "eval": TextDataset(["c"], [1])}
+    sources = {n: {"path": f.name, "md5": read_source(f, "text", "label").md5} for n, f in (("train", src), ("eval", ev))}
+    manifest = write_validated(out, splits, LabelMap(["neg", "pos"]), sources)
+    return out, src, manifest
+
+
+def test_validated_dir_is_checked_against_its_sources(tmp_path):
+    out, src, manifest = validated(tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == ["eval.parquet", "labels.json", "manifest.json", "train.parquet"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dir left
+    assert check_validated(out, tmp_path) == manifest and not validated_is_stale(out, tmp_path)
+    src.write_text("text,label\na,pos\nb,pos\n")  # the data changed after validation
+    with pytest.raises(DataError, match=r"^train.csv: changed since it was validated \(train split: md5 [0-9a-f]{32} "
+                                        r"when validated, [0-9a-f]{32} now\)"):
+        check_validated(out, tmp_path)
+    assert validated_is_stale(out, tmp_path)
+
+
+def test_validated_split_edited_by_hand_is_refused(tmp_path):
+    out, _, _ = validated(tmp_path)
+    save_split(TextDataset(["x"], [0]), out / "eval.parquet")
+    with pytest.raises(DataError, match="eval.parquet: differs from what the validate stage wrote"):
+        check_validated(out, tmp_path)
+    (out / "manifest.json").unlink()
+    with pytest.raises(DataError, match="manifest.json: not found"):
+        check_validated(out, tmp_path)
+    assert validated_is_stale(out, tmp_path)  # e.g. written by an older version: validate again
+    assert not validated_is_stale(tmp_path / "never", tmp_path)  # nothing validated yet: DVC decides
+
+
+def test_rewriting_the_validated_dir_swaps_it_whole(tmp_path):
+    out, src, _ = validated(tmp_path)
+    write_validated(out, {"train": TextDataset(["z"], [0])}, LabelMap(["neg", "pos"]),
+                    {"train": {"path": src.name, "md5": read_source(src, "text", "label").md5}})
+    assert sorted(p.name for p in out.iterdir()) == ["labels.json", "manifest.json", "train.parquet"]  # no old eval

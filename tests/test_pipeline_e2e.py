@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -79,8 +80,8 @@ def mtimes(root: Path, *dirs: str) -> dict[str, float]:
     return {str(p): p.stat().st_mtime_ns for d in dirs for p in (root / d).rglob("*") if p.is_file()}
 
 
-def prefect_artifact_markdown(flow_run_id: str) -> str:
-    """The markdown artifact the flow run created (read back from the Prefect API)."""
+def prefect_artifact_markdown(flow_run_id: str, key: str = "distillery-pipeline") -> str:
+    """A markdown artifact the flow run created (read back from the Prefect API)."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
@@ -89,8 +90,8 @@ def prefect_artifact_markdown(flow_run_id: str) -> str:
     with get_client(sync_client=True) as c:
         arts = c.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])))
-    assert [a.key for a in arts] == ["distillery-pipeline"]
-    return arts[0].data
+    assert sorted(a.key for a in arts) == ["distillery-pipeline", "distillery-validation"]
+    return next(a.data for a in arts if a.key == key)
 
 
 def promotion_record(root: Path) -> dict:
@@ -159,6 +160,13 @@ def test_first_run_trains_every_stage_and_registers_champion(project):
     markdown = prefect_artifact_markdown(result["flow_run_id"])
     assert "| quantize |" in markdown and "## Gate: PASSED" in markdown and "version 1" in markdown
     assert f"| {CHAMPION_CHECK} | - | 0 | skipped | no champion yet |" in markdown
+    validation = prefect_artifact_markdown(result["flow_run_id"], "distillery-validation")
+    assert validation.startswith("# Data validation: PASSED") and "no champion yet" in validation
+    validate_run = next(r for r in children if r.info.run_name == "validate")
+    artifacts = [a.path for a in c.list_artifacts(validate_run.info.run_id, "validation")]
+    assert "validation/index.html" in artifacts  # the GX Data Docs, kept with the run
+    profile = json.loads(tags["data_length_profile"])  # what the next run's drift check reads
+    assert profile["train"]["rows"] == len(pd.read_parquet(project / "data/validated/train.parquet"))
 
 
 def test_every_file_written_belongs_to_a_declared_output(project):
