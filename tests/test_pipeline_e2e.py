@@ -36,6 +36,15 @@ REGISTRY_RECORDS = {"reports/promotion.json"}
 CUE_DATA = ["data.train_path=cue_train.csv", "data.eval_path=cue_eval.csv",
             "teacher.epochs=20", "teacher.learning_rate=0.003", "distill.epochs=3",
             "validate.length_shift.fail_psi=null"]
+SHIPPED_FAIL_PSI = tiny_params()["validate"]["length_shift"]["fail_psi"]
+
+
+def validate_run_metrics(root: Path, parent_run_id: str) -> dict[str, float]:
+    c = client(root)
+    runs = c.search_runs([c.get_run(parent_run_id).info.experiment_id],
+                         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.mlflow.runName = 'validate'")
+    assert len(runs) == 1
+    return runs[0].data.metrics
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +255,8 @@ def test_champion_served_over_http_answers_like_the_pipeline(project):
 def test_better_challenger_is_promoted_over_the_champion_rescored_on_the_current_data(project):
     """New, learnable data: the new model beats the champion scored on the *new* eval rows."""
     result = run_flow(project, CUE_DATA)
+    # The guard saw the shift (it would have stopped the run at the shipped fail_psi) and let it through.
+    assert validate_run_metrics(project, result["mlflow_run_id"])["length_shift.splits.train.psi"] > SHIPPED_FAIL_PSI
     reg = result["registration"]
     assert reg["version"] == "2" and reg["new_version"] is True and reg["promoted"] is True
     assert reg["champion"]["version"] == "1" and reg["champion"]["source"] == "re-scored on the current eval data"
@@ -289,7 +300,9 @@ def test_challenger_failing_a_threshold_is_registered_but_champion_stays(project
 def test_worse_challenger_is_kept_by_the_champion_comparison_with_the_reason(project):
     """Every threshold passes, but the model (trained on shifted labels) is worse than the champion."""
     result = run_flow(project, ["data.train_path=cue_train_shifted.csv", "prune.ffn_fraction=0.5",
-                                "gate.max_size_mb=10.0"])
+                                "gate.max_size_mb=10.0", f"validate.length_shift.fail_psi={SHIPPED_FAIL_PSI}"])
+    # The length guard is back on; the texts are the champion's (only the labels differ), so it passes.
+    assert validate_run_metrics(project, result["mlflow_run_id"])["length_shift.splits.train.psi"] < 0.01
     thresholds = yaml.safe_load((project / "reports/gate.json").read_text())
     assert thresholds["passed"] is True  # the evaluate stage alone would have let it through
     reg = result["registration"]
