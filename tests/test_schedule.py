@@ -229,7 +229,7 @@ def test_new_data_starts_a_run_through_the_trigger_and_it_trains(stack):
     assert all(a.data == 100.0 for a in progress.values()), {k: a.data for k, a in progress.items()}
     assert progress["progress-distill"].description == "distill: ran"
     c = mlflow_client(stack.root)
-    assert c.get_model_version_by_alias(NAME, "champion").version == "1"
+    assert str(c.get_model_version_by_alias(NAME, "champion").version) == "1"
     exp = c.get_experiment_by_name("distillery")
     parents = c.search_runs([exp.experiment_id], filter_string="tags.`distillery.retrain` = 'pipeline'")
     assert len(parents) == 1 and parents[0].data.tags["registered_version"] == "1"
@@ -243,7 +243,7 @@ def test_a_run_with_nothing_changed_trains_nothing(stack):
     pipeline_runs = lambda: c.search_runs([exp.experiment_id], filter_string="tags.mlflow.runName LIKE 'pipeline-%'")
     before_runs = {r.info.run_id for r in pipeline_runs()}
     before_files = mtimes(stack.root, "models", "data", "reports")
-    before_versions = [v.version for v in c.search_model_versions(f"name='{NAME}'")]
+    before_versions = [str(v.version) for v in c.search_model_versions(f"name='{NAME}'")]
     with stack.prefect() as pc:  # what the schedule does at 03:00 on Monday: a run of the deployment
         dep = pc.read_deployment_by_name(f"distillery-retrain/{stack.root.name}")
         created = pc.create_flow_run_from_deployment(dep.id)
@@ -251,7 +251,7 @@ def test_a_run_with_nothing_changed_trains_nothing(stack):
     assert run.state.is_completed(), f"{run.state}\n{stack.logs['serve'].read_text()[-3000:]}"
     assert mtimes(stack.root, "models", "data", "reports") == before_files  # nothing trained, nothing rewritten
     assert {r.info.run_id for r in pipeline_runs()} == before_runs  # no pipeline run at all
-    assert [v.version for v in c.search_model_versions(f"name='{NAME}'")] == before_versions
+    assert [str(v.version) for v in c.search_model_versions(f"name='{NAME}'")] == before_versions
     assert len(flow_runs(stack, "distillery-pipeline")) == 1
     markdown = next(a.data for a in artifacts_of(stack, run.id) if a.key == "distillery-retrain")
     assert "# Retraining check: nothing to do" in markdown and "Started by: by hand" in markdown
