@@ -36,5 +36,10 @@ BENCH_DATA ?= ../shared/data/sst2
 bench: $(STAMP)
 	$(BIN)/distillery bench --data $(BENCH_DATA) --update-readme
 
+# The MLflow UI (http://127.0.0.1:5000) and the Prefect UI (http://127.0.0.1:4200) over the project's
+# stores; Ctrl-C stops both.
+ui: $(STAMP)
+	$(BIN)/distillery ui
+
 clean:
 	rm -rf data/raw data/validated data/teacher_logits models reports mlruns/mlflow.db mlruns/artifacts dvc.lock .dvc/cache .dvc/tmp

@@ -229,6 +229,45 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+def _project(args):
+    """The project folder and its params; a broken params.yaml fails here, not in a run at 3 a.m."""
+    root = Path(args.project_dir).resolve()
+    configure_environment(root)
+    return root, load_params(root / PARAMS_FILE, check_files=False)
+
+
+def cmd_schedule(args) -> int:
+    root, _ = _project(args)
+    from flows.deploy import schedule
+
+    schedule(root, args.cron, args.timezone)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    root, _ = _project(args)
+    from flows.deploy import serve
+
+    serve(root, args.watch_interval)
+    return 0
+
+
+def cmd_watch(args) -> int:
+    root, _ = _project(args)
+    from flows.deploy import watch
+
+    watch(root, args.interval)
+    return 0
+
+
+def cmd_ui(args) -> int:
+    root, params = _project(args)
+    from distillery.dashboards import run_dashboards
+    from tasks.tracking import tracking_uri
+
+    return run_dashboards(root, tracking_uri(root, params), args.mlflow_port, args.prefect_port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__.splitlines()[0])
     parser.add_argument("--project-dir", default=".", help="project folder holding params.yaml and dvc.yaml")
@@ -266,6 +305,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep the bench project (DVC skips what is unchanged): re-measures, but no first-run time")
     bench.add_argument("--update-readme", action="store_true", help="write the report into README.md's bench section")
     bench.set_defaults(func=cmd_bench)
+    schedule = sub.add_parser("schedule", help="create or update the retraining deployment on the Prefect server "
+                                               "(PREFECT_API_URL): a cron schedule plus a run on new data")
+    schedule.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * 1" (Mondays 03:00)')
+    schedule.add_argument("--timezone", default="UTC", help="time zone of the cron expression (default UTC)")
+    schedule.set_defaults(func=cmd_schedule)
+    serve = sub.add_parser("serve", help="run the retraining deployment's runs here and watch the data, until Ctrl-C")
+    serve.add_argument("--watch-interval", type=float, default=30.0, metavar="SECONDS",
+                       help="how often to look for new data (default 30; 0: do not watch)")
+    serve.set_defaults(func=cmd_serve)
+    watch = sub.add_parser("watch", help="watch the data files alone; new content sends the event that starts a run")
+    watch.add_argument("--interval", type=float, default=30.0, metavar="SECONDS", help="default 30")
+    watch.set_defaults(func=cmd_watch)
+    ui = sub.add_parser("ui", help="the MLflow UI and the Prefect UI over this project's stores, until Ctrl-C")
+    ui.add_argument("--mlflow-port", type=int, default=5000, help="default 5000")
+    ui.add_argument("--prefect-port", type=int, default=4200, help="default 4200")
+    ui.set_defaults(func=cmd_ui)
     return parser
 
 

@@ -18,6 +18,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from distillery.progress import report_progress
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -121,6 +123,7 @@ def train(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, *, loss_fn: 
             step += 1
             ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
             bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
+            report_progress(f"{desc} epoch {epoch + 1}/{epochs}", step, total)
     model.eval()
     seconds = time.perf_counter() - start
     return TrainResult(epochs, step, float(ema or 0.0), seconds, len(enc) * epochs / max(seconds, 1e-9))
@@ -134,8 +137,11 @@ def predict_logits(model: torch.nn.Module, enc: Encoded, batch_size: int, device
     order = np.argsort([len(r) for r in enc.input_ids], kind="stable")
     out = np.zeros((len(enc), model.config.num_labels), dtype=np.float32)
     batches = [order[s : s + batch_size] for s in range(0, len(enc), batch_size)]
-    for idx in tqdm(batches, desc=desc, disable=desc is None, unit="batch", leave=False, mininterval=1.0):
+    for i, idx in enumerate(tqdm(batches, desc=desc, disable=desc is None, unit="batch", leave=False,
+                                 mininterval=1.0)):
         out[idx] = model(**collate(enc, idx, device)).logits.float().cpu().numpy()
+        if desc is not None:  # a named pass over a dataset, not a latency probe
+            report_progress(desc, i + 1, len(batches))
     return out
 
 

@@ -25,6 +25,7 @@ from distillery.cli import IN_FLOW_ENV
 from distillery.config import load_params
 from distillery.data import DataError, check_validated, validated_is_stale
 from distillery.report import gate_rows
+from flows.progress import stage_progress
 from tasks import tracking
 from tasks.common import STAGES, read_json, report_path
 from tasks.register import register_model
@@ -107,7 +108,9 @@ def check_stage_inputs(root: Path, params, stage: str, deps: list[str]) -> bool:
 def stage_task(stage: str):
     @task(name=stage, task_run_name=stage)
     def _run(root: str, force: bool = False) -> bool:
-        ran = run_dvc_stage(Path(root), stage, force)
+        with stage_progress(stage) as progress:  # the stage's training loops, shown in the Prefect UI
+            ran = run_dvc_stage(Path(root), stage, force)
+            progress["result"] = "ran" if ran else "unchanged, skipped by DVC"
         get_run_logger().info("%s: %s", stage, "ran" if ran else "unchanged, skipped by DVC")
         return ran
 

@@ -180,14 +180,16 @@ def log_stage_run(client, exp_id: str, parent_run_id: str, stage: str, *, ran: b
 
 
 def log_gate_checks(client, run_id: str, checks: list[dict]) -> None:
-    """Each gate check as tag `gate.<check>` (pass / fail / skipped) and metric `gate.<check>.observed`,
-    so every check is visible, and comparable across runs, in MLflow."""
+    """Each gate check as tag `gate.<check>` (pass / fail / skipped) and metric `gate.<check>.observed`
+    (NaN when nothing was observed), so every check is visible, and comparable across runs, in MLflow."""
     import time
 
     from mlflow.entities import Metric, RunTag
 
     ts = int(time.time() * 1000)
     tags = [RunTag(f"gate.{c['name']}", c.get("status") or ("pass" if c["passed"] else "fail")) for c in checks]
-    metrics = [Metric(f"gate.{c['name']}.observed", float(c["observed"]), ts, 0)
-               for c in checks if c["observed"] is not None]
+    # A check that observed nothing (skipped: no champion yet) logs NaN, so every run has the same
+    # metric names and runs compare column by column across retrainings.
+    metrics = [Metric(f"gate.{c['name']}.observed", float("nan") if c["observed"] is None else float(c["observed"]),
+                      ts, 0) for c in checks]
     client.log_batch(run_id, metrics=metrics, tags=tags)

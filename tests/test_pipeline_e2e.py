@@ -8,6 +8,7 @@ run whose data fails validation.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -20,6 +21,7 @@ import yaml
 
 from distillery.cli import configure_environment
 from distillery.measure import FIGURES
+from tasks.common import STAGES
 from tests.helpers import free_port, make_cue_dataset, make_project, shift_labels, tiny_params, wait_for_http
 
 pytestmark = pytest.mark.slow
@@ -102,7 +104,7 @@ def prefect_artifact_markdown(flow_run_id: str, key: str = "distillery-pipeline"
     with get_client(sync_client=True) as c:
         arts = c.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])))
-    assert sorted(a.key for a in arts) == ["distillery-pipeline", "distillery-validation"]
+    assert sorted(a.key for a in arts if a.type != "progress") == ["distillery-pipeline", "distillery-validation"]
     return next(a.data for a in arts if a.key == key)
 
 
@@ -159,7 +161,8 @@ def test_first_run_trains_every_stage_and_registers_champion(project):
     assert parent.data.tags["gate.size_mb"] == "pass"
     assert parent.data.metrics["gate.size_mb.observed"] == pytest.approx(reports["quantize"]["size_mb"])
     assert parent.data.tags[f"gate.{CHAMPION_CHECK}"] == "skipped"
-    assert f"gate.{CHAMPION_CHECK}.observed" not in parent.data.metrics  # nothing was observed
+    # Nothing was observed: NaN, so the metric names are the same in every run (see below).
+    assert math.isnan(parent.data.metrics[f"gate.{CHAMPION_CHECK}.observed"])
     assert parent.data.metrics["quantize.accuracy"] == pytest.approx(reports["quantize"]["accuracy"])
     children = c.search_runs([parent.info.experiment_id],
                              filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -277,6 +280,38 @@ def test_better_challenger_is_promoted_over_the_champion_rescored_on_the_current
     parent = c.get_run(result["mlflow_run_id"])
     assert parent.data.tags[f"gate.{CHAMPION_CHECK}"] == "pass" and parent.data.tags["promoted"] == "true"
     assert parent.data.metrics[f"gate.{CHAMPION_CHECK}.observed"] == pytest.approx(check["observed"])
+
+
+def test_every_run_logs_the_same_metric_names(project):
+    """First run (no champion, every stage ran), no-change rerun (every stage skipped by DVC) and the
+    challenger run (compared with a champion): the same metric names, on the parent run and on each
+    stage's run, so runs line up column by column in MLflow's compare view."""
+    c = client(project)
+    exp = c.get_experiment_by_name("distillery")
+    parents = c.search_runs([exp.experiment_id], filter_string="tags.mlflow.runName LIKE 'pipeline-%'",
+                            order_by=["attributes.start_time ASC"])[:3]
+    assert len(parents) == 3 and all(p.info.status == "FINISHED" for p in parents)
+    assert set(parents[0].data.metrics) == set(parents[1].data.metrics) == set(parents[2].data.metrics)
+    assert math.isnan(parents[0].data.metrics[f"gate.{CHAMPION_CHECK}.observed"])
+    assert not math.isnan(parents[2].data.metrics[f"gate.{CHAMPION_CHECK}.observed"])
+    for stage in ("teacher", "distill", "prune", "quantize", "evaluate"):
+        keys = [{k for r in c.search_runs([exp.experiment_id], filter_string=(
+                    f"tags.mlflow.parentRunId = '{p.info.run_id}' and tags.mlflow.runName = '{stage}'"))
+                 for k in r.data.metrics} for p in parents]
+        assert keys[0] and keys[0] == keys[1] == keys[2], stage
+    # Progress shows in the Prefect UI: one progress artifact per stage task run, at 100% once done.
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as pc:
+        arts = pc.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[UUID(parents[2].data.tags["prefect_flow_run_id"])])))
+    progress = {a.key: a for a in arts if a.type == "progress"}
+    assert set(progress) == {f"progress-{s.replace('_', '-')}" for s in STAGES}
+    assert all(a.data == 100.0 and a.task_run_id is not None for a in progress.values())
+    assert progress["progress-distill"].description == "distill: ran"
 
 
 def test_challenger_failing_a_threshold_is_registered_but_champion_stays(project):
