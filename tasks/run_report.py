@@ -85,14 +85,14 @@ def _champion_point(client, params: Params, record: dict | None) -> dict | None:
     if any(f"metric.{k}" not in tags for k in ("accuracy", "latency_p50_ms", "size_mb")):
         return None  # registered without figures: nothing to place
     point = {k: float(tags[f"metric.{k}"]) for k in ("accuracy", "latency_p50_ms", "size_mb")}
-    note = f"version {version}: size, latency and accuracy as recorded when it was registered"
+    note = f"champion v{version}: size, latency and accuracy as recorded when it was registered"
     if record is not None and record.get("version") == version:
         return {"key": f"champion v{version}", "this_run": True,
                 "note": f"champion v{version} is this run's model: its point is the {FINAL_STAGE} stage's"}
     if record is not None and (record.get("champion") or {}).get("version") == version \
             and record["champion"].get("value") is not None and record.get("metric") == "accuracy":
         point["accuracy"] = float(record["champion"]["value"])
-        note = (f"version {version}: accuracy {record['champion']['source']} by this run's register step; "
+        note = (f"champion v{version}: accuracy {record['champion']['source']} by this run's register step; "
                 "size and latency as recorded when it was registered")
     return {**point, "key": f"champion v{version}", "kind": "champion", "note": note}
 

@@ -455,7 +455,12 @@ def test_data_failing_validation_stops_before_training_and_leaves_registry(proje
     report = (project / "reports/index.html").read_text()
     assert "RUN FAILED" in report and "bad_train.csv" in report and "not-a-label" in report
     assert re.search(r">validate</td><td[^>]*>failed<", report) and re.search(r">teacher</td><td[^>]*>not reached<", report)
-    assert "<img" not in report and "Data validation <span class=\"verdict fail\">FAILED" in report
+    assert "Data validation <span class=\"verdict fail\">FAILED" in report
+    from distillery.config import load_params
+    from tasks.run_report import gather
+
+    data = gather(project, load_params(project / "params.yaml", check_files=False), c, last.info.run_id)
+    assert [p["key"] for p in data["points"]] == ["champion v1"] and data["confusion"] == [] and data["gate"] is None
     assert [a.path for a in c.list_artifacts(last.info.run_id, "report")] == ["report/index.html"]
     failed = prefect_artifact_markdown(last.data.tags["prefect_flow_run_id"])
     assert failed.startswith("# Distillery pipeline: FAILED") and "reports/index.html" in failed
