@@ -386,6 +386,13 @@ def test_run_report_opens_in_headless_chromium_with_its_plots_and_tables(project
     markdown = prefect_artifact_markdown(parent.data.tags["prefect_flow_run_id"])
     assert f"`{page}`" in markdown and f"runs:/{parent.info.run_id}/report/index.html" in markdown
 
+    # `distillery report` rebuilds the same page for the last run (only the time it was written differs).
+    from distillery.cli import main
+
+    assert main(["--project-dir", str(project), "report"]) == 0
+    written = re.compile(r"report written [0-9T:+-]+")
+    assert written.sub("", page.read_text()) == written.sub("", html)
+
 
 def test_status_command_shows_champion_challenger_and_gate_decisions(project):
     out = subprocess.run([str(BIN / "distillery"), "--project-dir", str(project), "status"],

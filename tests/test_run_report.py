@@ -81,3 +81,4 @@ def test_missing_chromium_is_an_error_that_says_how_to_install_it(tmp_path, monk
     (tmp_path / "p.html").write_text("<html></html>")
     with pytest.raises(BrowserError, match=r"Chromium not found at .*no-chromium: install Debian's `chromium`"):
         open_page(tmp_path / "p.html")
+
