@@ -223,9 +223,12 @@ def pipeline(project_dir: str = ".") -> dict:
     except BaseException as exc:
         client.set_tag(parent, "failure", str(exc)[:4000])
         if isinstance(exc, Exception):  # not on Ctrl-C: the user wants it to stop
-            create_markdown_artifact(f"# Distillery pipeline: FAILED\n\n{exc}\n"
-                                     + publish_report(root, params, client, parent),
-                                     key="distillery-pipeline", description="The failure and the run report")
+            try:  # the failure itself is what the caller must see, whatever happens here
+                create_markdown_artifact(f"# Distillery pipeline: FAILED\n\n{exc}\n"
+                                         + publish_report(root, params, client, parent),
+                                         key="distillery-pipeline", description="The failure and the run report")
+            except Exception as artifact_exc:
+                print(f"report: Prefect artifact not created: {artifact_exc}")
         client.set_terminated(parent, status="FAILED")
         raise
     finally:
