@@ -6,6 +6,18 @@ from __future__ import annotations
 import io
 
 
+def _plain_log_formatter():
+    """Log-axis tick labels where matplotlib's LogFormatter puts them, written plainly (0.2, 5, 10,
+    not 2x10^-1); minor ticks are labelled only when the axis spans less than a decade."""
+    from matplotlib.ticker import LogFormatter
+
+    class PlainLogFormatter(LogFormatter):
+        def __call__(self, x, pos=None):
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
+    return PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4))
+
+
 def accuracy_scatter(points: list[dict], x_key: str, x_label: str, y_label: str, title: str,
                      figsize: tuple[float, float] = (8.5, 4.6), dpi: int = 120) -> bytes:
     """A PNG of accuracy (in %) against `x_key` on a log scale.
@@ -16,7 +28,6 @@ def accuracy_scatter(points: list[dict], x_key: str, x_label: str, y_label: str,
     """
     # The object API without pyplot: no global figure state and no GUI backend, safe in any thread.
     from matplotlib.figure import Figure
-    from matplotlib.ticker import LogFormatter
 
     fig = Figure(figsize=figsize, dpi=dpi)
     ax = fig.subplots()
@@ -31,8 +42,8 @@ def accuracy_scatter(points: list[dict], x_key: str, x_label: str, y_label: str,
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     ax.margins(x=0.15, y=0.15)
     ax.set_xscale("log")
-    for axis_formatter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
-        axis_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))  # 2, 5, 10, not 2x10^0
+    ax.xaxis.set_major_formatter(_plain_log_formatter())
+    ax.xaxis.set_minor_formatter(_plain_log_formatter())
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.set_title(title, fontsize=10)
