@@ -163,31 +163,16 @@ No-change rerun (`distillery run`, fresh process): **{p['rerun_wall_seconds']:.1
 
 def plot(results: dict, x_key: str, x_label: str, out: Path) -> Path:
     """Accuracy against `x_key` (log scale), every model a labelled point."""
-    import matplotlib
+    from distillery.plots import accuracy_scatter
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8.5, 4.6), dpi=120)
     # Each point carries its short key (A, B, ..., E-quantize) beside it; the legend names it in full.
-    for key in (k for k in ROW_ORDER if k in results["models"]):
-        r = results["models"][key]
-        color = "tab:red" if key.startswith("E") else ("tab:gray" if key.startswith("D") else "tab:blue")
-        marker = "*" if key == FINAL else "o"
-        ax.scatter(r[x_key], 100 * r["accuracy"], color=color, marker=marker, s=90 if marker == "*" else 36,
-                   zorder=3, label=r["label"])
-        ax.annotate(key, (r[x_key], 100 * r["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    ax.margins(x=0.15, y=0.15)
-    ax.set_xscale("log")
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("SST-2 dev accuracy (%)")
-    ax.set_title(f"SST-2: accuracy vs {x_label.split(' (')[0]} ({results['date']})", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
+    points = [{**results["models"][key], "key": key, "marker": "*" if key == FINAL else "o",
+               "color": "tab:red" if key.startswith("E") else ("tab:gray" if key.startswith("D") else "tab:blue")}
+              for key in ROW_ORDER if key in results["models"]]
+    png = accuracy_scatter(points, x_key, x_label, "SST-2 dev accuracy (%)",
+                           f"SST-2: accuracy vs {x_label.split(' (')[0]} ({results['date']})")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, bbox_inches="tight")
-    plt.close(fig)
+    out.write_bytes(png)
     return out
 
 

@@ -48,7 +48,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's input, not a bug: printed as one message, no traceback."""
     errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
     for mod, name in (("tasks.promotion", "PromotionError"), ("distillery.data", "DataError"), ("distillery.validation", "ValidationFailed"),
-                      ("distillery.modeling", "ModelLoadError"), ("flows.pipeline", "StageFailed")):
+                      ("distillery.modeling", "ModelLoadError"), ("flows.pipeline", "StageFailed"),
+                      ("distillery.html_report", "ReportError"), ("distillery.browser", "BrowserError")):
         module = sys.modules.get(mod)
         if module is not None and hasattr(module, name):
             errors.append(getattr(module, name))
@@ -268,6 +269,23 @@ def cmd_ui(args) -> int:
     return run_dashboards(root, tracking_uri(root, params), args.mlflow_port, args.prefect_port)
 
 
+def cmd_report(args) -> int:
+    """Rebuild reports/index.html for the project's last run (or --run-id); optionally screenshot it."""
+    root, params, client = _registry(args)
+    from tasks import tracking
+    from tasks.run_report import last_pipeline_run, write_run_report
+
+    run_id = args.run_id or last_pipeline_run(client, tracking.experiment_id(client, root, params), root)
+    where = write_run_report(root, params, client, run_id, log=False)
+    print(f"report: {where['path']} (MLflow run {run_id})")
+    if args.screenshot:
+        from distillery.browser import open_page
+
+        page = open_page(where["path"], args.screenshot)
+        print(f"report: screenshot {args.screenshot} ({len(page['images'])} plots, {len(page['tables'])} tables)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__.splitlines()[0])
     parser.add_argument("--project-dir", default=".", help="project folder holding params.yaml and dvc.yaml")
@@ -292,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = sub.add_parser("rollback", help="return `champion` to the version that held it before")
     rollback.add_argument("--reason", help="why (recorded in the champion history)")
     rollback.set_defaults(func=cmd_rollback)
+    report = sub.add_parser("report", help="rebuild the run report reports/index.html for the last run")
+    report.add_argument("--run-id", help="the MLflow parent run of the pipeline run (default: the project's last)")
+    report.add_argument("--screenshot", metavar="PNG", help="also open it in headless Chromium and save a screenshot")
+    report.set_defaults(func=cmd_report)
     bench = sub.add_parser("bench", help="benchmark on SST-2: the pipeline, then the teacher, its int8 versions, "
                                          "a no-teacher baseline and our student measured side by side")
     bench.add_argument("--data", help="folder holding train.tsv and dev.tsv (default: ../shared/data/sst2 "

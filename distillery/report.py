@@ -10,7 +10,7 @@ COLUMNS = (("accuracy", "accuracy", "{:.4f}"), ("macro_f1", "macro-F1", "{:.4f}"
            ("latency_p95_ms", "p95 ms", "{:.2f}"), ("throughput_sps", "samples/s", "{:.1f}"))
 
 
-def _fmt(fmt: str, value) -> str:
+def format_figure(fmt: str, value) -> str:
     if value is None:
         return "-"
     try:
@@ -25,7 +25,7 @@ def stage_table(rows: list[dict], title: str = "Stages (eval split)") -> Table:
     for _, header, _ in COLUMNS:
         table.add_column(header, justify="right")
     for r in rows:
-        table.add_row(r.get("stage", r.get("version", "")), *(_fmt(f, r.get(k)) for k, _, f in COLUMNS))
+        table.add_row(r.get("stage", r.get("version", "")), *(format_figure(f, r.get(k)) for k, _, f in COLUMNS))
     return table
 
 

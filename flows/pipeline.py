@@ -29,6 +29,7 @@ from flows.progress import stage_progress
 from tasks import tracking
 from tasks.common import STAGES, read_json, report_path
 from tasks.register import register_model
+from tasks.run_report import markdown_link, write_run_report
 from tasks.validate import length_shift
 
 STAGE_ERRORS_DIR = "errors"
@@ -136,6 +137,17 @@ def register(root: str, parent_run_id: str, flow_run_id: str | None) -> dict:
     return register_model(Path(root), params, client, exp_id, parent_run_id, flow_run_id)
 
 
+def publish_report(root: Path, params, client, parent_run_id: str) -> str:
+    """Write the run report (reports/index.html), log it to the parent run, and return the markdown
+    that links it. A report that cannot be written does not change the run's outcome: it is said here."""
+    try:
+        return markdown_link(write_run_report(root, params, client, parent_run_id))
+    except Exception as exc:
+        print(f"report: not written: {exc}")
+        client.set_tag(parent_run_id, "report_error", str(exc)[:4000])
+        return f"\n## Run report\n\nnot written: {exc}\n"
+
+
 def stage_markdown(table: list[dict], gate: dict, registration: dict | None) -> str:
     head = "| stage | accuracy | macro-F1 | size MB | params | p50 ms | p95 ms | samples/s |\n|---|---|---|---|---|---|---|---|\n"
     rows = "".join(
@@ -180,6 +192,7 @@ def pipeline(project_dir: str = ".") -> dict:
                 if stage == "validate":
                     extra["length_shift"] = shift = length_shift(root, params, client)
                     print(f"validate: text length vs the champion's data: {shift['status']}: {shift['reason']}")
+                    client.set_tag(parent, "length_shift", f"{shift['status']}: {shift['reason']}"[:4000])
                     if shift["status"] == "failed":
                         raise StageFailed(f"stage 'validate' failed: text length shift {shift['reason']}")
                 status = "FINISHED"
@@ -206,11 +219,19 @@ def pipeline(project_dir: str = ".") -> dict:
         client.set_tag(parent, "gate_passed", str(gate["passed"]).lower())
         client.set_tag(parent, "registered_version", registration["version"])
         client.set_tag(parent, "promoted", str(registration["promoted"]).lower())
-        create_markdown_artifact(stage_markdown(summary["table"], gate, registration),
-                                 key="distillery-pipeline", description="Stage table and gate decision")
+        create_markdown_artifact(stage_markdown(summary["table"], gate, registration)
+                                 + publish_report(root, params, client, parent),
+                                 key="distillery-pipeline", description="Stage table, gate decision, run report")
         client.set_terminated(parent, status="FINISHED")
     except BaseException as exc:
         client.set_tag(parent, "failure", str(exc)[:4000])
+        if isinstance(exc, Exception):  # not on Ctrl-C: the user wants it to stop
+            try:  # the failure itself is what the caller must see, whatever happens here
+                create_markdown_artifact(f"# Distillery pipeline: FAILED\n\n{exc}\n"
+                                         + publish_report(root, params, client, parent),
+                                         key="distillery-pipeline", description="The failure and the run report")
+            except Exception as artifact_exc:
+                print(f"report: Prefect artifact not created: {artifact_exc}")
         client.set_terminated(parent, status="FAILED")
         raise
     finally:

@@ -125,3 +125,10 @@ def wait_for_http(url: str, proc, timeout: float = 120.0) -> None:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.time() < deadline, f"{url} did not answer in {timeout:.0f} s"
             time.sleep(1)
+
+
+def external_refs(html: str) -> list[str]:
+    """Every src / href / CSS url() in a page that is not a data: URI or an in-page anchor:
+    what a self-contained page must not have."""
+    refs = re.findall(r"""(?:\bsrc|\bhref)\s*=\s*["']?([^"'\s>]*)|url\(\s*["']?([^"')\s]*)""", html, re.I)
+    return [r for pair in refs for r in pair if r and not r.startswith(("data:", "#"))]

@@ -22,15 +22,19 @@ import yaml
 from distillery.cli import configure_environment
 from distillery.measure import FIGURES
 from tasks.common import STAGES
-from tests.helpers import free_port, make_cue_dataset, make_project, shift_labels, tiny_params, wait_for_http
+from tests.helpers import (external_refs, free_port, make_cue_dataset, make_project, shift_labels, tiny_params,
+                           wait_for_http)
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 NAME = "distillery-student"
 CHAMPION_CHECK = "regression_vs_champion"
 # Files the pipeline writes that are deliberately not DVC outputs: the register step's record of its
-# decision. It lies outside every out, so DVC neither tracks it nor sees a stage as changed by it.
-REGISTRY_RECORDS = {"reports/promotion.json"}
+# decision, and the run report written after it. They lie outside every out, so DVC neither tracks
+# them nor sees a stage as changed by them.
+REGISTRY_RECORDS = {"reports/promotion.json", "reports/index.html"}
+# Where the report test keeps its screenshot of the page (default: the test's temp folder).
+SCREENSHOT_ENV = "DISTILLERY_REPORT_SCREENSHOT"
 # Learnable data for the champion comparison tests (see make_cue_dataset): the teacher needs more
 # epochs than on the demo data to fit it.
 # A deliberately different dataset (shorter texts): its length drift against the champion's data is
@@ -104,6 +108,7 @@ def prefect_artifact_markdown(flow_run_id: str, key: str = "distillery-pipeline"
     with get_client(sync_client=True) as c:
         arts = c.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])))
+    arts = [a for a in arts if a.key]  # a failed flow run also has Prefect's own record of its result, keyless
     assert sorted(a.key for a in arts if a.type != "progress") == ["distillery-pipeline", "distillery-validation"]
     return next(a.data for a in arts if a.key == key)
 
@@ -366,6 +371,65 @@ def test_worse_challenger_is_kept_by_the_champion_comparison_with_the_reason(pro
     assert "kept as challenger" in markdown
 
 
+def last_parent_run(root: Path):
+    from tasks.run_report import last_pipeline_run
+
+    c = client(root)
+    return c.get_run(last_pipeline_run(c, c.get_experiment_by_name("distillery").experiment_id, root))
+
+
+def test_run_report_opens_in_headless_chromium_with_its_plots_and_tables(project, tmp_path):
+    """The last run's reports/index.html (the worse challenger above) is one self-contained page:
+    Chromium fetches nothing, decodes both plots and lays out every table; the page is the parent
+    run's MLflow artifact and the Prefect artifact links it."""
+    from distillery.browser import open_page
+    from distillery.config import load_params
+    from tasks.run_report import gather
+
+    page = project / "reports/index.html"
+    html = page.read_text()
+    assert external_refs(html) == []
+    shot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "report.png")
+    state = open_page(page, shot)
+    assert state["requests"] == []  # nothing fetched: no CDN, no external image
+    assert shot.read_bytes().startswith(b"\x89PNG")
+    images = {i["id"]: i for i in state["images"]}
+    assert set(images) == {"plot-latency", "plot-size"}
+    assert all(i["complete"] and i["width"] > 300 and i["height"] > 200 for i in images.values()), images
+    tables = {t["id"] or f"{t['className']}-{i}": t for i, t in enumerate(state["tables"])}
+    assert all(t["height"] > 0 for t in tables.values())
+    rows = {k: t["rows"] for k, t in tables.items()}
+    assert rows["stages"] == 9 and rows["gate"] == 5 and rows["validation"] == 2 and rows["lineage"] >= 9
+    assert [r for k, r in rows.items() if k.startswith("confusion")] == [3, 3]  # teacher and final, 3 classes
+    text = state["text"]
+    assert "Gate FAILED" in text and "kept as challenger" in text and CHAMPION_CHECK in text
+    assert "registered version 4" in text and "Data validation PASSED" in text
+
+    # The plotted points: every stage of the run, and the champion (v2) re-scored on this run's eval data.
+    parent = last_parent_run(project)
+    data = gather(project, load_params(project / "params.yaml"), client(project), parent.info.run_id)
+    record = promotion_record(project)
+    assert [p["key"] for p in data["points"]] == ["teacher", "distill", "prune", "quantize", "champion v2"]
+    assert data["points"][-1]["accuracy"] == pytest.approx(record["champion"]["value"])
+    assert data["points"][3]["accuracy"] == pytest.approx(record["candidate_value"])
+    lineage = dict(data["lineage"])
+    assert lineage["registered version"] == f"{NAME} v4" and re.fullmatch(r"[0-9a-f]{40}", lineage["git_commit"])
+
+    c = client(project)
+    assert [a.path for a in c.list_artifacts(parent.info.run_id, "report")] == ["report/index.html"]
+    logged = Path(c.download_artifacts(parent.info.run_id, "report/index.html", str(tmp_path)))
+    assert logged.read_text() == html
+    markdown = prefect_artifact_markdown(parent.data.tags["prefect_flow_run_id"])
+    assert f"`{page}`" in markdown and f"runs:/{parent.info.run_id}/report/index.html" in markdown
+
+    # `distillery report` rebuilds the same page for the last run (only the time it was written differs).
+    from distillery.cli import main
+
+    assert main(["--project-dir", str(project), "report"]) == 0
+    written = re.compile(r"report written [0-9T:+-]+")
+    assert written.sub("", page.read_text()) == written.sub("", html)
+
+
 def test_status_command_shows_champion_challenger_and_gate_decisions(project):
     out = subprocess.run([str(BIN / "distillery"), "--project-dir", str(project), "status"],
                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
@@ -430,6 +494,19 @@ def test_data_failing_validation_stops_before_training_and_leaves_registry(proje
     last = c.search_runs([exp.experiment_id], filter_string="tags.mlflow.runName LIKE 'pipeline-%'",
                          order_by=["attributes.start_time DESC"], max_results=1)[0]
     assert last.info.status == "FAILED" and "bad_train.csv" in last.data.tags["failure"]
+    # The failed run still has its report: where it stopped, and no figures an earlier run left on disk.
+    report = (project / "reports/index.html").read_text()
+    assert "RUN FAILED" in report and "bad_train.csv" in report and "not-a-label" in report
+    assert re.search(r">validate</td><td[^>]*>failed<", report) and re.search(r">teacher</td><td[^>]*>not reached<", report)
+    assert "Data validation <span class=\"verdict fail\">FAILED" in report
+    from distillery.config import load_params
+    from tasks.run_report import gather
+
+    data = gather(project, load_params(project / "params.yaml", check_files=False), c, last.info.run_id)
+    assert [p["key"] for p in data["points"]] == ["champion v1"] and data["confusion"] == [] and data["gate"] is None
+    assert [a.path for a in c.list_artifacts(last.info.run_id, "report")] == ["report/index.html"]
+    failed = prefect_artifact_markdown(last.data.tags["prefect_flow_run_id"])
+    assert failed.startswith("# Distillery pipeline: FAILED") and "reports/index.html" in failed
 
 
 def test_cli_rejects_bad_params_before_touching_anything(project):
