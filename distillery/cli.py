@@ -136,6 +136,20 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    root = Path(args.project_dir).resolve()
+    configure_environment(root)
+    params = load_params(root / PARAMS_FILE)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: must be at least 1")
+    from flows.sweep import sweep, task_runner
+
+    quiet_user_errors_on_console()
+    runner = task_runner(args.workers or params.sweep.workers, args.address)
+    summary = sweep.with_options(task_runner=runner)(project_dir=str(root))
+    return 0 if summary["chosen"] else 1
+
+
 def cmd_stage(args) -> int:
     """One DVC stage (dvc.yaml calls this). Expected errors are saved for the flow to report."""
     root = Path(args.project_dir).resolve()
@@ -238,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a param, e.g. --set distill.temperature=3 (repeatable)")
     run.set_defaults(func=cmd_run)
+    sweep = sub.add_parser("sweep", help="try the student configurations of params.yaml's `sweep` in parallel on "
+                                         "Dask; write the Pareto front and the best one's params file")
+    sweep.add_argument("--address", help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a "
+                                         "temporary local cluster)")
+    sweep.add_argument("--workers", type=int, help="worker processes of the local cluster (default: sweep.workers)")
+    sweep.set_defaults(func=cmd_sweep)
     stage = sub.add_parser("stage", help="run one pipeline stage (called by dvc.yaml)")
     from tasks.common import STAGES
 
