@@ -1,4 +1,4 @@
-"""Distillation under `accelerate launch`: two CPU processes (gloo) train the same student as one
+"""Distillation under `accelerate launch` (its torchrun launcher, `--multi_gpu`): two CPU processes (gloo) train the same student as one
 process does, on a tiny project, through the unchanged `distillery stage distill` command.
 
 Tolerance: each rank computes its half of every batch and DDP sums the two halves' gradients, so
@@ -22,7 +22,7 @@ from tests.helpers import free_port, make_project, tiny_params
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
-ATOL = 1e-4  # weights and eval logits; the runs differ by ~1e-6 here (float summation order only)
+ATOL = 1e-5  # on weights and loss; measured: 7.5e-8 largest weight difference (summation order only)
 
 
 def run_stage(root: Path, name: str, launcher: list[str], env: dict) -> None:
@@ -51,7 +51,7 @@ def test_two_cpu_processes_match_one(tmp_path):
     single_report = read_json(root / "reports" / "distill.json")
     shutil.rmtree(root / "models" / "student")
 
-    launch = [str(BIN / "accelerate"), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
               "--main_process_port", str(free_port())]
     run_stage(root, "distill", launch, env)
