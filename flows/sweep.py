@@ -96,25 +96,45 @@ def prepare_pipeline(root: Path, params) -> dict[str, bool]:
     return ran
 
 
-def collect(futures: dict) -> list[dict]:
+def gather(futures: dict) -> list[dict]:
+    """Each member's result, or its error: a member that fails is reported, the others still count."""
     rows = []
     for name, (overrides, future) in futures.items():
         row = {"member": name, "overrides": describe(overrides), "overrides_dict": overrides, "error": None}
         try:
             result = future.result()
-        except Exception as exc:  # a member that fails is reported; the others still count
+        except Exception as exc:
             row.update(error=f"{type(exc).__name__}: {exc}", gate_passed=False)
             print(f"sweep: member {name} ({row['overrides']}) failed: {row['error']}")
         else:
             row.update(result["figures"], gate_passed=result["gate"]["passed"], result=result)
         rows.append(row)
+    return rows
+
+
+def conclude(root: Path, out: Path, rows: list[dict]) -> dict:
+    """Mark the front and the chosen member, write the table, the plot, the summary and, when a
+    member passed the gate, `best.params.yaml`; when none did, say so and write no params file."""
     done = [r for r in rows if not r["error"]]
     front = {done[i]["member"] for i in pareto_front(done)}
-    chosen = choose_smallest_passing(done)
+    pick = choose_smallest_passing(done)
+    chosen = done[pick] if pick is not None else None
     for r in rows:
-        r["pareto"] = r["member"] in front
-        r["chosen"] = chosen is not None and r["member"] == done[chosen]["member"]
-    return rows
+        r["pareto"], r["chosen"] = r["member"] in front, r is chosen
+    summary = {"members": rows, "front": [r["member"] for r in rows if r["pareto"]],
+               "chosen": chosen["member"] if chosen else None,
+               "chosen_overrides": chosen["overrides_dict"] if chosen else None, "best_params": None}
+    if chosen:
+        best = write_best_params(root, chosen["overrides_dict"], out / BEST_PARAMS)
+        summary["best_params"] = str(best.relative_to(root))
+        print(f"sweep: chosen {chosen['member']} ({chosen['overrides']}): the smallest model that passed the gate, "
+              f"{chosen['size_mb']:.2f} MB, accuracy {chosen['accuracy']:.4f}. Reproduce and register it with:\n"
+              f"  distillery run --params {summary['best_params']}")
+    else:
+        print(f"sweep: NO member passed the gate ({len(done)} of {len(rows)} finished); no params file written. "
+              f"Each member's figures and gate: {out.relative_to(root)}/members.md")
+    write_outputs(out, rows, summary)
+    return summary
 
 
 def log_members(client, exp_id: str, parent: str, root: Path, out: Path, rows: list[dict]) -> None:
@@ -183,23 +203,10 @@ def sweep(project_dir: str = ".") -> dict:
                                         "params_hash": params.section_hash(), **tracking.process_tags(root)})
     try:
         futures = {name: (o, member_task.submit(str(root), name, o)) for name, o in members.items()}
-        rows = collect(futures)
+        rows = gather(futures)
+        out.mkdir(parents=True, exist_ok=True)
+        summary = {**conclude(root, out, rows), "driver_pid": os.getpid()}
         log_members(client, exp_id, parent, root, out, rows)
-        chosen = next((r for r in rows if r["chosen"]), None)
-        summary = {"members": rows,
-                   "front": [r["member"] for r in rows if r["pareto"]],
-                   "chosen": chosen["member"] if chosen else None,
-                   "chosen_overrides": chosen["overrides_dict"] if chosen else None,
-                   "best_params": None, "driver_pid": os.getpid()}
-        if chosen:
-            best = write_best_params(root, chosen["overrides_dict"], out / BEST_PARAMS)
-            summary["best_params"] = str(best.relative_to(root))
-            print(f"sweep: chosen {chosen['member']} ({chosen['overrides']}): the smallest model that passed the gate, "
-                  f"{chosen['size_mb']:.2f} MB, accuracy {chosen['accuracy']:.4f}. Reproduce and register it with:\n"
-                  f"  distillery run --params {summary['best_params']}")
-        else:
-            print("sweep: NO member passed the gate; no params file written (see members.md for each one's figures)")
-        write_outputs(out, rows, summary)
         create_markdown_artifact(f"# Distillery sweep\n\n{table_markdown(summary['members'])}",
                                  key="distillery-sweep", description="Sweep members, Pareto front, chosen member")
         for f in OUTPUTS:

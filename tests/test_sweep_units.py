@@ -104,3 +104,44 @@ def test_table_and_plot(tmp_path):
     assert "| m001 | student.layers=[0, 1] | failed: RuntimeError: boom |" in md
     png = plot_front(rows, tmp_path / "front.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def member_row(name, overrides, acc, p50, size, passed=True, error=None):
+    from distillery.sweep import describe
+
+    row = {"member": name, "overrides": describe(overrides), "overrides_dict": overrides, "error": error,
+           "gate_passed": passed}
+    if not error:
+        row.update(accuracy=acc, macro_f1=acc, latency_p50_ms=p50, size_mb=size, params=1000)
+    return row
+
+
+def test_conclusion_writes_the_smallest_passing_members_params(tmp_path, capsys):
+    import shutil
+
+    from distillery.config import load_params
+    from flows.sweep import conclude
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    out = tmp_path / "reports" / "sweep"
+    rows = [member_row("m000", {"student.layers": [0, 5]}, 0.90, 2.0, 12.0),
+            member_row("m001", {"student.layers": [0]}, 0.70, 1.0, 4.0, passed=False),   # smallest, failed
+            member_row("m002", {"student.layers": [0, 2, 5], "quantize.method": "onnx_int4_embeddings"}, 0.88, 2.5, 8.0),
+            member_row("m003", {"student.layers": [5]}, None, None, None, passed=False, error="RuntimeError: x")]
+    summary = conclude(tmp_path, out, rows)
+    assert summary["front"] == ["m000", "m001", "m002"] and summary["chosen"] == "m002"
+    best = load_params(out / "best.params.yaml", check_files=False)
+    assert best.student.layers == [0, 2, 5] and best.quantize.method == "onnx_int4_embeddings"
+    shipped = load_params(ROOT / "params.yaml", check_files=False)
+    assert best.model_copy(update={"student": shipped.student, "quantize": shipped.quantize}) == shipped
+    assert "# one seed for data order" in (out / "best.params.yaml").read_text()   # the comments are kept
+    assert "distillery run --params reports/sweep/best.params.yaml" in capsys.readouterr().out
+    for name in ("members.md", "members.csv", "pareto.png", "sweep.json"):
+        assert (out / name).is_file()
+
+    for r in rows:
+        r["gate_passed"] = False
+    summary = conclude(tmp_path, tmp_path / "again", rows)
+    assert summary["chosen"] is None and summary["best_params"] is None
+    assert not (tmp_path / "again" / "best.params.yaml").exists()
+    assert "NO member passed the gate (3 of 4 finished); no params file written" in capsys.readouterr().out
