@@ -104,6 +104,15 @@ def make_project(dest: Path, params: dict, teacher_texts: list[str], **teacher) 
     return dest
 
 
+def run_stage(root: Path, name: str) -> dict:
+    """One stage's code in this process, as `distillery stage NAME` runs it."""
+    import importlib
+
+    from tasks.common import stage_context
+
+    return importlib.import_module(f"tasks.{name}").run(stage_context(root))
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on right now."""
     import socket

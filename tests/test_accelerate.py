@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import free_port, make_project, tiny_params
+from tests.helpers import free_port, make_project, run_stage, tiny_params
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 ATOL = 1e-5  # on weights and loss; measured: 7.5e-8 largest weight difference (summation order only)
 
 
-def run_stage(root: Path, name: str, launcher: list[str], env: dict) -> None:
+def run_command(root: Path, name: str, launcher: list[str], env: dict) -> None:
     proc = subprocess.run([*launcher, "-m", "distillery.cli", "--project-dir", str(root), "stage", name],
                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -43,9 +43,9 @@ def test_two_cpu_processes_match_one(tmp_path):
     train, eval_ = make_demo_dataset(params["data"]["demo_rows"], params["base"]["seed"])
     root = make_project(tmp_path / "p", params, list(train.text) + list(eval_.text), dropout=0.0)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}  # no user accelerate config
-    one = [str(BIN / "python")]
-    for stage in ("demo_data", "validate", "teacher", "soft_targets", "distill"):
-        run_stage(root, stage, one, env)
+    for stage in ("demo_data", "validate", "teacher", "soft_targets"):
+        run_stage(root, stage)
+    run_command(root, "distill", [str(BIN / "python")], env)  # both runs as fresh processes
     single = tmp_path / "single"
     shutil.copytree(root / "models" / "student", single)
     single_report = read_json(root / "reports" / "distill.json")
@@ -54,7 +54,7 @@ def test_two_cpu_processes_match_one(tmp_path):
     launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1",
               "--main_process_port", str(free_port())]
-    run_stage(root, "distill", launch, env)
+    run_command(root, "distill", launch, env)
     multi_report = read_json(root / "reports" / "distill.json")
 
     assert single_report["train"]["processes"] == 1 and multi_report["train"]["processes"] == 2
