@@ -7,6 +7,7 @@ need them, so `distillery --help` and config errors answer at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -136,6 +137,30 @@ def cmd_run(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def shared_prefect_api():
+    """The sweep's Dask workers report their task runs to the sweep's own Prefect API. With no
+    PREFECT_API_URL set, every worker process would start a temporary server of its own (~25 s
+    each); one is started here instead, and this process and its local workers (they inherit the
+    environment) use it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
 def cmd_sweep(args) -> int:
     root = Path(args.project_dir).resolve()
     configure_environment(root)
@@ -146,7 +171,8 @@ def cmd_sweep(args) -> int:
 
     quiet_user_errors_on_console()
     runner = task_runner(args.workers or params.sweep.workers, args.address)
-    summary = sweep.with_options(task_runner=runner)(project_dir=str(root))
+    with shared_prefect_api():
+        summary = sweep.with_options(task_runner=runner)(project_dir=str(root))
     return 0 if summary["chosen"] else 1
 
 

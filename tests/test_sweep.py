@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from distillery.cli import configure_environment
-from tests.helpers import make_project, tiny_params
+from tests.helpers import make_cue_dataset, make_project, tiny_params
 
 pytestmark = pytest.mark.slow
 SPACE = {"student.layers": [[0], [0, 2]], "quantize.method": ["onnx_dynamic_int8", "onnx_int4_embeddings"]}
@@ -19,11 +21,15 @@ SPACE = {"student.layers": [[0], [0, 2]], "quantize.method": ["onnx_dynamic_int8
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_harness):
-    from distillery.demo_data import make_demo_dataset
-
-    params = tiny_params(sweep={"space": SPACE, "workers": 2})
-    train, eval_ = make_demo_dataset(params["data"]["demo_rows"], params["base"]["seed"])
-    root = make_project(tmp_path_factory.mktemp("sweep"), params, list(train.text) + list(eval_.text))
+    # Learnable rows (see make_cue_dataset), so that members reach different, non-trivial models.
+    params = tiny_params(data={"train_path": "cue_train.csv", "eval_path": "cue_eval.csv"},
+                         teacher={"epochs": 20, "learning_rate": 0.003}, distill={"epochs": 3},
+                         sweep={"space": SPACE, "workers": 2})
+    train, eval_ = make_cue_dataset()
+    root = tmp_path_factory.mktemp("sweep")
+    train.to_csv(root / "cue_train.csv", index=False)
+    eval_.to_csv(root / "cue_eval.csv", index=False)
+    root = make_project(root, params, list(train.text) + list(eval_.text))
     configure_environment(root)
     return root
 
@@ -46,6 +52,7 @@ def test_sweep_runs_every_member_on_dask_and_the_choice_reproduces(project):
 
     from distillery.cli import prepare_params
     from distillery.config import load_params, params_from_dict, read_raw
+    from distillery.onnx_model import OnnxClassifier
     from flows.pipeline import pipeline
 
     summary = run_sweep(project)
@@ -102,5 +109,11 @@ def test_sweep_runs_every_member_on_dask_and_the_choice_reproduces(project):
     # Same code, seed, threads and inputs: equal, not just close (tolerance 0).
     assert (final["accuracy"], final["macro_f1"], final["params"]) == (want["accuracy"], want["macro_f1"], want["params"])
     assert abs(final["size_mb"] - want["size_mb"]) < 1e-3
+    # ... down to the final model's logits on the eval texts.
+    clf = {d: OnnxClassifier.from_dir(d, threads=1) for d in (project / "models/quantized",
+                                                             project / "reports/sweep/members" / summary["chosen"] / "quantized")}
+    texts = list(pd.read_csv(project / "cue_eval.csv").text)
+    a, b = (c.predict_logits(texts) for c in clf.values())
+    assert np.array_equal(a, b)
     assert result["registration"]["version"] == "1"
 
