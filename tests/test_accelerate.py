@@ -20,7 +20,6 @@ import pytest
 
 from tests.helpers import free_port, make_project, run_stage, tiny_params
 
-pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 ATOL = 1e-5  # on weights and loss; measured: 7.5e-8 largest weight difference (summation order only)
 
@@ -31,6 +30,23 @@ def run_command(root: Path, name: str, launcher: list[str], env: dict) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+def test_shards_weight_each_ranks_loss_to_the_global_batch_mean():
+    from distillery.training import shard
+
+    idx = np.array([7, 3, 9, 1, 4])
+    parts = [shard(idx, r, 2) for r in range(2)]
+    assert [p.tolist() for p, _ in parts] == [[7, 3, 9], [1, 4]]
+    # DDP averages the ranks' gradients: (1.2 * mean(first 3) + 0.8 * mean(last 2)) / 2 = mean(all 5)
+    assert [w for _, w in parts] == [pytest.approx(1.2), pytest.approx(0.8)]
+    losses = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    ranked = sum(w * losses[np.isin(idx, p)].mean() for p, w in parts) / 2
+    assert ranked == pytest.approx(losses.mean())
+    # A batch of one row on two ranks: the second rank still takes part, with weight 0.
+    assert [(p.tolist(), w) for p, w in (shard(np.array([5]), r, 2) for r in range(2))] == [([5], 2.0), ([5], 0.0)]
+    assert shard(idx, 0, 1)[0].tolist() == idx.tolist()
+
+
+@pytest.mark.slow
 def test_two_cpu_processes_match_one(tmp_path):
     from safetensors.numpy import load_file
 
