@@ -7,6 +7,7 @@ need them, so `distillery --help` and config errors answer at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -135,6 +136,45 @@ def cmd_run(args) -> int:
 
     print_run_summary(result)
     return 0
+
+
+@contextlib.contextmanager
+def shared_prefect_api():
+    """The sweep's Dask workers report their task runs to the sweep's own Prefect API. With no
+    PREFECT_API_URL set, every worker process would start a temporary server of its own (~25 s
+    each); one is started here instead, and this process and its local workers (they inherit the
+    environment) use it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+def cmd_sweep(args) -> int:
+    root = Path(args.project_dir).resolve()
+    configure_environment(root)
+    params = load_params(root / PARAMS_FILE)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: must be at least 1")
+    from flows.sweep import sweep, task_runner
+
+    quiet_user_errors_on_console()
+    runner = task_runner(args.workers or params.sweep.workers, args.address)
+    with shared_prefect_api():
+        summary = sweep.with_options(task_runner=runner)(project_dir=str(root))
+    return 0 if summary["chosen"] else 1
 
 
 def cmd_stage(args) -> int:
@@ -295,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a param, e.g. --set distill.temperature=3 (repeatable)")
     run.set_defaults(func=cmd_run)
+    sweep = sub.add_parser("sweep", help="try the student configurations of params.yaml's `sweep` in parallel on "
+                                         "Dask; write the Pareto front and the best one's params file")
+    sweep.add_argument("--address", help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a "
+                                         "temporary local cluster)")
+    sweep.add_argument("--workers", type=int, help="worker processes of the local cluster (default: sweep.workers)")
+    sweep.set_defaults(func=cmd_sweep)
     stage = sub.add_parser("stage", help="run one pipeline stage (called by dvc.yaml)")
     from tasks.common import STAGES
 

@@ -244,6 +244,42 @@ class RegisterConfig(_Section):
     model_name: str = Field("distillery-student", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
 
 
+# What a sweep may vary: the sections of the stages a member runs (distill, prune, quantize).
+SWEEP_SECTIONS = ("student", "distill", "prune", "quantize")
+# These shape the soft targets, which every member shares (the soft_targets stage's params).
+SWEEP_FIXED = ("distill.max_train_rows", "distill.temperature", "distill.teacher_weight", "distill.teachers")
+
+
+class SweepConfig(_Section):
+    """`distillery sweep`: student configurations tried in parallel on a Dask cluster."""
+
+    sampler: Literal["grid", "random"] = "grid"          # every combination | `samples` drawn from them
+    samples: int | None = Field(None, ge=1)              # random: how many members (seeded by base.seed)
+    space: dict[str, list[Any]] = Field(default_factory=dict)  # `section.key` -> values to try
+    workers: int = Field(2, ge=1, le=1024)               # worker processes of the temporary local cluster
+    out_dir: str = Field("reports/sweep", min_length=1)  # members, table, plot, chosen params (not DVC-tracked)
+
+    @field_validator("space")
+    @classmethod
+    def _space_keys(cls, v):
+        for key, values in v.items():
+            section, _, name = key.partition(".")
+            if section not in SWEEP_SECTIONS or not name or "." in name:
+                raise ValueError(f"{key!r}: expected section.key with section one of {', '.join(SWEEP_SECTIONS)}")
+            if key in SWEEP_FIXED:
+                raise ValueError(f"{key!r} shapes the soft targets every member shares; set it in "
+                                 f"`{section}` instead")
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{key!r}: expected a non-empty list of values to try")
+        return v
+
+    @model_validator(mode="after")
+    def _samples(self):
+        if self.sampler == "random" and self.samples is None:
+            raise ValueError("sampler 'random' needs `samples` (how many members to draw)")
+        return self
+
+
 # The `register` section shares its name with ABCMeta.register (a class method no one calls
 # on params); shadowing it is harmless, so the warning is silenced for that field only.
 warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
@@ -263,6 +299,7 @@ class Params(_Section):
     measure: MeasureConfig = MeasureConfig()
     gate: GateConfig = GateConfig()
     register: RegisterConfig = RegisterConfig()
+    sweep: SweepConfig = SweepConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -279,6 +316,16 @@ class Params(_Section):
             raise ValueError(f"prune.drop_layers: {bad} out of range; the student has {n} layers (0..{n - 1})")
         if len(self.prune.drop_layers) >= n:
             raise ValueError("prune.drop_layers would remove every layer of the student")
+        for key, values in self.sweep.space.items():  # each value must be valid where it goes
+            section, _, name = key.partition(".")
+            current = getattr(self, section)
+            if name not in type(current).model_fields:
+                raise ValueError(f"sweep.space.{key}: unknown key {name!r} in section {section!r}")
+            for value in values:
+                try:
+                    type(current).model_validate({**current.model_dump(), name: value})
+                except ValidationError as exc:
+                    raise ValueError(f"sweep.space.{key}: value {value!r}: {exc.errors()[0]['msg']}") from None
         return self
 
     @property

@@ -89,6 +89,12 @@ class IntermediateLoss(torch.nn.Module):
         self.register_buffer("id_map", torch.tensor(id_map, dtype=torch.long) if id_map is not None else None,
                              persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        # The frozen teacher is no submodule, yet it must follow `.to(device)` to the student's
+        # device (CUDA, or a rank's GPU under accelerate launch).
+        self._teacher[0]._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
     @property
     def needs_attentions(self) -> bool:
         return self.attention_weight > 0

@@ -76,6 +76,53 @@ class TrainResult:
     final_loss: float
     seconds: float
     samples_per_second: float
+    processes: int = 1  # ranks that shared each batch (accelerate launch)
+
+
+class _Trainable(torch.nn.Module):
+    """The model and the auxiliary loss's own parameters as one module, so that under several
+    processes one DistributedDataParallel wrapper averages the gradients of both."""
+
+    def __init__(self, model: torch.nn.Module, aux_loss: torch.nn.Module | None):
+        super().__init__()
+        self.model, self.aux_loss = model, aux_loss
+
+    def forward(self, batch: dict[str, torch.Tensor], use_aux: bool):
+        out = self.model(**batch, output_hidden_states=use_aux,
+                         output_attentions=use_aux and self.aux_loss.needs_attentions)
+        return out, (self.aux_loss(out, batch) if use_aux else None)
+
+
+def make_accelerator(device: torch.device):
+    """The Accelerate handle for this process: one plain process (nothing changes) unless started
+    by `accelerate launch` (or torch.distributed), which makes it one rank of several."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Unused parameters are allowed: the auxiliary loss's projection idles after `aux_epochs`.
+    return Accelerator(cpu=device.type == "cpu",
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def is_main_process() -> bool:
+    """False on every rank but the first of a multi-process run: only the first one saves."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def shard(idx: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, float]:
+    """This rank's rows of a global batch and the weight of its mean loss.
+
+    DDP averages gradients over ranks; weighting rank r's mean loss by world * n_r / n makes that
+    average exactly the gradient of the global batch's mean loss, also when the batch does not
+    split evenly. A rank left without rows scores one row with weight 0, because every rank must
+    take part in each gradient exchange.
+    """
+    part = np.array_split(idx, world)[rank]
+    if len(part) == 0:
+        return idx[:1], 0.0
+    return part, world * len(part) / len(idx)
 
 
 def train(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, *, loss_fn: Callable,
@@ -88,7 +135,14 @@ def train(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, *, loss_fn: 
     here. `aux_loss(outputs, batch)` (e.g. losses.IntermediateLoss) is added during the
     first `aux_epochs` epochs (all when None); its own parameters (a projection) train
     with the model and are not part of it.
+
+    Runs under Hugging Face Accelerate: in one process this is the plain loop. Under
+    `accelerate launch` every rank draws the same batch order and trains on its share of each
+    global batch of `batch_size` rows (`shard`), so the updates are those of one process up to
+    floating-point summation order (and dropout, whose masks differ per process).
     """
+    accelerator = make_accelerator(device)
+    device = accelerator.device
     model.to(device).train()
     if aux_loss is not None:
         aux_loss.to(device)
@@ -98,35 +152,42 @@ def train(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, *, loss_fn: 
     steps_per_epoch = math.ceil(len(enc) / batch_size)
     total = steps_per_epoch * epochs
     params = list(model.parameters()) + (list(aux_loss.parameters()) if aux_loss is not None else [])
-    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
+    net, opt = accelerator.prepare(_Trainable(model, aux_loss),
+                                   torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01))
+    # Not prepared: a prepared scheduler steps once per process for each optimizer step.
     sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=int(0.06 * total), num_training_steps=total)
+    rank, world = accelerator.process_index, accelerator.num_processes
     y_all = torch.tensor(np.asarray(labels), dtype=torch.long)  # copy: loaded arrays may be read-only
     t_all = torch.tensor(np.asarray(teacher_logits), dtype=torch.float32) if teacher_logits is not None else None
     start, step, ema = time.perf_counter(), 0, None
     for epoch in range(epochs):
         bar = tqdm(list(iter_batches(len(enc), batch_size, rng)), desc=f"{desc} epoch {epoch + 1}/{epochs}",
-                   unit="batch", leave=False, mininterval=1.0)
-        for idx in bar:
+                   unit="batch", leave=False, mininterval=1.0, disable=not accelerator.is_local_main_process)
+        for global_idx in bar:
+            idx, weight = shard(global_idx, rank, world)
             batch = collate(enc, idx, device)
             use_aux = aux_loss is not None and epoch < aux_epochs
-            out = model(**batch, output_hidden_states=use_aux,
-                        output_attentions=use_aux and aux_loss.needs_attentions)
+            out, aux = net(batch, use_aux)
             t = t_all[idx].to(device) if t_all is not None else None
             loss = loss_fn(out.logits, t, y_all[idx].to(device))
             if use_aux:
-                loss = loss + aux_loss(out, batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+                loss = loss + aux
+            if world > 1:
+                loss = loss * weight
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
-            ema = loss.item() if ema is None else 0.9 * ema + 0.1 * loss.item()
+            # The global batch's loss: the weighted rank losses sum to world x its mean.
+            value = (accelerator.reduce(loss.detach(), "sum") / world).item() if world > 1 else loss.item()
+            ema = value if ema is None else 0.9 * ema + 0.1 * value
             bar.set_postfix(loss=f"{ema:.4f}", refresh=False)
             report_progress(f"{desc} epoch {epoch + 1}/{epochs}", step, total)
     model.eval()
     seconds = time.perf_counter() - start
-    return TrainResult(epochs, step, float(ema or 0.0), seconds, len(enc) * epochs / max(seconds, 1e-9))
+    return TrainResult(epochs, step, float(ema or 0.0), seconds, len(enc) * epochs / max(seconds, 1e-9), world)
 
 
 @torch.no_grad()

@@ -42,7 +42,7 @@ def run(ctx: StageContext) -> dict:
     from distillery.losses import get_loss
     from distillery.modeling import count_parameters, load_model_dir, save_model_dir
     from distillery.student import build_student
-    from distillery.training import encode_texts, resolve_device, train
+    from distillery.training import encode_texts, is_main_process, resolve_device, train
     from tasks.models import load_distill_set, load_splits, measure_torch_model
 
     p, d = ctx.params, ctx.params.distill
@@ -63,6 +63,8 @@ def run(ctx: StageContext) -> dict:
     result = train(student, enc, data.labels, loss_fn=loss, epochs=d.epochs, batch_size=d.batch_size,
                    learning_rate=d.learning_rate, seed=p.base.seed, device=resolve_device(p.base.device),
                    teacher_logits=teacher_logits, desc="distill", aux_loss=aux, aux_epochs=d.intermediate_epochs)
+    if not is_main_process():  # under `accelerate launch`, the first rank saves and measures
+        return {"train": vars(result)}
     student.to("cpu")
     if aux is not None and aux.needs_attentions:
         student.set_attn_implementation("sdpa")  # back to the default kernels for measuring and export

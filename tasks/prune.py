@@ -25,7 +25,7 @@ def run(ctx: StageContext) -> dict:
     from distillery.modeling import count_parameters, load_model_dir, save_model_dir
     from distillery.pruning import (apply_pruning, compute_importance, current_structure, drop_layers, plan_pruning,
                                     step_fractions)
-    from distillery.training import collate, encode_texts, iter_batches, resolve_device, train
+    from distillery.training import collate, encode_texts, is_main_process, iter_batches, resolve_device, train
     from tasks.models import load_distill_set, load_splits, measure_torch_model
 
     p, pr, d = ctx.params, ctx.params.prune, ctx.params.distill
@@ -75,6 +75,8 @@ def run(ctx: StageContext) -> dict:
     structure = dict(model.config.distillery_structure)
     info.update(structure=structure, importance_seconds=importance_seconds,
                 train={"seconds": sum(s.get("train", {}).get("seconds", 0.0) for s in info["steps"])})
+    if not is_main_process():  # under `accelerate launch`, the first rank saves and measures
+        return info
     out = ctx.path(p.paths.pruned_dir)
     model.to("cpu")
     save_model_dir(model, tokenizer, labels, out, {**meta, "role": "pruned", "structure": structure})

@@ -14,7 +14,7 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def make_tiny_teacher(out_dir: Path, texts: list[str], *, hidden: int = 32, layers: int = 3, heads: int = 4,
-                      intermediate: int = 64, seed: int = 0) -> Path:
+                      intermediate: int = 64, seed: int = 0, dropout: float = 0.1) -> Path:
     """A random-init BERT encoder (no classification head) with a word-level vocab of `texts`."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -26,7 +26,8 @@ def make_tiny_teacher(out_dir: Path, texts: list[str], *, hidden: int = 32, laye
     vocab = {tok: i for i, tok in enumerate(SPECIALS + words)}
     BertTokenizerFast(vocab=vocab, do_lower_case=True).save_pretrained(out_dir)
     config = BertConfig(vocab_size=len(SPECIALS) + len(words), hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=128)
+                        num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=128,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(out_dir)
     return out_dir
@@ -89,17 +90,27 @@ def shift_labels(frame):
     return frame.assign(label=frame["label"].map({a: labels[(i + 1) % len(labels)] for i, a in enumerate(labels)}))
 
 
-def make_project(dest: Path, params: dict, teacher_texts: list[str]) -> Path:
-    """A fresh project folder: dvc.yaml, params.yaml, a tiny teacher, git and DVC initialised."""
+def make_project(dest: Path, params: dict, teacher_texts: list[str], **teacher) -> Path:
+    """A fresh project folder: dvc.yaml, params.yaml, a tiny teacher (`teacher`: its make_tiny_teacher
+    options), git and DVC initialised."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    make_tiny_teacher(dest / "teacher_src", teacher_texts)
+    make_tiny_teacher(dest / "teacher_src", teacher_texts, **teacher)
     (dest / ".gitignore").write_text("/data/\n/models/\n/reports/\n/mlruns/\n/.prefect/\n/teacher_src/\n")
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=dest, check=True)
     return dest
+
+
+def run_stage(root: Path, name: str) -> dict:
+    """One stage's code in this process, as `distillery stage NAME` runs it."""
+    import importlib
+
+    from tasks.common import stage_context
+
+    return importlib.import_module(f"tasks.{name}").run(stage_context(root))
 
 
 def free_port() -> int:

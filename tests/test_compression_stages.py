@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.helpers import make_project, tiny_params
+from tests.helpers import make_project, run_stage, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -31,14 +31,6 @@ def project(tmp_path_factory):
     train, eval_ = make_demo_dataset(params["data"]["demo_rows"], params["base"]["seed"])
     root = make_project(tmp_path_factory.mktemp("compress"), params, list(train.text) + list(eval_.text))
     return root
-
-
-def run_stage(root, name):
-    import importlib
-
-    from tasks.common import stage_context
-
-    return importlib.import_module(f"tasks.{name}").run(stage_context(root))
 
 
 def test_techniques_run_together_and_each_leaves_its_mark(project):

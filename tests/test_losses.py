@@ -114,3 +114,13 @@ def test_intermediate_loss_projection_starts_at_the_kept_channels_and_trains():
     w = loss.proj.weight  # (16, 2): student channel j -> teacher channel channels[j]
     assert w[3, 0] == 1 and w[9, 1] == 1 and w.abs().sum() == 2
     assert [n for n, _ in loss.named_parameters()] == ["proj.weight"]  # the teacher is not trained
+
+
+def test_intermediate_loss_moves_its_frozen_teacher_along():
+    from distillery.losses import IntermediateLoss
+
+    loss = IntermediateLoss(_tiny_bert(0), [1], 1.0, 0.0, student_width=16, teacher_width=16)
+    loss.to(torch.float64)  # what .to("cuda") does to the device, shown on the dtype on a CPU-only machine
+    assert loss.proj.weight.dtype == torch.float64
+    assert {p.dtype for p in loss._teacher[0].parameters()} == {torch.float64}
+    assert list(loss.parameters()) == [loss.proj.weight]  # still not trained with the student
