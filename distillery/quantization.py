@@ -46,9 +46,10 @@ PARITY_ATOL = 1e-4
 # Example input for tracing: batch 2 and seq 16, because torch.export
 # specialises dimensions of size 0/1 to constants.
 _EXAMPLE_BATCH, _EXAMPLE_SEQ = 2, 16
-# Ops whose constant weights become int8: MatMul (all Linear layers) and Gather
-# (embedding tables). Other op types ORT can quantize do not occur in our graphs.
-_QUANTIZED_OP_TYPES = ["MatMul", "Gather"]
+# Ops whose constant weights become int8: MatMul (all Linear layers), Gather
+# (embedding tables) and LSTM (a BiLSTM student's recurrent layers, which ORT turns into
+# DynamicQuantizeLSTM). Other op types ORT can quantize do not occur in our graphs.
+_QUANTIZED_OP_TYPES = ["MatMul", "Gather", "LSTM"]
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -113,8 +114,23 @@ def check_onnx_parity(model: torch.nn.Module, onnx_path: str | Path, max_length:
     return worst
 
 
+def _clear_rnn_dispatch_cache() -> None:
+    """Let this export see the exporter's own LSTM decomposition.
+
+    For dynamic shapes torch 2.13's exporter swaps in a while-loop LSTM decomposition (one
+    ONNX LSTM node, any sequence length) by assigning the op's Python kernel directly, without
+    clearing the op's dispatch cache. From the second export in a process on, the cached
+    default decomposition is used instead: it unrolls the loop and fixes the sequence length
+    (the parity check below then fails). Clearing the cache first avoids that.
+    """
+    for op in (torch.ops.aten.lstm.input, torch.ops.aten.gru.input):
+        cache = getattr(op, "_dispatch_cache", None)
+        if isinstance(cache, dict):
+            cache.clear()
+
+
 def export_onnx(model: torch.nn.Module, out_path: str | Path, opset: int, max_length: int) -> Path:
-    """Export a transformers sequence classifier to one self-contained ONNX file.
+    """Export a transformers sequence classifier (or a BiLSTM student) to one self-contained ONNX file.
 
     Inputs `input_ids`, `attention_mask` (int64, dynamic batch and sequence), output
     `logits`. Whatever modules the model holds are baked in, so a structurally pruned
@@ -127,7 +143,9 @@ def export_onnx(model: torch.nn.Module, out_path: str | Path, opset: int, max_le
         raise ValueError(f"max_length must be in [2, {limit}] for this model, got {max_length}")
     # Work on a CPU fp32 copy: the caller's model keeps its device, dtype and attention.
     model = copy.deepcopy(model).to("cpu", torch.float32).eval()
-    model.set_attn_implementation("eager")
+    if hasattr(model, "set_attn_implementation"):  # transformers; a BiLSTM student has no attention
+        model.set_attn_implementation("eager")
+    _clear_rnn_dispatch_cache()
     wrapped = _LogitsOnly(model).eval()
     seq = min(_EXAMPLE_SEQ, max_length)
     example = _probe_inputs(_EXAMPLE_BATCH, seq, model.config.vocab_size, [seq, max(seq // 2, 1)])
@@ -216,7 +234,7 @@ def quantize_dynamic_int8(fp32_path: str | Path, int8_path: str | Path, per_chan
     logits and latency, while adding a symbolic-shape-inference step that can fail.
     """
     fp32_path = _require_file(fp32_path)
-    op_types = _QUANTIZED_OP_TYPES if quantize_embeddings else ["MatMul"]
+    op_types = _QUANTIZED_OP_TYPES if quantize_embeddings else [t for t in _QUANTIZED_OP_TYPES if t != "Gather"]
 
     def write(tmp: Path) -> None:
         with _without_preprocess_hint():
