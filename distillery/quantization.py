@@ -90,6 +90,23 @@ def _strip_debug_metadata(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
+def _fold_recurrent_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Make an LSTM's weights plain initializers again, so ORT can quantize them.
+
+    The exporter reorders PyTorch's gates (i, f, g, o) into ONNX's (i, o, f, c) with Slice,
+    Concat and Unsqueeze nodes on the weights, and its optimizer folds them into constants only
+    below 512 x 512 values: a wider LSTM kept them as nodes, and ORT's dynamic quantizer, which
+    quantizes only initializer weights, left it in fp32. Graphs without recurrent nodes (the
+    transformer students) are returned as they are.
+    """
+    if not any(n.op_type in ("LSTM", "GRU") for n in proto.graph.node):
+        return proto
+    import onnxscript.optimizer
+
+    limit = 1 << 30  # values: fold whatever is constant, however large
+    return onnxscript.optimizer.optimize(proto, input_size_limit=limit, output_size_limit=limit)
+
+
 def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
@@ -158,7 +175,7 @@ def export_onnx(model: torch.nn.Module, out_path: str | Path, opset: int, max_le
             program = torch.onnx.export(wrapped, example, input_names=list(INPUT_NAMES),
                                         output_names=[OUTPUT_NAME], dynamic_shapes=dims,
                                         opset_version=opset, dynamo=True, verbose=False)
-        proto = _strip_debug_metadata(program.model_proto)
+        proto = _fold_recurrent_weights(_strip_debug_metadata(program.model_proto))
         onnx.checker.check_model(proto)
         onnx.save_model(proto, str(tmp))  # one file: weights inline, no external data
         check_onnx_parity(model, tmp, max_length)
