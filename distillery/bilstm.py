@@ -182,6 +182,11 @@ def build_bilstm_student(teacher, tokenizer, cfg, texts: list[str], max_length: 
         keep = plan_vocabulary(tokenizer, token_counts(tokenizer, texts, max_length), cfg.vocab_min_frequency)
         table, tokenizer = table[torch.tensor(keep)], trim_tokenizer(tokenizer, keep)
         info["vocab_size"] = len(keep)
+    if b.embedding_dim is not None and b.embedding_dim > table.shape[1]:
+        from distillery.config import ConfigError
+
+        raise ConfigError(f"params.yaml: student.bilstm.embedding_dim: {b.embedding_dim} is wider than the "
+                          f"teacher's word embeddings ({table.shape[1]}); use at most that, or null")
     table = project_embeddings(table, b.embedding_dim)
     torch.manual_seed(seed)
     config = BiLSTMConfig(vocab_size=table.shape[0], embedding_dim=table.shape[1], hidden_size=b.hidden_size,

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoTokenizer, BertForSequenceClassification
 
 from distillery.bilstm import BiLSTMClassifier, BiLSTMConfig, project_embeddings, reverse_padded
-from distillery.config import BiLSTMStudentConfig, StudentConfig
+from distillery.config import BiLSTMStudentConfig, ConfigError, StudentConfig
 from distillery.model_source import ModelLoadError
 from distillery.modeling import load_model_dir, save_model_dir
 from tests.helpers import make_tiny_teacher
@@ -120,6 +120,9 @@ def test_built_from_the_teachers_trimmed_embeddings(teacher):
     narrow = build_student(model, tok, cfg.model_copy(update={"bilstm": BiLSTMStudentConfig(embedding_dim=4)}),
                            TRAIN, max_length=16, seed=0).model
     assert narrow.embeddings.weight.shape == (len(built.vocab_keep), 4)
+    with pytest.raises(ConfigError, match="student.bilstm.embedding_dim: 17 is wider"):
+        build_student(model, tok, cfg.model_copy(update={"bilstm": BiLSTMStudentConfig(embedding_dim=17)}),
+                      TRAIN, max_length=16, seed=0)
 
 
 def save(model, tmp_path, teacher_tok):
