@@ -120,7 +120,20 @@ class TeacherConfig(_Section):
     max_train_rows: int | None = Field(None, ge=1)
 
 
+class BiLSTMStudentConfig(_Section):
+    """The BiLSTM student (Tang et al. 2019): its own options, used when student.architecture is bilstm."""
+
+    hidden_size: int = Field(150, ge=1, le=4096)          # LSTM units per direction
+    layers: int = Field(1, ge=1, le=8)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    pooling: Literal["final", "max"] = "final"            # final states of both directions | max over positions
+    classifier_hidden: int = Field(200, ge=0, le=16384)   # ReLU layer before the output; 0 = none
+    embedding_dim: int | None = Field(None, ge=1)         # None = the teacher's width; else PCA-projected table
+    freeze_embeddings: bool = False
+
+
 class StudentConfig(_Section):
+    architecture: Literal["transformer", "bilstm"] = "transformer"
     builder: Literal["layers_from_teacher"] = "layers_from_teacher"
     layers: list[int] = Field(default_factory=lambda: [0, 5], min_length=1)
     hidden_size: int | None = Field(None, ge=8)         # None = the teacher's width
@@ -130,6 +143,7 @@ class StudentConfig(_Section):
     trim_vocabulary: bool = False                       # keep only the word pieces the training data uses
     vocab_min_frequency: int = Field(1, ge=1)
     trim_positions: bool = False                        # keep data.max_length position embeddings
+    bilstm: BiLSTMStudentConfig = BiLSTMStudentConfig()
 
     @field_validator("layers")
     @classmethod
@@ -155,7 +169,7 @@ class AugmentConfig(_Section):
 
 
 class DistillConfig(_Section):
-    loss: Literal["hinton_kd"] = "hinton_kd"
+    loss: Literal["hinton_kd", "mse_logits"] = "hinton_kd"
     temperature: float = Field(2.0, gt=0.0, le=100.0)
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     epochs: int = Field(3, ge=1, le=100)
@@ -326,6 +340,11 @@ class Params(_Section):
                     type(current).model_validate({**current.model_dump(), name: value})
                 except ValidationError as exc:
                     raise ValueError(f"sweep.space.{key}: value {value!r}: {exc.errors()[0]['msg']}") from None
+        if self.student.architecture == "bilstm":
+            for key in ("hidden_weight", "attention_weight"):
+                if getattr(self.distill, key) > 0:
+                    raise ValueError(f"distill.{key}: intermediate-layer losses need a transformer student; "
+                                     "student.architecture is bilstm (set it to 0)")
         return self
 
     @property

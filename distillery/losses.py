@@ -40,6 +40,24 @@ def hinton_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
     return alpha * ce + (1.0 - alpha) * (T * T) * kl
 
 
+def mse_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None, labels: torch.Tensor,
+               temperature: float, alpha: float) -> torch.Tensor:
+    """Logit regression of Tang et al. (2019), "Distilling Task-Specific Knowledge from BERT
+    into Simple Neural Networks" (after Ba & Caruana 2014):
+
+        L = alpha * CE(y, s) + (1 - alpha) * mean_batch ||t - s||_2^2
+
+    s, t: student and teacher logits [batch, classes]. Matching logits rather than tempered
+    probabilities keeps the information that softmax discards (their scale and offset);
+    `temperature` does not apply and is ignored. With no teacher logits: plain cross-entropy.
+    """
+    ce = masked_cross_entropy(student_logits, labels)
+    if teacher_logits is None or alpha >= 1.0:
+        return ce
+    mse = ((student_logits - teacher_logits) ** 2).sum(-1).mean()
+    return alpha * ce + (1.0 - alpha) * mse
+
+
 def fuse_soft_targets(logits: list[torch.Tensor], weights: list[float], temperature: float) -> torch.Tensor:
     """Several teachers' logits [batch, classes] fused into one set of soft targets.
 
@@ -125,7 +143,7 @@ class IntermediateLoss(torch.nn.Module):
 
 
 KDLoss = Callable[..., torch.Tensor]
-LOSSES: dict[str, KDLoss] = {"hinton_kd": hinton_kd}
+LOSSES: dict[str, KDLoss] = {"hinton_kd": hinton_kd, "mse_logits": mse_logits}
 
 
 def get_loss(name: str) -> KDLoss:

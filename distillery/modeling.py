@@ -17,6 +17,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from distillery.bilstm import declares_architecture, load_bilstm
 from distillery.config import ConfigError
 from distillery.fileio import replace_dir  # noqa: F401  (re-exported)
 from distillery.model_source import ModelLoadError, resolve_model_source  # noqa: F401  (re-exported)
@@ -114,7 +115,8 @@ def read_meta(model_dir: str | Path) -> dict:
 
 
 def load_model_dir(model_dir: str | Path):
-    """Load a directory written by `save_model_dir` (pruned shapes included).
+    """Load a directory written by `save_model_dir` (pruned shapes included; a BiLSTM student
+    when config.json says `"architecture": "bilstm"`).
 
     Weights come from safetensors only: nothing is unpickled from a user path.
     Returns (model, tokenizer, labels, meta).
@@ -123,6 +125,12 @@ def load_model_dir(model_dir: str | Path):
     weights = model_dir / WEIGHTS_FILE
     if not weights.exists():
         raise ModelLoadError(f"{model_dir}: no {WEIGHTS_FILE}; not a model directory written by this project")
+    if declares_architecture(model_dir):  # this project's own format (a BiLSTM student)
+        try:
+            model = load_bilstm(model_dir)
+        except ValueError as exc:
+            raise ModelLoadError(str(exc)) from None
+        return model, AutoTokenizer.from_pretrained(model_dir), read_labels(model_dir), read_meta(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_config(config)
     restore_structure(model)

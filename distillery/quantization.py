@@ -46,9 +46,10 @@ PARITY_ATOL = 1e-4
 # Example input for tracing: batch 2 and seq 16, because torch.export
 # specialises dimensions of size 0/1 to constants.
 _EXAMPLE_BATCH, _EXAMPLE_SEQ = 2, 16
-# Ops whose constant weights become int8: MatMul (all Linear layers) and Gather
-# (embedding tables). Other op types ORT can quantize do not occur in our graphs.
-_QUANTIZED_OP_TYPES = ["MatMul", "Gather"]
+# Ops whose constant weights become int8: MatMul (all Linear layers), Gather
+# (embedding tables) and LSTM (a BiLSTM student's recurrent layers, which ORT turns into
+# DynamicQuantizeLSTM). Other op types ORT can quantize do not occur in our graphs.
+_QUANTIZED_OP_TYPES = ["MatMul", "Gather", "LSTM"]
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -89,6 +90,23 @@ def _strip_debug_metadata(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
+def _fold_recurrent_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Make an LSTM's weights plain initializers again, so ORT can quantize them.
+
+    The exporter reorders PyTorch's gates (i, f, g, o) into ONNX's (i, o, f, c) with Slice,
+    Concat and Unsqueeze nodes on the weights, and its optimizer folds them into constants only
+    below 512 x 512 values: a wider LSTM kept them as nodes, and ORT's dynamic quantizer, which
+    quantizes only initializer weights, left it in fp32. Graphs without recurrent nodes (the
+    transformer students) are returned as they are.
+    """
+    if not any(n.op_type in ("LSTM", "GRU") for n in proto.graph.node):
+        return proto
+    import onnxscript.optimizer
+
+    limit = 1 << 30  # values: fold whatever is constant, however large
+    return onnxscript.optimizer.optimize(proto, input_size_limit=limit, output_size_limit=limit)
+
+
 def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
@@ -113,8 +131,23 @@ def check_onnx_parity(model: torch.nn.Module, onnx_path: str | Path, max_length:
     return worst
 
 
+def _clear_rnn_dispatch_cache() -> None:
+    """Let this export see the exporter's own LSTM decomposition.
+
+    For dynamic shapes torch 2.13's exporter swaps in a while-loop LSTM decomposition (one
+    ONNX LSTM node, any sequence length) by assigning the op's Python kernel directly, without
+    clearing the op's dispatch cache. From the second export in a process on, the cached
+    default decomposition is used instead: it unrolls the loop and fixes the sequence length
+    (the parity check below then fails). Clearing the cache first avoids that.
+    """
+    for op in (torch.ops.aten.lstm.input, torch.ops.aten.gru.input):
+        cache = getattr(op, "_dispatch_cache", None)
+        if isinstance(cache, dict):
+            cache.clear()
+
+
 def export_onnx(model: torch.nn.Module, out_path: str | Path, opset: int, max_length: int) -> Path:
-    """Export a transformers sequence classifier to one self-contained ONNX file.
+    """Export a transformers sequence classifier (or a BiLSTM student) to one self-contained ONNX file.
 
     Inputs `input_ids`, `attention_mask` (int64, dynamic batch and sequence), output
     `logits`. Whatever modules the model holds are baked in, so a structurally pruned
@@ -127,7 +160,9 @@ def export_onnx(model: torch.nn.Module, out_path: str | Path, opset: int, max_le
         raise ValueError(f"max_length must be in [2, {limit}] for this model, got {max_length}")
     # Work on a CPU fp32 copy: the caller's model keeps its device, dtype and attention.
     model = copy.deepcopy(model).to("cpu", torch.float32).eval()
-    model.set_attn_implementation("eager")
+    if hasattr(model, "set_attn_implementation"):  # transformers; a BiLSTM student has no attention
+        model.set_attn_implementation("eager")
+    _clear_rnn_dispatch_cache()
     wrapped = _LogitsOnly(model).eval()
     seq = min(_EXAMPLE_SEQ, max_length)
     example = _probe_inputs(_EXAMPLE_BATCH, seq, model.config.vocab_size, [seq, max(seq // 2, 1)])
@@ -140,7 +175,7 @@ def export_onnx(model: torch.nn.Module, out_path: str | Path, opset: int, max_le
             program = torch.onnx.export(wrapped, example, input_names=list(INPUT_NAMES),
                                         output_names=[OUTPUT_NAME], dynamic_shapes=dims,
                                         opset_version=opset, dynamo=True, verbose=False)
-        proto = _strip_debug_metadata(program.model_proto)
+        proto = _fold_recurrent_weights(_strip_debug_metadata(program.model_proto))
         onnx.checker.check_model(proto)
         onnx.save_model(proto, str(tmp))  # one file: weights inline, no external data
         check_onnx_parity(model, tmp, max_length)
@@ -216,7 +251,7 @@ def quantize_dynamic_int8(fp32_path: str | Path, int8_path: str | Path, per_chan
     logits and latency, while adding a symbolic-shape-inference step that can fail.
     """
     fp32_path = _require_file(fp32_path)
-    op_types = _QUANTIZED_OP_TYPES if quantize_embeddings else ["MatMul"]
+    op_types = _QUANTIZED_OP_TYPES if quantize_embeddings else [t for t in _QUANTIZED_OP_TYPES if t != "Gather"]
 
     def write(tmp: Path) -> None:
         with _without_preprocess_hint():

@@ -229,7 +229,13 @@ def build_student(teacher: PreTrainedModel, tokenizer, cfg, texts: list[str], ma
     texts (used for the vocabulary and to score width importance; never eval data).
 
     Order: copy layers -> trim the vocabulary -> score and shrink the width -> trim positions.
+    `student.architecture: bilstm` builds a BiLSTM over the teacher's embeddings instead (bilstm.py).
     """
+    if cfg.architecture == "bilstm":
+        from distillery.bilstm import build_bilstm_student
+
+        return build_bilstm_student(teacher, tokenizer, cfg, texts, max_length, seed)
+
     import numpy as np
 
     from distillery.training import collate, encode_texts, iter_batches

@@ -1,6 +1,6 @@
-"""Stage distill: build the student from the teacher (layers, width, vocabulary) and train it
-with knowledge distillation on the soft_targets stage's set, optionally with
-intermediate-layer (hidden-state and attention) losses against the teacher."""
+"""Stage distill: build the student from the teacher (layers, width, vocabulary; or a BiLSTM over
+its embeddings) and train it with knowledge distillation on the soft_targets stage's set,
+optionally with intermediate-layer (hidden-state and attention) losses against the teacher."""
 
 from __future__ import annotations
 
@@ -69,8 +69,9 @@ def run(ctx: StageContext) -> dict:
     if aux is not None and aux.needs_attentions:
         student.set_attn_implementation("sdpa")  # back to the default kernels for measuring and export
     out = ctx.path(p.paths.student_dir)
+    transformer = p.student.architecture == "transformer"
     save_model_dir(student, built.tokenizer, labels, out, {"max_length": p.data.max_length, "role": "student",
-                                                           "teacher_layers": p.student.layers,
+                                                           "teacher_layers": p.student.layers if transformer else None,
                                                            "student": built.info,
                                                            "teacher": teacher_meta.get("identity")})
     report = {**measure_torch_model(ctx, student, built.tokenizer, eval_set, len(labels), out),

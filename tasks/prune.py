@@ -1,5 +1,6 @@
 """Stage prune: drop layers (optional), then remove the least important attention heads and FFN
-neurons in `prune.steps` steps, each followed by KD recovery."""
+neurons in `prune.steps` steps, each followed by KD recovery. A BiLSTM student passes through
+unchanged (the report says so)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,22 @@ def io(p: Params) -> StageIO:
                    params=["base", "data.max_length", "distill", "prune", "measure"])
 
 
+def pass_through(ctx: StageContext, model, tokenizer, labels: list[str], meta: dict, eval_set) -> dict:
+    """A BiLSTM student has no heads or FFN neurons to remove: it is saved unchanged."""
+    from distillery.modeling import count_parameters, save_model_dir
+    from tasks.models import measure_torch_model
+
+    reason = "not applicable: a BiLSTM student has no attention heads or FFN neurons; saved unchanged"
+    print(f"prune: {reason}")
+    n = count_parameters(model)
+    out = ctx.path(ctx.params.paths.pruned_dir)
+    save_model_dir(model, tokenizer, labels, out, {**meta, "role": "pruned", "pruning": reason})
+    report = {**measure_torch_model(ctx, model, tokenizer, eval_set, len(labels), out),
+              "pruning": reason, "params_before": n, "steps": [], "importance_seconds": 0.0, "train": {"seconds": 0.0}}
+    write_report(ctx, "prune", report)
+    return report
+
+
 def run(ctx: StageContext) -> dict:
     import torch
 
@@ -32,6 +49,8 @@ def run(ctx: StageContext) -> dict:
     device = resolve_device(p.base.device)
     _, eval_set, labels = load_splits(ctx)
     model, tokenizer, _, meta = load_model_dir(ctx.path(p.paths.student_dir))
+    if getattr(model.config, "model_type", None) == "bilstm":
+        return pass_through(ctx, model, tokenizer, labels, meta, eval_set)
     model.to(device)
     data, t = load_distill_set(ctx)
     enc, y = encode_texts(tokenizer, data.texts, p.data.max_length), data.labels

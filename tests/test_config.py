@@ -56,6 +56,13 @@ def test_shipped_params_load():
     (lambda r: r["validate"]["suite"].update(max_leakage_share=1.5), "validate.suite.max_leakage_share"),
     (lambda r: r["validate"]["suite"].update(min_rows=3), "validate.suite.min_rows: unknown key"),
     (lambda r: r["validate"]["length_shift"].update(warn_psi=0.5, fail_psi=0.2), "validate.length_shift"),
+    (lambda r: r["student"].update(architecture="gru"), "student.architecture: Input should be 'transformer' or 'bilstm'"),
+    (lambda r: r["student"].update(bilstm={"units": 10}), "student.bilstm.units: unknown key"),
+    (lambda r: r["student"].update(bilstm={"pooling": "mean"}), "student.bilstm.pooling"),
+    (lambda r: r["student"].update(bilstm={"dropout": 1.0}), "student.bilstm.dropout: Input should be less than 1"),
+    (lambda r: r["student"].update(architecture="bilstm") or r["distill"].update(hidden_weight=1.0),
+     "distill.hidden_weight: intermediate-layer losses need a transformer student"),
+    (lambda r: r["distill"].update(loss="mse"), "distill.loss: Input should be 'hinton_kd' or 'mse_logits'"),
 ])
 def test_bad_values_name_the_key(tmp_path, base, mutate, needle):
     mutate(base)

@@ -48,6 +48,25 @@ def test_kd_gradient_pulls_student_towards_teacher():
     assert (-s.grad[0, 1]) > (-s.grad[0, 0])
 
 
+@pytest.mark.parametrize("alpha,expected", [
+    (0.0, 5.0),                    # ||[0, 4] - [1, 2]||^2 = 1 + 4
+    (0.5, 0.5 * CE + 0.5 * 5.0),
+    (1.0, CE),
+])
+def test_mse_logits_matches_hand_computation(alpha, expected):
+    s, t = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])  # squared distance 1 + 4
+    assert get_loss("mse_logits")(s, t, Y, temperature=7.0, alpha=alpha).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_mse_logits_averages_rows_and_ignores_the_temperature():
+    s = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    t = torch.tensor([[1.0, 3.0], [1.0, 1.0]])  # squared distances 9 and 2: mean 5.5
+    loss = get_loss("mse_logits")
+    assert loss(s, t, torch.tensor([-1, -1]), 1.0, 0.0).item() == pytest.approx(5.5, abs=1e-6)
+    assert loss(s, t, torch.tensor([-1, -1]), 4.0, 0.0).item() == pytest.approx(5.5, abs=1e-6)
+    assert loss(s, s.clone(), torch.tensor([-1, -1]), 1.0, 0.0).item() == 0.0
+
+
 def test_unknown_loss_name_is_rejected():
     with pytest.raises(KeyError, match="unknown distillation loss"):
         get_loss("nope")
