@@ -8,18 +8,10 @@ as changed; one that disappears is reported when it comes back.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-def file_md5(path: str | Path) -> str:
-    """md5 of the file's bytes: what DVC records for a file dependency in dvc.lock."""
-    h = hashlib.md5()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from distillery.fileio import md5_file
 
 
 def _signature(path: Path) -> tuple[int, int] | None:
@@ -46,7 +38,7 @@ class DataWatcher:
         for path in map(Path, paths):
             sig = _signature(path)
             if path not in self._seen:  # baseline
-                self._seen[path], self.hashes[path] = sig, (file_md5(path) if sig else None)
+                self._seen[path], self.hashes[path] = sig, (md5_file(path) if sig else None)
                 continue
             if sig == self._seen[path]:
                 self._pending.pop(path, None)
@@ -56,7 +48,7 @@ class DataWatcher:
                 continue
             del self._pending[path]
             self._seen[path] = sig
-            digest = file_md5(path) if sig else None
+            digest = md5_file(path) if sig else None
             if digest is not None and digest != self.hashes.get(path):
                 changed.append(path)
             self.hashes[path] = digest

@@ -20,7 +20,7 @@ from prefect.runtime import flow_run
 
 from distillery.cli import configure_environment
 from distillery.config import PARAMS_FILE, load_params
-from distillery.watch import file_md5
+from distillery.fileio import md5_file
 from flows.pipeline import pipeline
 from tasks import tracking
 from tasks.register import _champion
@@ -33,7 +33,7 @@ def current_lineage(root: Path, params) -> dict[str, str]:
     """What the champion's lineage tags would say if it were trained now."""
     def md5(rel: str) -> str:
         path = root / rel
-        return file_md5(path) if path.is_file() else "missing"
+        return md5_file(path) if path.is_file() else "missing"
 
     return {"data_md5_train": md5(params.data.train_path), "data_md5_eval": md5(params.data.eval_path),
             "params_hash": params.section_hash()}

@@ -7,7 +7,8 @@ import json
 import os
 
 from distillery.progress import PROGRESS_ENV, read_progress, report_progress
-from distillery.watch import DataWatcher, file_md5
+from distillery.fileio import md5_file
+from distillery.watch import DataWatcher
 
 
 def bump(path, text: str) -> None:
@@ -19,7 +20,7 @@ def bump(path, text: str) -> None:
 def test_file_md5_is_the_md5_of_the_bytes(tmp_path):
     f = tmp_path / "train.csv"
     f.write_bytes(b"text,label\r\nfine,positive\n")  # no newline normalisation (DVC 3 hashes bytes)
-    assert file_md5(f) == hashlib.md5(b"text,label\r\nfine,positive\n").hexdigest()
+    assert md5_file(f) == hashlib.md5(b"text,label\r\nfine,positive\n").hexdigest()
 
 
 def test_watcher_reports_new_content_once_when_the_file_holds_still(tmp_path):

@@ -268,9 +268,9 @@ def test_mlflow_ui_shows_the_registered_model_with_aliases_and_lineage(stack):
     assert {a["alias"]: a["version"] for a in model["aliases"]} == {"champion": "1", "challenger": "1"}
     version = json.loads(get(f"{base}/model-versions/get?name={NAME}&version=1")[1])["model_version"]
     tags = {t["key"]: t["value"] for t in version["tags"]}
-    from distillery.watch import file_md5
+    from distillery.fileio import md5_file
 
-    assert tags["data_md5_train"] == file_md5(stack.root / TRAIN)  # the new data, as DVC hashed it
+    assert tags["data_md5_train"] == md5_file(stack.root / TRAIN)  # the new data, as DVC hashed it
     assert {"git_commit", "params_hash", "teacher", "prefect_flow_run_id", "gate_decision"} <= set(tags)
 
 
