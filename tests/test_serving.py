@@ -285,6 +285,13 @@ def test_slow_or_failing_shadow_never_touches_the_response(tmp_path):
     assert "distillery_serving_shadow_dropped_total" in metrics
     dropped = float(next(l for l in metrics.splitlines() if l.startswith("distillery_serving_shadow_dropped_total")).split()[-1])
     assert dropped >= 3  # a queue of one: most requests are skipped, never waited for
+    from distillery.serving.app import Metrics, ShadowWorker
+
+    worker = ShadowWorker(ServingState(champion=champion, shadow=shadow), Metrics())
+    worker.submit("r", [("good",)], time.time(), champion_version="9")  # challenger promoted: same version
+    assert worker.queue.qsize() == 0
+    worker.submit("r", [("good",)], time.time(), champion_version="1")
+    assert worker.queue.qsize() == 1
 
 
 def test_restart_keeps_the_log_and_retention_bounds_it(project, tmp_path):
@@ -342,3 +349,23 @@ def test_serve_model_cli_as_a_subprocess(project, tmp_path):
             proc.kill()
             proc.wait()
     assert sqlite3.connect(tmp_path / "p.db").execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 1
+
+
+def test_two_writers_share_one_log(tmp_path):
+    """Two server processes may log to one file: separate connections, WAL, busy timeout; nothing lost."""
+    path = tmp_path / "shared.db"
+    code = ("import sys; from distillery.serving.predlog import PredictionLog; log = PredictionLog(sys.argv[1]);\n"
+            "[log.record(f'{sys.argv[2]}-{i}', 'champion', '1', [('t',)], [{'label': 'a', 'probabilities': {'a': 1.0}}], 1.0)"
+            " for i in range(300)]\nlog.close()")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(path), name], env=env) for name in ("a", "b")]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    counts = sqlite3.connect(path).execute("SELECT substr(request_id, 1, 1), COUNT(*) FROM predictions GROUP BY 1").fetchall()
+    assert sorted(counts) == [("a", 300), ("b", 300)]
+
+
+def test_the_serving_core_does_not_import_mlflow():
+    code = ("import sys, distillery.serving.app, distillery.serving.server, distillery.serving.shadow_report;"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'tasks', 'prefect', 'torch'));"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -85,7 +85,10 @@ class ShadowWorker:
     def start(self):
         self._thread.start()
 
-    def submit(self, request_id: str, rows: list, ts: float) -> None:
+    def submit(self, request_id: str, rows: list, ts: float, champion_version: str) -> None:
+        shadow = self.state.shadow.current
+        if shadow is None or shadow.version == champion_version:
+            return  # after a promotion the challenger alias may point at the champion: nothing to compare
         try:
             self.queue.put_nowait((request_id, rows, ts))
         except queue.Full:
@@ -195,20 +198,22 @@ def create_app(state: ServingState) -> FastAPI:
                               model.columns, state.limits)
         except InputError as exc:
             return _error(exc.status, str(exc))
-        ts = time.time()
+        ts, t_score = time.time(), time.perf_counter()
         try:
             preds = await anyio.to_thread.run_sync(model.score, rows)
         except Exception as exc:
             log.exception("scoring failed")
             return _error(500, f"scoring failed: {type(exc).__name__}: {exc}", "INTERNAL_ERROR")
-        ms = (time.perf_counter() - t0) * 1000
+        done = time.perf_counter()
+        ms, score_ms = (done - t0) * 1000, (done - t_score) * 1000
         body = json.dumps({"predictions": _mlflow_rows(preds), "model_version": model.version, "request_id": rid})
         metrics.latency.observe(ms / 1000)
         metrics.rows.labels("champion").inc(len(rows))
         if state.log is not None:
-            state.log.record(rid, "champion", model.version, rows, preds, ms, ts)
+            # the log holds scoring time for both roles alike (the histogram has the whole request)
+            state.log.record(rid, "champion", model.version, rows, preds, score_ms, ts)
         if shadow is not None:
-            shadow.submit(rid, rows, ts)
+            shadow.submit(rid, rows, ts, model.version)
         return Response(body, media_type="application/json",
                         headers={VERSION_HEADER: model.version, REQUEST_HEADER: rid})
 
