@@ -262,6 +262,8 @@ def cmd_promote(args) -> int:
 
         report = shadow_report(Path(args.log or root / DEFAULT_LOG), shadow_version=args.version,
                                max_regression=params.gate.max_regression)
+        if args.require_shadow < 1:
+            raise ConfigError(f"--require-shadow must be >= 1, got {args.require_shadow}")
         if report["labelled_rows"] < args.require_shadow:
             raise PromotionError(f"version {args.version} has {report['labelled_rows']} labelled shadow rows in "
                                  f"{report['log']}, fewer than --require-shadow {args.require_shadow}")
@@ -282,6 +284,11 @@ def cmd_serve_model(args) -> int:
     from distillery.serving.server import DEFAULT_CACHE, DEFAULT_LOG, ServeOptions, build_state, serve
     from tasks.serving_registry import RegistrySource
 
+    for flag in ("threads", "max_body_bytes", "max_rows"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.poll_interval < 0:
+        raise ConfigError(f"--poll-interval must be >= 0, got {args.poll_interval}")
     name = args.model_name or params.register.model_name
     source = RegistrySource(client.tracking_uri, name, root / DEFAULT_CACHE)
     opts = ServeOptions(alias=args.alias, shadow_alias=args.shadow, poll_interval=args.poll_interval,
@@ -297,7 +304,10 @@ def cmd_feedback(args) -> int:
     from distillery.serving.predlog import add_feedback, open_log_db
     from distillery.serving.server import DEFAULT_LOG, read_feedback_file
 
-    items = read_feedback_file(args.file)
+    try:
+        items = read_feedback_file(args.file)
+    except ValueError as exc:  # a malformed file is the user's input: one message, no traceback
+        raise ConfigError(str(exc)) from None
     path = Path(args.log or root / DEFAULT_LOG)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no prediction log")
