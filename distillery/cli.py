@@ -325,15 +325,17 @@ def cmd_shadow_report(args) -> int:
     root, params = _project(args)
     from distillery.fileio import write_atomically
     from distillery.serving.server import DEFAULT_LOG, SHADOW_REPORT
-    from distillery.serving.shadow_report import format_table, shadow_report
+    from distillery.serving.shadow_report import format_table, render_html, shadow_report
 
     report = shadow_report(Path(args.log or root / DEFAULT_LOG), shadow_version=args.version,
                            max_regression=params.gate.max_regression)
     out = Path(args.out or root / SHADOW_REPORT)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(out, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+    page = out.with_suffix(".html")
+    write_atomically(page, lambda tmp: tmp.write_text(render_html(report), encoding="utf-8"))
     print(format_table(report))
-    print(f"shadow report: {out}")
+    print(f"shadow report: {out}, {page}")
     return 0
 
 
@@ -502,7 +504,7 @@ def add_serving_parsers(sub) -> None:
                                                   "the labelled part with paired statistics, latency")
     shadow.add_argument("--version", help="only this shadow version (default: all)")
     shadow.add_argument("--log", help="prediction log (default serving/predictions.db)")
-    shadow.add_argument("--out", help="JSON file (default reports/shadow_report.json)")
+    shadow.add_argument("--out", help="JSON file (default reports/shadow_report.json; the page beside it, .html)")
     shadow.set_defaults(func=cmd_shadow_report)
 
 

@@ -14,7 +14,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
@@ -24,7 +23,6 @@ from distillery.serving.inputs import InputError, Limits, parse_rows
 from distillery.serving.models import ModelSlot, ServedModel, load_served_model
 from distillery.serving.predlog import PredictionLog, Retention
 from distillery.serving.server import ServeOptions, build_state
-from distillery.serving.shadow_report import shadow_report
 from distillery.serving.stats import paired_accuracy
 from tests.helpers import ROOT, free_port, wait_for_http
 from tests.serving_helpers import LABELS, V1, V2, ServerThread, label_of, make_onnx_classifier
@@ -248,6 +246,12 @@ def test_shadow_feedback_report_equal_a_hand_count_and_gate_promotion(project, t
         math.comb(a_only + b_only, k) for k in range(min(a_only, b_only) + 1))))
     assert report["latency"]["champion"]["n"] == len(LABELLED) + 1 == report["latency"]["shadow"]["n"]
     assert f"{100 * acc_s:.2f}%" in printed and "McNemar" in printed
+    page = out.with_suffix(".html").read_text()
+    assert f"{100 * acc_s:.2f}%" in page and "NOT WORSE" in page and "http" not in page
+    bad = tmp_path / "bad.csv"
+    bad.write_text("request_id,label\nreq-0,\n")
+    assert main(["--project-dir", root, "feedback", str(bad), "--log", str(log_path)]) == 2
+    assert "record 1 needs request_id and label" in capsys.readouterr().err
 
     # promote --require-shadow: too few labelled rows refused, then enough rows and not worse: promoted
     v2 = project["v2"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from distillery.serving.inputs import Limits
-from distillery.serving.models import AliasFollower, ModelSlot, load_served_model
+from distillery.serving.models import AliasFollower, ModelSlot
 from distillery.serving.predlog import PredictionLog, Retention
 
 DEFAULT_LOG = "serving/predictions.db"  # under the project folder

@@ -99,3 +99,36 @@ def format_table(report: dict) -> str:
     if report["not_worse"] is not None:
         lines.append(report["not_worse"]["reason"])
     return "\n".join(lines)
+
+
+def render_html(report: dict) -> str:
+    """The report as its own self-contained page (the run report's style, no external files)."""
+    from html import escape
+
+    from distillery.html_report import CSS
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.2f}%"
+
+    def ms(x):
+        return "-" if x is None else f"{x:.2f}"
+
+    rows = "".join(
+        f"<tr><td>{role}</td><td>{escape(', '.join(report[f'{role}_versions']) or '-')}</td>"
+        f"<td class='n'>{pct(report['accuracy'][role])}</td>"
+        + "".join(f"<td class='n'>{ms(report['latency'][role][k])}</td>" for k in ("p50_ms", "p95_ms", "p99_ms"))
+        + f"<td class='n'>{report['latency'][role]['n']}</td></tr>" for role in ("champion", "shadow"))
+    p, verdict = report["paired"], report["not_worse"]
+    paired = "" if not p["n"] else (
+        f"<p>shadow &minus; champion accuracy: {100 * p['difference']:+.2f} points, {int(100 * p['confidence'])}% "
+        f"bootstrap CI [{100 * p['ci'][0]:+.2f}, {100 * p['ci'][1]:+.2f}]; McNemar exact p = {p['mcnemar_p']:.4g} "
+        f"(champion only right {p['a_only_correct']}, shadow only right {p['b_only_correct']})</p>")
+    gate = "" if verdict is None else (
+        f"<p><span class='verdict {'pass' if verdict['passed'] else 'fail'}'>"
+        f"{'NOT WORSE' if verdict['passed'] else 'WORSE'}</span> {escape(verdict['reason'])}</p>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Shadow report</title><style>{CSS}</style>"
+            f"</head><body><h1>Shadow report</h1><p class='note'>{escape(report['log'])}: {report['paired_rows']} "
+            f"paired rows, {report['labelled_rows']} labelled; agreement {pct(report['agreement'])}</p>"
+            "<table><thead><tr><th>role</th><th>versions</th><th>accuracy (labelled)</th><th>p50 ms</th>"
+            f"<th>p95 ms</th><th>p99 ms</th><th>requests</th></tr></thead><tbody>{rows}</tbody></table>"
+            f"{paired}{gate}</body></html>")
