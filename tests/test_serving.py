@@ -109,7 +109,7 @@ def test_promote_then_rollback_during_a_stream_of_requests(project, tmp_path):
 
         def wait_for(version):
             deadline = time.time() + 30
-            while not any(v == version for _, v, _ in seen[0][-3:]):
+            while not all(any(v == version for _, v, _ in rows[-3:]) for rows in seen.values()):
                 assert time.time() < deadline, f"server never served v{version}"
                 time.sleep(0.05)
             time.sleep(0.3)  # some more requests on the new version
