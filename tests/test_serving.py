@@ -373,3 +373,37 @@ def test_the_serving_core_does_not_import_mlflow():
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'tasks', 'prefect', 'torch'));"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_follower_keeps_serving_through_a_broken_version_and_a_registry_outage(tmp_path):
+    from distillery.serving.models import AliasFollower
+
+    dirs = {"1": make_onnx_classifier(tmp_path / "v1", V1), "2": tmp_path / "missing", "3": make_onnx_classifier(tmp_path / "v3", V2)}
+    target = {"alias": "1"}
+
+    def resolve(alias):
+        if target["alias"] == "down":
+            raise ConnectionError("registry unreachable")
+        return target["alias"]
+
+    slot = ModelSlot("champion")
+    follower = AliasFollower(slot, "champion", resolve, lambda v: dirs[v], interval=0.05, threads=1)
+    assert follower.poll_once() and slot.version == "1"
+    follower.start()
+    try:
+        for broken in ("2", "down"):  # a version that cannot be loaded, then no registry at all
+            target["alias"] = broken
+            failures = follower.failures
+            deadline = time.time() + 10
+            while follower.failures < failures + 2:
+                assert time.time() < deadline
+                time.sleep(0.02)
+            assert slot.version == "1" and follower.last_error
+        target["alias"] = "3"
+        deadline = time.time() + 10
+        while slot.version != "3":
+            assert time.time() < deadline
+            time.sleep(0.02)
+        assert slot.current.score([("great",)])[0]["label"] == label_of(V2, "great")
+    finally:
+        follower.stop()
