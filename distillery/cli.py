@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -253,11 +254,88 @@ def _registry(args):
 
 def cmd_promote(args) -> int:
     root, params, client = _registry(args)
-    from tasks.promotion import promote
+    from tasks.promotion import PromotionError, promote
 
+    if args.require_shadow is not None:
+        from distillery.serving.server import DEFAULT_LOG
+        from distillery.serving.shadow_report import shadow_report
+
+        report = shadow_report(Path(args.log or root / DEFAULT_LOG), shadow_version=args.version,
+                               max_regression=params.gate.max_regression)
+        if args.require_shadow < 1:
+            raise ConfigError(f"--require-shadow must be >= 1, got {args.require_shadow}")
+        if report["labelled_rows"] < args.require_shadow:
+            raise PromotionError(f"version {args.version} has {report['labelled_rows']} labelled shadow rows in "
+                                 f"{report['log']}, fewer than --require-shadow {args.require_shadow}")
+        if not report["not_worse"]["passed"]:
+            raise PromotionError(f"version {args.version} is worse than the champion on shadow traffic: "
+                                 f"{report['not_worse']['reason']}")
+        print(f"shadow: {report['not_worse']['reason']}")
     entry = promote(client.tracking_uri, client, params.register.model_name, args.version, force=args.force, reason=args.reason)
     print(f"champion: version {entry['from'] or '(none)'} -> {entry['version']} ({entry['kind']}, by {entry['by']}): "
           f"{entry['reason']}")
+    return 0
+
+
+def cmd_serve_model(args) -> int:
+    root, params, client = _registry(args)
+    from distillery.serving.inputs import Limits
+    from distillery.serving.predlog import Retention
+    from distillery.serving.server import DEFAULT_CACHE, DEFAULT_LOG, ServeOptions, build_state, serve
+    from tasks.serving_registry import RegistrySource
+
+    for flag in ("threads", "max_body_bytes", "max_rows"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.poll_interval < 0:
+        raise ConfigError(f"--poll-interval must be >= 0, got {args.poll_interval}")
+    name = args.model_name or params.register.model_name
+    source = RegistrySource(client.tracking_uri, name, root / DEFAULT_CACHE)
+    opts = ServeOptions(alias=args.alias, shadow_alias=args.shadow, poll_interval=args.poll_interval,
+                        threads=args.threads, log_path=None if args.no_log else Path(args.log or root / DEFAULT_LOG),
+                        log_text=args.log_text, retention=Retention(args.log_max_rows, args.log_max_age_days),
+                        limits=Limits(args.max_body_bytes, args.max_rows))
+    serve(build_state(name, source.resolve, source.fetch, opts), args.host, args.port)
+    return 0
+
+
+def cmd_feedback(args) -> int:
+    root = Path(args.project_dir).resolve()
+    from distillery.serving.predlog import add_feedback, open_log_db
+    from distillery.serving.server import DEFAULT_LOG, read_feedback_file
+
+    try:
+        items = read_feedback_file(args.file)
+    except ValueError as exc:  # a malformed file is the user's input: one message, no traceback
+        raise ConfigError(str(exc)) from None
+    path = Path(args.log or root / DEFAULT_LOG)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no prediction log")
+    conn = open_log_db(path)
+    try:
+        unknown = add_feedback(conn, items)
+    finally:
+        conn.close()
+    print(f"feedback: {len(items) - len(unknown)} label(s) stored in {path}"
+          + (f"; {len(unknown)} request id(s) not in the log: {unknown[:10]}" if unknown else ""))
+    return 1 if unknown and len(unknown) == len(items) else 0
+
+
+def cmd_shadow_report(args) -> int:
+    root, params = _project(args)
+    from distillery.fileio import write_atomically
+    from distillery.serving.server import DEFAULT_LOG, SHADOW_REPORT
+    from distillery.serving.shadow_report import format_table, render_html, shadow_report
+
+    report = shadow_report(Path(args.log or root / DEFAULT_LOG), shadow_version=args.version,
+                           max_regression=params.gate.max_regression)
+    out = Path(args.out or root / SHADOW_REPORT)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(out, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+    page = out.with_suffix(".html")
+    write_atomically(page, lambda tmp: tmp.write_text(render_html(report), encoding="utf-8"))
+    print(format_table(report))
+    print(f"shadow report: {out}, {page}")
     return 0
 
 
@@ -352,10 +430,15 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("version")
     promote.add_argument("--force", action="store_true", help="promote a version that failed its gate")
     promote.add_argument("--reason", help="why (required with --force; recorded in the champion history)")
+    promote.add_argument("--require-shadow", type=int, metavar="N",
+                         help="refuse unless VERSION has at least N labelled shadow rows in the prediction log "
+                              "and is not worse than the champion there under the gate's rule")
+    promote.add_argument("--log", help="prediction log for --require-shadow (default serving/predictions.db)")
     promote.set_defaults(func=cmd_promote)
     rollback = sub.add_parser("rollback", help="return `champion` to the version that held it before")
     rollback.add_argument("--reason", help="why (recorded in the champion history)")
     rollback.set_defaults(func=cmd_rollback)
+    add_serving_parsers(sub)
     report = sub.add_parser("report", help="rebuild the run report reports/index.html for the last run")
     report.add_argument("--run-id", help="the MLflow parent run of the pipeline run (default: the project's last)")
     report.add_argument("--screenshot", metavar="PNG", help="also open it in headless Chromium and save a screenshot")
@@ -390,6 +473,39 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--prefect-port", type=int, default=4200, help="default 4200")
     ui.set_defaults(func=cmd_ui)
     return parser
+
+
+def add_serving_parsers(sub) -> None:
+    serve = sub.add_parser("serve-model", help="serve the registry's champion over HTTP (mlflow models serve's "
+                                               "formats), following the alias as it moves")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=5001)
+    serve.add_argument("--model-name", help="registered model (default register.model_name)")
+    serve.add_argument("--alias", default="champion", help="alias to serve and follow (default champion)")
+    serve.add_argument("--shadow", metavar="ALIAS", help="also score every request with this alias (e.g. "
+                                                         "challenger), off the response path, and log it")
+    serve.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS",
+                       help="how often to look for a moved alias (default 5; 0: never)")
+    serve.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads per request (default 1)")
+    serve.add_argument("--log", help="prediction log, SQLite (default serving/predictions.db)")
+    serve.add_argument("--no-log", action="store_true", help="keep no prediction log")
+    serve.add_argument("--log-text", action="store_true", help="store the input text too (default: its hash only)")
+    serve.add_argument("--log-max-rows", type=int, default=1_000_000, help="retention: rows kept (default 1e6)")
+    serve.add_argument("--log-max-age-days", type=float, default=30.0, help="retention: days kept (default 30)")
+    serve.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body limit (default 1 MB)")
+    serve.add_argument("--max-rows", type=int, default=256, help="rows per request limit (default 256)")
+    serve.set_defaults(func=cmd_serve_model)
+    feedback = sub.add_parser("feedback", help="attach ground-truth labels to logged requests: FILE is CSV "
+                                               "(request_id,label[,row]) or JSON lines")
+    feedback.add_argument("file")
+    feedback.add_argument("--log", help="prediction log (default serving/predictions.db)")
+    feedback.set_defaults(func=cmd_feedback)
+    shadow = sub.add_parser("shadow-report", help="champion vs shadow on logged traffic: agreement, accuracy on "
+                                                  "the labelled part with paired statistics, latency")
+    shadow.add_argument("--version", help="only this shadow version (default: all)")
+    shadow.add_argument("--log", help="prediction log (default serving/predictions.db)")
+    shadow.add_argument("--out", help="JSON file (default reports/shadow_report.json; the page beside it, .html)")
+    shadow.set_defaults(func=cmd_shadow_report)
 
 
 def main(argv: list[str] | None = None) -> int:
