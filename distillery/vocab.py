@@ -158,18 +158,17 @@ def _model_ids(model: dict) -> set[int]:
 
 # --------------------------------------------------------------------------- planning
 
-def token_counts(tokenizer, texts: Texts, max_length: int) -> Counter:
-    """How often each token id occurs in `texts` (strings or (text, text_pair) tuples,
-    pairs tokenized as pairs), tokenized as training tokenizes them."""
+def token_counts(tokenizer, texts: Texts, max_length: int | None = None) -> Counter:
+    """How often each token id occurs in `texts` (strings, or (text, text_pair) tuples tokenized
+    as pairs). Texts are counted whole: `max_length` (kept for callers) does not cut them, so
+    whichever truncation training uses (head, or head + tail), the tokens it sees are counted."""
     counts: Counter = Counter()
     singles = [t for t in texts if isinstance(t, str)]
     pairs = [t for t in texts if not isinstance(t, str)]
-    batches = []
-    if singles:
-        batches.append(tokenizer(singles, truncation=True, max_length=max_length)["input_ids"])
+    batches = [tokenizer(singles, verbose=False)["input_ids"]] if singles else []
     if pairs:
         first, second = (list(col) for col in zip(*pairs))
-        batches.append(tokenizer(first, second, truncation=True, max_length=max_length)["input_ids"])
+        batches.append(tokenizer(first, second, verbose=False)["input_ids"])
     for batch in batches:
         for ids in batch:
             counts.update(ids)

@@ -1,11 +1,14 @@
 """Vocabulary trimming per tokenizer model (vocab.py): byte-level BPE (RoBERTa-like with
-RobertaProcessing, ModernBERT-like with its specials added after the model vocabulary and a
-Sequence post-processor) and SentencePiece Unigram (DeBERTa-v3-like), each trained here with
-`tokenizers` on a synthetic corpus. The WordPiece path (MiniLM) is covered in test_student.py."""
+RobertaProcessing, ModernBERT-like with its specials added after the model vocabulary, a
+Sequence post-processor and `ignore_merges`) and SentencePiece Unigram (DeBERTa-v3-like with a
+[CLS]/[SEP] template; XLM-R-like, whose RoBERTa model derives positions from the pad id), each
+trained here with `tokenizers` on a synthetic corpus and wrapped in its transformers class.
+The WordPiece path (MiniLM) is covered in test_student.py."""
 
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 import torch
@@ -29,7 +32,7 @@ def corpus(n: int, seed: int) -> list[str]:
 
 
 CORPUS = corpus(400, 0)            # what the tokenizer is trained on
-TRAIN = CORPUS[:60]                # what the vocabulary is trimmed on (a subset: many tokens unused)
+TRAIN = CORPUS[:60] + [CORPUS[60] + " ", "  " + CORPUS[61] + "\t" + CORPUS[62]]  # the trimming subset, odd spacing too
 PAIRS = list(zip(CORPUS[60:80], CORPUS[80:100]))
 UNSEEN = ["zebras juggle quietly near Quixotic xylophones", "café naïve Zürich façade", "great 👍🔥 film",
           "東京 の 映画", "WEIRD ÇAPS and tabs\tand   spaces", ""]
@@ -66,19 +69,41 @@ def modernbert_like() -> PreTrainedTokenizerFast:
                                    pad_token="[PAD]", mask_token="[MASK]")
 
 
-def deberta_v3_like() -> PreTrainedTokenizerFast:
+def _unigram(specials: list[str], mask: str) -> Tokenizer:
     tk = Tokenizer(models.Unigram())
     tk.normalizer = normalizers.Sequence([normalizers.Replace("``", '"'), normalizers.NFKC()])
     tk.pre_tokenizer = pre_tokenizers.Metaspace()
     tk.decoder = decoders.Metaspace()
-    tk.train_from_iterator(CORPUS, trainers.UnigramTrainer(
-        vocab_size=600, special_tokens=["[PAD]", "[CLS]", "[SEP]", "[UNK]"], unk_token="[UNK]"))
-    tk.add_special_tokens(["[MASK]"])
+    tk.train_from_iterator(CORPUS, trainers.UnigramTrainer(vocab_size=600, special_tokens=specials, unk_token=specials[3]))
+    tk.add_special_tokens([mask])  # after the model's pieces, as DeBERTa-v3's [MASK] is
+    return tk
+
+
+def deberta_v3_like() -> PreTrainedTokenizerFast:
+    from transformers import DebertaV2Tokenizer
+
+    tk = _unigram(["[PAD]", "[CLS]", "[SEP]", "[UNK]"], "[MASK]")
     tk.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", tk.token_to_id("[CLS]")), ("[SEP]", tk.token_to_id("[SEP]"))])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-                                   pad_token="[PAD]", mask_token="[MASK]")
+    return DebertaV2Tokenizer(tokenizer_object=tk, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                              pad_token="[PAD]", mask_token="[MASK]", bos_token="[CLS]", eos_token="[SEP]")
+
+
+def xlm_r_like() -> PreTrainedTokenizerFast:
+    """SentencePiece Unigram under a RoBERTa model: the pad id also fixes the position ids."""
+    from transformers import XLMRobertaTokenizer
+
+    tk = _unigram(["<s>", "<pad>", "</s>", "<unk>"], "<mask>")
+    return XLMRobertaTokenizer(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
+                               unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+
+
+def from_disk(tok, path):
+    """As the pipeline has it: saved by the teacher stage, loaded with AutoTokenizer (transformers'
+    own classes may set their normalizer on load, so the in-memory object can differ)."""
+    tok.save_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
 
 
 def tiny_model(family: str, vocab_size: int, pad: int):
@@ -89,14 +114,15 @@ def tiny_model(family: str, vocab_size: int, pad: int):
     torch.manual_seed(0)
     size = dict(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                 intermediate_size=32, pad_token_id=pad, num_labels=2)
-    if family == "roberta":
-        return RobertaForSequenceClassification(RobertaConfig(**size, max_position_embeddings=80)).eval()
+    if family in ("roberta", "xlm_r"):
+        return RobertaForSequenceClassification(RobertaConfig(**size, max_position_embeddings=130)).eval()
     if family == "modernbert":
-        return ModernBertForSequenceClassification(ModernBertConfig(**size, max_position_embeddings=64)).eval()
-    return DebertaV2ForSequenceClassification(DebertaV2Config(**size, max_position_embeddings=64)).eval()
+        return ModernBertForSequenceClassification(ModernBertConfig(**size, max_position_embeddings=128)).eval()
+    return DebertaV2ForSequenceClassification(DebertaV2Config(**size, max_position_embeddings=128)).eval()
 
 
-FAMILIES = {"roberta": roberta_like, "modernbert": modernbert_like, "deberta_v3": deberta_v3_like}
+FAMILIES = {"roberta": roberta_like, "modernbert": modernbert_like, "deberta_v3": deberta_v3_like, "xlm_r": xlm_r_like}
+BYTE_LEVEL = {"roberta", "modernbert"}
 
 
 def mapped_ids_equal(old_tok, new_tok, keep: list[int], texts) -> None:
@@ -109,7 +135,7 @@ def mapped_ids_equal(old_tok, new_tok, keep: list[int], texts) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_trimmed_tokenizer_keeps_training_pieces_and_handles_any_text(family, tmp_path):
-    tok = FAMILIES[family]()
+    tok = from_disk(FAMILIES[family](), tmp_path / "teacher")
     model = tiny_model(family, len(tok), tok.pad_token_id)
     emb_before = model.get_input_embeddings().weight.detach().clone()
     enc_old = tok(TRAIN, padding=True, return_tensors="pt")
@@ -134,26 +160,27 @@ def test_trimmed_tokenizer_keeps_training_pieces_and_handles_any_text(family, tm
     for text in UNSEEN:
         ids = new_tok(text)["input_ids"]
         assert all(0 <= i < len(keep) for i in ids)
-        if family != "deberta_v3":  # byte-level BPE: every byte is a kept symbol, nothing is unknown
+        if family in BYTE_LEVEL:  # byte-level BPE: every byte is a kept symbol, nothing is unknown
             assert new_tok.unk_token_id not in ids
             assert new_tok.decode(ids, skip_special_tokens=True) == tok.decode(tok(text)["input_ids"],
                                                                                skip_special_tokens=True)
     words = new_tok("quirky tortoises misbehave", add_special_tokens=False)["input_ids"]
     assert new_tok.unk_token_id not in words  # unseen words of known letters split into kept pieces
     # saved and reloaded (what the distill stage writes), it behaves the same
-    new_tok.save_pretrained(tmp_path)
-    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    reloaded = from_disk(new_tok, tmp_path / "student")
     assert len(reloaded) == len(keep)
     for t in TRAIN + PAIRS + UNSEEN:
         args = (t,) if isinstance(t, str) else t
         assert reloaded(*args)["input_ids"] == new_tok(*args)["input_ids"]
 
 
-def test_pairs_are_counted_as_pairs():
+def test_pairs_are_counted_as_pairs_and_texts_whole():
     tok = roberta_like()
     counts = token_counts(tok, [("good film", "bad plot")], max_length=32)
     ids = tok("good film", "bad plot")["input_ids"]
-    assert counts == __import__("collections").Counter(ids) and ids.count(tok.sep_token_id) == 3  # </s></s> between
+    assert counts == Counter(ids) and ids.count(tok.sep_token_id) == 3  # </s></s> between
+    long = " ".join(CORPUS[:20])  # longer than max_length: its tail counts too (head + tail truncation)
+    assert token_counts(tok, [long], max_length=8) == Counter(tok(long)["input_ids"])
 
 
 def _bpe(vocab: list[str], merges: list[tuple[str, str]], **kw) -> PreTrainedTokenizerFast:
@@ -214,3 +241,20 @@ def test_min_frequency_and_the_pad_position_guard():
     moved.insert(3, tok.pad_token_id)
     with pytest.raises(ValueError, match="derives position ids from the pad id"):
         trim_embeddings(model, moved)
+
+
+def test_the_pad_token_keeps_its_id_when_tokens_below_it_are_dropped():
+    # RoBERTa numbers positions from pad + 1: a pad that moved would shift every position embedding.
+    tok = _bpe(["ø", "ß", "<pad>", "<unk>", "a", "b", "ab"], [("a", "b")])
+    tok.pad_token = "<pad>"
+    model = tiny_model("roberta", len(tok), tok.pad_token_id)
+    enc_old = tok(["ab a", "b"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        before = model(**enc_old).logits
+    model, new_tok, keep = trim_vocabulary(model, tok, ["ab a", "b"], max_length=8)
+    assert keep.index(tok.pad_token_id) == tok.pad_token_id == new_tok.pad_token_id == model.config.pad_token_id
+    assert tok.convert_tokens_to_ids("ø") not in keep
+    enc_new = new_tok(["ab a", "b"], padding=True, return_tensors="pt")
+    assert torch.equal(torch.tensor(keep)[enc_new["input_ids"]], enc_old["input_ids"])
+    with torch.no_grad():
+        assert torch.allclose(model(**enc_new).logits, before, atol=1e-6)
