@@ -43,7 +43,28 @@ Texts = list[str] | list[tuple[str, str]]
 
 # --------------------------------------------------------------------------- strategies
 
-class WordPieceTrim:
+class TokenizerModelTrim:
+    """What one tokenizer model (tokenizer.json `model`) needs kept, and how its vocabulary is
+    rewritten. `data` is the whole tokenizer.json; `model` is its `model` section."""
+
+    def fallback(self, data: dict, seen_chars: set[str]) -> set[str]:
+        """Tokens to keep so that text the training data never showed still tokenizes."""
+        raise NotImplementedError
+
+    def closure(self, model: dict, tokens: set[str]) -> set[str]:
+        """`tokens` plus what the model needs to still produce them."""
+        return tokens
+
+    def model_ids(self, model: dict) -> set[int]:
+        """Ids of the model's own vocabulary (other ids are added tokens outside it)."""
+        return set(model["vocab"].values())
+
+    def remap(self, model: dict, old_to_new: dict[int, int]) -> None:
+        """Reduce `model` (in place) to the ids in `old_to_new`, renumbered."""
+        raise NotImplementedError
+
+
+class WordPieceTrim(TokenizerModelTrim):
     """BERT's WordPiece. Fallback: the printable-ASCII characters and their `##` forms, so
     any ASCII word splits into kept pieces; a word with another character becomes [UNK]."""
 
@@ -52,14 +73,11 @@ class WordPieceTrim:
         prefix = model.get("continuing_subword_prefix") or "##"
         return {model.get("unk_token")} | {p for c in _ASCII for p in (c, prefix + c)}
 
-    def closure(self, model: dict, tokens: set[str]) -> set[str]:
-        return tokens
-
     def remap(self, model: dict, old_to_new: dict[int, int]) -> None:
         model["vocab"] = {t: old_to_new[i] for t, i in model["vocab"].items() if i in old_to_new}
 
 
-class BpeTrim:
+class BpeTrim(TokenizerModelTrim):
     """Byte-level BPE (RoBERTa, GPT-2, ModernBERT) and character BPE.
 
     Fallback: byte-level models keep all 256 byte symbols, so no text has an unknown
@@ -72,7 +90,7 @@ class BpeTrim:
         if "ByteLevel" in json.dumps(data.get("pre_tokenizer")):
             from tokenizers.pre_tokenizers import ByteLevel
 
-            return set(ByteLevel.alphabet())
+            return set(ByteLevel.alphabet()) | {model.get("unk_token")}
         keep = {model.get("unk_token")}
         if model.get("byte_fallback"):
             keep.update(_BYTE_PIECES)
@@ -109,7 +127,7 @@ class BpeTrim:
         model["vocab"] = {t: old_to_new[model["vocab"][t]] for t in kept}
 
 
-class UnigramTrim:
+class UnigramTrim(TokenizerModelTrim):
     """SentencePiece Unigram (DeBERTa-v3, XLM-R, T5).
 
     Fallback: the unk piece; the <0xNN> pieces when the model has `byte_fallback`; the
@@ -130,6 +148,9 @@ class UnigramTrim:
     def closure(self, model: dict, tokens: set[str]) -> set[str]:
         return tokens | {min(model["vocab"], key=lambda piece: piece[1])[0]} if model["vocab"] else tokens
 
+    def model_ids(self, model: dict) -> set[int]:
+        return set(range(len(model["vocab"])))  # a list of [piece, score]: the id is the position
+
     def remap(self, model: dict, old_to_new: dict[int, int]) -> None:
         pieces = sorted((old_to_new[i], p) for i, p in enumerate(model["vocab"]) if i in old_to_new)
         if [n for n, _ in pieces] != list(range(len(pieces))):
@@ -139,21 +160,15 @@ class UnigramTrim:
             model["unk_id"] = old_to_new[model["unk_id"]]
 
 
-STRATEGIES = {"WordPiece": WordPieceTrim(), "BPE": BpeTrim(), "Unigram": UnigramTrim()}
+STRATEGIES: dict[str, TokenizerModelTrim] = {"WordPiece": WordPieceTrim(), "BPE": BpeTrim(),
+                                             "Unigram": UnigramTrim()}
 
 
-def _strategy(model: dict):
+def _strategy(model: dict) -> TokenizerModelTrim:
     kind = model.get("type")
     if kind not in STRATEGIES:
         raise ValueError(f"vocabulary trimming supports tokenizer models {sorted(STRATEGIES)}, not {kind!r}")
     return STRATEGIES[kind]
-
-
-def _model_ids(model: dict) -> set[int]:
-    """Ids that belong to the tokenizer model (the rest are added tokens outside it)."""
-    if model["type"] == "Unigram":
-        return set(range(len(model["vocab"])))
-    return set(model["vocab"].values())
 
 
 # --------------------------------------------------------------------------- planning
@@ -191,7 +206,7 @@ def plan_vocabulary(tokenizer, counts: Counter, min_frequency: int = 1) -> list[
     tokens |= trim.fallback(data, {c for t in seen for c in t})
     tokens = trim.closure(model, tokens)
     ids = {vocab[t] for t in tokens if t in vocab} | set(getattr(tokenizer, "all_special_ids", []))
-    inside = _model_ids(model)
+    inside = trim.model_ids(model)
     keep = sorted(ids & inside) + sorted(ids - inside)
     pad = tokenizer.pad_token_id
     if pad in inside and pad in ids and pad < len(ids & inside) and keep[pad] != pad:
@@ -282,5 +297,5 @@ def trim_vocabulary(model, tokenizer, texts: Texts, max_length: int, min_frequen
     return trim_embeddings(model, keep), trim_tokenizer(tokenizer, keep), keep
 
 
-__all__ = ["STRATEGIES", "plan_vocabulary", "token_counts", "trim_embeddings", "trim_tokenizer",
+__all__ = ["STRATEGIES", "TokenizerModelTrim", "plan_vocabulary", "token_counts", "trim_embeddings", "trim_tokenizer",
            "trim_vocabulary"]
