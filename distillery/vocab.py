@@ -271,7 +271,7 @@ def trim_tokenizer(tokenizer, keep: list[int]):
 def trim_embeddings(model, keep: list[int]):
     """Keep rows `keep` of the word-embedding matrix, in order (in place; returns `model`).
 
-    The pad id follows its row. A module that derives position ids from the pad id
+    The config's token ids (pad, bos, eos, cls, sep) follow their rows (None when not kept). A module that derives position ids from the pad id
     (RoBERTa's embeddings: positions start at padding_idx + 1) cannot have it moved:
     `plan_vocabulary` keeps it in place, and a `keep` that moves it is refused here."""
     emb = model.get_input_embeddings()
@@ -287,6 +287,10 @@ def trim_embeddings(model, keep: list[int]):
                                                             padding_idx=new_pad))
     model.config.vocab_size = len(keep)
     model.config.pad_token_id = new_pad
+    new_id = {old: new for new, old in enumerate(keep)}
+    for key, value in model.config.to_dict().items():  # bos/eos/cls/sep ids (ModernBERT, RoBERTa) follow too
+        if key.endswith("_token_id") and key != "pad_token_id" and isinstance(value, int):
+            setattr(model.config, key, new_id.get(value))
     return model
 
 

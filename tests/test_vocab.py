@@ -113,20 +113,21 @@ def from_disk(tok, path):
     return AutoTokenizer.from_pretrained(path)
 
 
-def tiny_model(family: str, vocab_size: int, pad: int):
+def tiny_model(family: str, vocab_size: int, pad: int, cls: int | None = None, sep: int | None = None):
     """A random-init classifier of the family (the embedding rows and RoBERTa's pad-derived positions)."""
     from transformers import (BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification, ModernBertConfig,
                               ModernBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
 
     torch.manual_seed(0)
     size = dict(vocab_size=vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                intermediate_size=32, pad_token_id=pad, num_labels=2)
+                intermediate_size=32, pad_token_id=pad, bos_token_id=cls, eos_token_id=sep, num_labels=2)
     if family in ("roberta", "xlm_r"):
         return RobertaForSequenceClassification(RobertaConfig(**size, max_position_embeddings=130)).eval()
     if family == "minilm":
         return BertForSequenceClassification(BertConfig(**size, max_position_embeddings=128)).eval()
     if family == "modernbert":
-        return ModernBertForSequenceClassification(ModernBertConfig(**size, max_position_embeddings=128)).eval()
+        return ModernBertForSequenceClassification(ModernBertConfig(**size, cls_token_id=cls, sep_token_id=sep,
+                                                                    max_position_embeddings=128)).eval()
     return DebertaV2ForSequenceClassification(DebertaV2Config(**size, max_position_embeddings=128)).eval()
 
 
@@ -146,7 +147,7 @@ def mapped_ids_equal(old_tok, new_tok, keep: list[int], texts) -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_trimmed_tokenizer_keeps_training_pieces_and_handles_any_text(family, tmp_path):
     tok = from_disk(FAMILIES[family](), tmp_path / "teacher")
-    model = tiny_model(family, len(tok), tok.pad_token_id)
+    model = tiny_model(family, len(tok), tok.pad_token_id, tok.cls_token_id, tok.sep_token_id)
     emb_before = model.get_input_embeddings().weight.detach().clone()
     enc_old = tok(TRAIN, padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -160,6 +161,9 @@ def test_trimmed_tokenizer_keeps_training_pieces_and_handles_any_text(family, tm
     # the embedding rows follow `keep`; the pad keeps its row, and (RoBERTa) positions stay right
     assert torch.equal(model.get_input_embeddings().weight, emb_before[torch.tensor(keep)])
     assert keep[new_tok.pad_token_id] == tok.pad_token_id and model.config.pad_token_id == new_tok.pad_token_id
+    assert (model.config.bos_token_id, model.config.eos_token_id) == (new_tok.cls_token_id, new_tok.sep_token_id)
+    if family == "modernbert":
+        assert (model.config.cls_token_id, model.config.sep_token_id) == (new_tok.cls_token_id, new_tok.sep_token_id)
     enc_new = new_tok(TRAIN, padding=True, return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(model(**enc_new).logits, logits_before, atol=1e-5)
