@@ -32,6 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from tokenizers.pre_tokenizers import ByteLevel
 from torch import nn
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -88,8 +89,6 @@ class BpeTrim(TokenizerModelTrim):
     def fallback(self, data: dict, seen_chars: set[str]) -> set[str]:
         model = data["model"]
         if "ByteLevel" in json.dumps(data.get("pre_tokenizer")):
-            from tokenizers.pre_tokenizers import ByteLevel
-
             return set(ByteLevel.alphabet()) | {model.get("unk_token")}
         keep = {model.get("unk_token")}
         if model.get("byte_fallback"):
@@ -271,9 +270,10 @@ def trim_tokenizer(tokenizer, keep: list[int]):
 def trim_embeddings(model, keep: list[int]):
     """Keep rows `keep` of the word-embedding matrix, in order (in place; returns `model`).
 
-    The config's token ids (pad, bos, eos, cls, sep) follow their rows (None when not kept). A module that derives position ids from the pad id
-    (RoBERTa's embeddings: positions start at padding_idx + 1) cannot have it moved:
-    `plan_vocabulary` keeps it in place, and a `keep` that moves it is refused here."""
+    The config's token ids (pad, bos, eos, cls, sep) follow their rows (None when not kept).
+    A module that derives position ids from the pad id (RoBERTa's embeddings: positions start
+    at padding_idx + 1) cannot have it moved: `plan_vocabulary` keeps it in place, and a
+    `keep` that moves it is refused here."""
     emb = model.get_input_embeddings()
     idx = torch.tensor(keep, dtype=torch.long)
     pad = model.config.pad_token_id

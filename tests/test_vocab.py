@@ -81,7 +81,8 @@ def _unigram(specials: list[str], mask: str) -> Tokenizer:
     tk.normalizer = normalizers.Sequence([normalizers.Replace("``", '"'), normalizers.NFKC()])
     tk.pre_tokenizer = pre_tokenizers.Metaspace()
     tk.decoder = decoders.Metaspace()
-    tk.train_from_iterator(CORPUS, trainers.UnigramTrainer(vocab_size=600, special_tokens=specials, unk_token=specials[3]))
+    trainer = trainers.UnigramTrainer(vocab_size=600, special_tokens=specials, unk_token=specials[3])
+    tk.train_from_iterator(CORPUS, trainer)
     tk.add_special_tokens([mask])  # after the model's pieces, as DeBERTa-v3's [MASK] is
     return tk
 
@@ -102,7 +103,8 @@ def xlm_r_like() -> PreTrainedTokenizerFast:
     from transformers import XLMRobertaTokenizer
 
     tk = _unigram(["<s>", "<pad>", "</s>", "<unk>"], "<mask>")
-    return XLMRobertaTokenizer(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>",
+    return XLMRobertaTokenizer(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", cls_token="<s>",
+                               sep_token="</s>",
                                unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
 
 
@@ -115,7 +117,8 @@ def from_disk(tok, path):
 
 def tiny_model(family: str, vocab_size: int, pad: int, cls: int | None = None, sep: int | None = None):
     """A random-init classifier of the family (the embedding rows and RoBERTa's pad-derived positions)."""
-    from transformers import (BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification, ModernBertConfig,
+    from transformers import (BertConfig, BertForSequenceClassification, DebertaV2Config,
+                              DebertaV2ForSequenceClassification, ModernBertConfig,
                               ModernBertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification)
 
     torch.manual_seed(0)
@@ -141,7 +144,8 @@ def mapped_ids_equal(old_tok, new_tok, keep: list[int], texts) -> None:
     for t in texts:
         args = (t,) if isinstance(t, str) else t
         old, new = old_tok(*args)["input_ids"], new_tok(*args)["input_ids"]
-        assert [keep[i] for i in new] == old, (t, old_tok.convert_ids_to_tokens(old), new_tok.convert_ids_to_tokens(new))
+        assert [keep[i] for i in new] == old, (t, old_tok.convert_ids_to_tokens(old),
+                                               new_tok.convert_ids_to_tokens(new))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -277,15 +281,18 @@ def test_the_pad_token_keeps_its_id_when_tokens_below_it_are_dropped():
 def test_post_processor_forms_and_padding_are_renumbered():
     from distillery.vocab import _remap_tokenizer_json
 
-    data = {"model": {"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"[PAD]": 0, "[UNK]": 5, "[CLS]": 7, "[SEP]": 9}},
+    vocab = {"[PAD]": 0, "[UNK]": 5, "[CLS]": 7, "[SEP]": 9}
+    cls_template = {"[CLS]": {"id": "[CLS]", "ids": [7], "tokens": ["[CLS]"]}}
+    data = {"model": {"type": "WordPiece", "unk_token": "[UNK]", "vocab": vocab},
             "added_tokens": [{"id": 7, "content": "[CLS]"}, {"id": 9, "content": "[SEP]"}, {"id": 3, "content": "x"}],
             "post_processor": {"type": "Sequence", "processors": [
                 {"type": "BertProcessing", "sep": ["[SEP]", 9], "cls": ["[CLS]", 7]},
-                {"type": "TemplateProcessing", "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [7], "tokens": ["[CLS]"]}}}]},
+                {"type": "TemplateProcessing", "special_tokens": cls_template}]},
             "padding": {"pad_id": 0, "pad_token": "[PAD]"}}
     out = _remap_tokenizer_json(data, {0: 0, 5: 1, 7: 2, 9: 3})
     assert out["model"]["vocab"] == {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3}
     assert [t["id"] for t in out["added_tokens"]] == [2, 3]  # "x" (id 3) was not kept
     bert, template = out["post_processor"]["processors"]
-    assert bert["cls"] == ["[CLS]", 2] and bert["sep"] == ["[SEP]", 3] and template["special_tokens"]["[CLS]"]["ids"] == [2]
+    assert bert["cls"] == ["[CLS]", 2] and bert["sep"] == ["[SEP]", 3]
+    assert template["special_tokens"]["[CLS]"]["ids"] == [2]
     assert out["padding"]["pad_id"] == 0
