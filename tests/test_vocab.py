@@ -296,3 +296,18 @@ def test_post_processor_forms_and_padding_are_renumbered():
     assert bert["cls"] == ["[CLS]", 2] and bert["sep"] == ["[SEP]", 3]
     assert template["special_tokens"]["[CLS]"]["ids"] == [2]
     assert out["padding"]["pad_id"] == 0
+
+
+def test_character_bpe_with_a_subword_prefix_keeps_training_pieces():
+    # Not byte-level: merges join "ab" + "##c" into "abc"; unseen characters become the unk token.
+    tk = Tokenizer(models.BPE(unk_token="[UNK]", continuing_subword_prefix="##"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=700, special_tokens=["[PAD]", "[UNK]"],
+                                                       continuing_subword_prefix="##"))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]")
+    keep = plan_vocabulary(tok, token_counts(tok, TRAIN, 64))
+    new_tok = trim_tokenizer(tok, keep)
+    assert len(keep) < len(tok)
+    mapped_ids_equal(tok, new_tok, keep, TRAIN)
+    assert new_tok.unk_token_id not in new_tok("quirky tortoises misbehave")["input_ids"]
+    assert new_tok.convert_ids_to_tokens(new_tok("naïve 👍")["input_ids"])[-1] == "[UNK]"
