@@ -112,6 +112,16 @@ def max_input_length(config, tokenizer=None) -> int | None:
     return min(limits) if limits else None
 
 
+def check_max_length(max_length: int, config, tokenizer=None, teacher: str = "the teacher") -> None:
+    """Refuse a `data.max_length` the teacher cannot take (a `ConfigError` naming the key)."""
+    from distillery.config import ConfigError
+
+    limit = max_input_length(config, tokenizer)
+    if limit is not None and max_length > limit:
+        raise ConfigError(f"params.yaml: data.max_length: {max_length} tokens is more than teacher {teacher!r} "
+                          f"takes ({limit}, from its position embeddings); set data.max_length <= {limit}")
+
+
 def input_meta(data_cfg) -> dict:
     """What a model directory records about its inputs (distillery.json), so the served model
     tokenizes and cuts them as training did and knows which columns to read."""

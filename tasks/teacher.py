@@ -17,8 +17,7 @@ def io(p: Params) -> StageIO:
 
 
 def run(ctx: StageContext) -> dict:
-    from distillery.config import ConfigError
-    from distillery.encoding import input_meta, max_input_length
+    from distillery.encoding import check_max_length, input_meta
     from distillery.losses import hinton_kd
     from distillery.modeling import load_teacher, needs_finetune, save_model_dir
     from distillery.training import encode_texts, resolve_device, train
@@ -27,10 +26,7 @@ def run(ctx: StageContext) -> dict:
     p, t = ctx.params, ctx.params.teacher
     train_set, eval_set, labels = load_splits(ctx)
     model, tokenizer, identity = load_teacher(t.model, labels, ctx.root)
-    limit = max_input_length(model.config, tokenizer)
-    if limit is not None and p.data.max_length > limit:
-        raise ConfigError(f"params.yaml: data.max_length: {p.data.max_length} tokens is more than teacher "
-                          f"{t.model!r} takes ({limit}: its position embeddings); set data.max_length <= {limit}")
+    check_max_length(p.data.max_length, model.config, tokenizer, t.model)
     device = resolve_device(p.base.device)
     enc = encode_texts(tokenizer, train_set.inputs, p.data.max_length, p.data.truncation)
     info = {"identity": identity, "finetuned": False}
