@@ -179,3 +179,17 @@ def test_max_length_above_the_teachers_limit_stops_the_teacher_stage(tmp_path):
     run_stage(root, "validate")
     with pytest.raises(ConfigError, match=r"data\.max_length: 200 .*\(128, .*data\.max_length <= 128"):
         run_stage(root, "teacher")
+
+
+def test_mrpc_targets_use_the_positive_class_f1():
+    from bench.report import evaluate_targets, positive_f1
+
+    # gold 1: 6 rows, 4 predicted 1; gold 0: 4 rows, 1 predicted 1 -> P = 4/5, R = 4/6, F1 = 8/11
+    assert positive_f1([[3, 1], [2, 4]], 1) == pytest.approx(8 / 11)
+    row = {"f1_positive": 0.8, "size_mb": 100.0, "latency_p50_ms": 10.0}
+    rows = {"A": row, "B": {**row, "size_mb": 25.0, "latency_p50_ms": 5.0}, "D": {**row, "f1_positive": 0.7},
+            "E-quantize": {"f1_positive": 0.78, "size_mb": 5.0, "latency_p50_ms": 2.0}}
+    got = {t["name"]: t for t in evaluate_targets(rows, {}, "mrpc")}
+    assert got["f1_retention_vs_A"]["value"] == pytest.approx(0.975) and got["f1_retention_vs_A"]["met"]
+    assert got["size_x_smaller_vs_B"]["value"] == pytest.approx(5.0) and got["p50_x_lower_vs_B"]["met"]
+    assert got["f1_pts_vs_D"]["value"] == pytest.approx(8.0)

@@ -80,6 +80,8 @@ def test_pair_task_runs_the_whole_pipeline_and_is_served_with_two_columns(projec
     reports = {s: yaml.safe_load((project / "reports" / f"{s}.json").read_text()) for s in ("teacher", "quantize")}
     assert reports["quantize"]["size_mb"] < reports["teacher"]["size_mb"]
     assert result["registration"]["version"] == "1" and versions(project) == {"1": {"challenger", "champion"}}
+    report = (project / "reports/index.html").read_text()
+    assert "text pair &#x27;#2 String&#x27;" in report or "text pair '#2 String'" in report
 
     pairs = [("my red car", "the red house"), ("a blue door", "his green shirt")]
     expected = [p["label"] for p in OnnxClassifier.from_dir(project / "models/quantized").predict(pairs)]
