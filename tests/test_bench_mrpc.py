@@ -26,9 +26,9 @@ def test_mrpc_bench_quick_produces_f1_rows_targets_and_outputs(mrpc_dir, prefect
         mrpc_dir, quick=True, benchmark="mrpc", work_dir=tmp_path / "work", out_dir=tmp_path / "results",
         command="pytest", overrides=[f"teacher.model={teacher}", "student.layers=[0, 2]", "student.hidden_size=16",
                                      "student.intermediate_size=32", "teacher.learning_rate=1e-3",
-                                     "distill.learning_rate=1e-3", "bench.train_rows=120", "bench.eval_rows=30",
+                                     "distill.learning_rate=1e-3", "bench.train_rows=120", "bench.eval_rows=60",
                                      "data.max_length=96"])
-    assert results["benchmark"] == "mrpc" and results["data"]["eval_rows"] == 30
+    assert results["benchmark"] == "mrpc" and results["data"]["eval_rows"] == 60
     for key in ("A", "B", "D", "E-quantize"):
         row = results["models"][key]
         assert 0.0 <= row["f1_positive"] <= 1.0 and math.isfinite(row["latency_p50_ms"]), key
