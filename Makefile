@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test install chromium bench ui clean
+.PHONY: run test install chromium bench bench-mrpc ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ test: $(STAMP) chromium
 BENCH_DATA ?= ../shared/data/sst2
 bench: $(STAMP)
 	$(BIN)/distillery bench --data $(BENCH_DATA) --update-readme
+
+# The MRPC benchmark (sentence pairs): bench/results/<date>-mrpc.* and the README's MRPC section.
+MRPC_DATA ?= ../shared/data/mrpc
+bench-mrpc: $(STAMP)
+	$(BIN)/distillery bench --benchmark mrpc --data $(MRPC_DATA) --update-readme
 
 # The MLflow UI (http://127.0.0.1:5000) and the Prefect UI (http://127.0.0.1:4200) over the project's
 # stores; Ctrl-C stops both.

@@ -25,6 +25,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+from distillery.encoding import input_meta
 from distillery.losses import get_loss
 from distillery.modeling import LABELS_FILE, META_FILE, count_parameters, load_teacher, read_meta, save_model_dir
 from distillery.student import build_student
@@ -42,7 +43,9 @@ def write_onnx_int8_dir(model, tokenizer, src_dir: Path, out_dir: Path, ctx: Sta
     out_dir.mkdir(parents=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent) as tmp:
         start = time.perf_counter()
-        fp32 = export_onnx(model, Path(tmp) / "model.fp32.onnx", q.opset, p.data.max_length)
+        pairs = p.data.text_pair_column is not None
+        fp32 = export_onnx(model, Path(tmp) / "model.fp32.onnx", q.opset, p.data.max_length,
+                           sep_token_id=tokenizer.sep_token_id if pairs else None)
         exported = time.perf_counter()
         quantize_dynamic_int8(fp32, out_dir / "model.onnx", q.per_channel)
         done = time.perf_counter()
@@ -60,18 +63,20 @@ def train_hard_label_student(ctx: StageContext, out_dir: Path) -> dict:
     seed_everything(p.base.seed)  # the fresh head is initialised from the seed, as the teacher's was
     source, tokenizer, identity = load_teacher(p.teacher.model, labels, ctx.root)
     rows = slice(0, d.max_train_rows)
+    inputs = train_set.inputs[rows]  # texts, or (text, text_pair) tuples
     # The same builder as the distill stage (layers, width, vocabulary from the same training rows;
     # augmented texts are not used: they have no gold labels).
-    built = build_student(source, tokenizer, p.student, train_set.texts[rows], p.data.max_length, p.base.seed)
+    built = build_student(source, tokenizer, p.student, inputs, p.data.max_length, p.base.seed,
+                          truncation=p.data.truncation)
     student, tokenizer = built.model, built.tokenizer
     del source
-    enc = encode_texts(tokenizer, train_set.texts[rows], p.data.max_length)
+    enc = encode_texts(tokenizer, inputs, p.data.max_length, p.data.truncation)
     loss = partial(get_loss(d.loss), temperature=d.temperature, alpha=1.0)  # alpha = 1: hard labels only
     result = train(student, enc, train_set.labels[rows], loss_fn=loss, epochs=d.epochs, batch_size=d.batch_size,
                    learning_rate=d.learning_rate, seed=p.base.seed, device=resolve_device(p.base.device),
                    teacher_logits=None, desc="baseline D (hard labels)")
     student.to("cpu")
     save_model_dir(student, tokenizer, labels, out_dir, {
-        "max_length": p.data.max_length, "role": "baseline_hard_labels", "init": identity,
+        **input_meta(p.data), "role": "baseline_hard_labels", "init": identity,
         "teacher_layers": p.student.layers, "student": built.info})
     return {"train": vars(result), "params": count_parameters(student), "init": identity["name"]}

@@ -78,12 +78,12 @@ def load_predictor(spec: ModelSpec, threads: int, max_length: int):
     from distillery.modeling import load_model_dir
     from distillery.training import TorchClassifier
 
-    model, tokenizer, _, _ = load_model_dir(spec.model_dir)
+    model, tokenizer, _, meta = load_model_dir(spec.model_dir)
     if spec.kind == "torch-dynamic-int8":
         from bench.torch_int8 import quantize_torch_dynamic
 
         model = quantize_torch_dynamic(model)
-    return TorchClassifier(model, tokenizer, max_length)
+    return TorchClassifier(model, tokenizer, max_length, truncation=meta.get("truncation", "head"))
 
 
 def measure_all(specs: list[ModelSpec], texts: list[str], gold: np.ndarray, n_classes: int,

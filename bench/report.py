@@ -39,14 +39,33 @@ def all_ratios(rows: dict[str, dict]) -> dict[str, dict]:
     return {k: {"vs_A": ratios(r, rows["A"]), "vs_B": ratios(r, rows["B"])} for k, r in rows.items()}
 
 
+def positive_f1(confusion: list[list[int]], positive: int) -> float:
+    """F1 of one class from a confusion matrix (cm[gold][pred]): what GLUE reports for MRPC."""
+    tp = confusion[positive][positive]
+    predicted = sum(row[positive] for row in confusion)
+    actual = sum(confusion[positive])
+    return 2.0 * tp / (predicted + actual) if predicted + actual else 0.0
+
+
 def _target(name, what, value, op, threshold):
     met = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
     return {"name": name, "target": what, "value": value, "op": op, "threshold": threshold, "met": met}
 
 
-def evaluate_targets(rows: dict[str, dict], pipeline: dict) -> list[dict]:
+def evaluate_targets(rows: dict[str, dict], pipeline: dict, benchmark: str = "sst2") -> list[dict]:
     """The issue's targets for the final model (E-quantize) and the pipeline."""
     e, a, b, d = rows[FINAL], rows["A"], rows["B"], rows["D"]
+    if benchmark == "mrpc":  # issue 13: F1 of the positive class, since MRPC's classes are 68/32
+        return [
+            _target("f1_retention_vs_A", "positive-class F1 >= 97% of A's", _div(e["f1_positive"], a["f1_positive"]),
+                    ">=", 0.97),
+            _target("size_x_smaller_vs_A", ">= 10x smaller than A", _div(a["size_mb"], e["size_mb"]), ">=", 10.0),
+            _target("size_x_smaller_vs_B", ">= 4x smaller than B", _div(b["size_mb"], e["size_mb"]), ">=", 4.0),
+            _target("p50_x_lower_vs_B", "p50 >= 2.5x lower than B",
+                    _div(b["latency_p50_ms"], e["latency_p50_ms"]), ">=", 2.5),
+            _target("f1_pts_vs_D", "positive-class F1 above D's (distillation helps)",
+                    100.0 * (e["f1_positive"] - d["f1_positive"]), ">=", 0.0),
+        ]
     minutes = pipeline["wall_seconds"] / 60.0 if pipeline.get("fresh_run") else None
     return [
         _target("accuracy_retention_vs_A", "accuracy >= 98.5% of A", _div(e["accuracy"], a["accuracy"]), ">=", 0.985),
@@ -75,16 +94,19 @@ def _f(value, fmt="{:.2f}"):
 
 
 def _model_table(results: dict) -> str:
-    head = ("| | model | accuracy | macro-F1 | size MB | params | p50 ms | p95 ms | batch-32 /s | peak RSS MB "
+    f1 = any("f1_positive" in r for r in results["models"].values())
+    head = ("| | model | accuracy | macro-F1 " + ("| F1 (positive) " if f1 else "")
+            + "| size MB | params | p50 ms | p95 ms | batch-32 /s | peak RSS MB "
             "| size ÷ A | size ÷ B | p50 ÷ A | p50 ÷ B | Δacc vs A | Δacc vs B |\n"
-            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+            "|---|---|--:|--:|" + ("--:|" if f1 else "") + "--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
     lines = []
     for key in ROW_ORDER:
         if key not in results["models"]:
             continue
         r, ra, rb = results["models"][key], results["ratios"][key]["vs_A"], results["ratios"][key]["vs_B"]
         lines.append(
-            f"| {key} | {r['what']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['size_mb']:.1f} "
+            f"| {key} | {r['what']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} "
+            + (f"| {r['f1_positive']:.4f} " if f1 else "") + f"| {r['size_mb']:.1f} "
             f"| {r['params'] / 1e6:.2f}M | {r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} "
             f"| {r['throughput_sps']:.0f} | {_f(r.get('peak_rss_mb'), '{:.0f}')} "
             f"| {_f(ra['size_x_smaller'], '{:.1f}x')} | {_f(rb['size_x_smaller'], '{:.1f}x')} "
@@ -110,7 +132,7 @@ def _pipeline_table(p: dict) -> str:
 
 def _targets_table(targets: list[dict]) -> str:
     head = "| target (final model E-quantize, pipeline) | measured | required | met |\n|---|--:|--:|---|\n"
-    fmt = {"non_compute_share": "{:.1%}", "accuracy_retention_vs_A": "{:.1%}"}
+    fmt = {"non_compute_share": "{:.1%}", "accuracy_retention_vs_A": "{:.1%}", "f1_retention_vs_A": "{:.1%}"}
     lines = []
     for t in targets:
         f = fmt.get(t["name"], "{:.2f}")
@@ -122,7 +144,8 @@ def _targets_table(targets: list[dict]) -> str:
 def markdown(results: dict, plots: dict[str, str]) -> str:
     """The report; `plots` maps 'json'/'latency'/'size' to file paths relative to where it is shown."""
     m, p, g = results["machine"], results["pipeline"], results["git"]
-    quick = "\n**Quick mode (a tiny slice of SST-2): these figures say nothing about the targets.**\n" \
+    title = results.get("title", "SST-2")
+    quick = f"\n**Quick mode (a tiny slice of {title}): these figures say nothing about the targets.**\n" \
         if results["mode"] == "quick" else ""
     rows = results["data"]
     busy = {k: r["other_cpu_share"] for k, r in results["models"].items() if r.get("other_cpu_share")}
@@ -130,11 +153,11 @@ def markdown(results: dict, plots: dict[str, str]) -> str:
         worst = max(busy, key=busy.get)
         quick += (f"\n**Other processes used up to {busy[worst]:.0%} of the CPU while models were timed "
                   f"({worst}): these timings are not reliable; rerun on a quiet machine.**\n")
-    return f"""### SST-2 benchmark, {results['date']}
+    return f"""### {title} benchmark, {results['date']}
 {quick}
 Produced by `{results['command']}` at commit `{g['git_commit'][:12]}`{' (uncommitted changes)' if g['git_dirty'] == 'true' else ''},
 on {m['cpu_model']} ({m['cpus_available']} CPUs available, {m['ram_gb']:.0f} GB RAM), {results['conditions']['threads']} threads;
-train {rows['train_rows']:,} rows, dev {rows['eval_rows']:,} sentences. Raw figures: `{plots['json']}`.
+train {rows['train_rows']:,} rows, dev {rows['eval_rows']:,} {'pairs' if results.get('benchmark') == 'mrpc' else 'sentences'}. Raw figures: `{plots['json']}`.
 
 {_model_table(results)}
 A: the fine-tuned teacher (fp32, PyTorch); B: A through ONNX Runtime dynamic int8; C: A with
@@ -169,18 +192,21 @@ def plot(results: dict, x_key: str, x_label: str, out: Path) -> Path:
     points = [{**results["models"][key], "key": key, "marker": "*" if key == FINAL else "o",
                "color": "tab:red" if key.startswith("E") else ("tab:gray" if key.startswith("D") else "tab:blue")}
               for key in ROW_ORDER if key in results["models"]]
-    png = accuracy_scatter(points, x_key, x_label, "SST-2 dev accuracy (%)",
-                           f"SST-2: accuracy vs {x_label.split(' (')[0]} ({results['date']})")
+    title = results.get("title", "SST-2")
+    png = accuracy_scatter(points, x_key, x_label, f"{title} dev accuracy (%)",
+                           f"{title}: accuracy vs {x_label.split(' (')[0]} ({results['date']})")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(png)
     return out
 
 
-def update_readme(readme: Path, section: str) -> bool:
-    """Replace the text between the benchmark markers; False when the markers are absent."""
+def update_readme(readme: Path, section: str, benchmark: str = "sst2") -> bool:
+    """Replace the text between the benchmark's markers; False when the markers are absent."""
     text = readme.read_text()
-    pattern = re.compile(re.escape(README_START) + r".*?" + re.escape(README_END), re.S)
+    start, end = (README_START, README_END) if benchmark == "sst2" else \
+        (f"<!-- bench:{benchmark}:start -->", f"<!-- bench:{benchmark}:end -->")
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     if not pattern.search(text):
         return False
-    readme.write_text(pattern.sub(lambda _: f"{README_START}\n{section.strip()}\n{README_END}", text, count=1))
+    readme.write_text(pattern.sub(lambda _: f"{start}\n{section.strip()}\n{end}", text, count=1))
     return True

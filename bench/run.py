@@ -22,7 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from bench import report
-from bench.workdir import REPO, build_params, file_sha256, make_work_project, prepare_data
+from bench.workdir import BENCHMARKS, REPO, build_params, file_sha256, make_work_project, prepare_data
 
 PACKAGES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy", "mlflow", "prefect", "dvc",
             "great-expectations", "matplotlib")
@@ -139,8 +139,11 @@ def measure_models(ctx, work: Path) -> tuple[list, dict, dict, dict]:
     dirs, built = build_competitors(ctx, work / "baselines")
     specs = model_specs(ctx, dirs)
     train_set, eval_set, labels = load_splits(ctx)
-    texts = list(eval_set.texts)
+    texts = eval_set.inputs  # sentences, or (sentence, sentence) pairs at their real lengths
     rows = compare.measure_all(specs, texts, eval_set.labels, len(labels), ctx.params)
+    if "1" in labels:  # a binary task with a positive class (MRPC): GLUE reports its F1
+        for row in rows.values():
+            row["f1_positive"] = report.positive_f1(row["confusion_matrix"], labels.index("1"))
     texts_file = compare.write_texts(texts, work / "baselines" / "eval_texts.json")
     for spec in specs:
         memory = compare.measure_memory(spec, texts_file, ctx.params)
@@ -153,20 +156,20 @@ def measure_models(ctx, work: Path) -> tuple[list, dict, dict, dict]:
 
 def run_benchmark(data_dir: str | Path, *, quick: bool = False, overrides: list[str] | None = None,
                   work_dir: str | Path | None = None, out_dir: str | Path | None = None, reuse_work: bool = False,
-                  update_readme: bool = False, command: str = "distillery bench") -> dict:
+                  update_readme: bool = False, command: str = "distillery bench", benchmark: str = "sst2") -> dict:
     """Run the whole benchmark; returns the results dict (also written to `out_dir`)."""
     from bench import pipeline_timing
     from tasks.common import STAGES, read_json, report_path, stage_context
     from tasks.register import git_lineage
 
     data_dir = Path(data_dir).resolve()
-    work = Path(work_dir or REPO / "bench" / "work" / ("sst2-quick" if quick else "sst2")).resolve()
+    work = Path(work_dir or REPO / "bench" / "work" / (f"{benchmark}-quick" if quick else benchmark)).resolve()
     out = Path(out_dir or (REPO / "bench" / "work" / "quick-results" if quick else REPO / "bench" / "results"))
     now = dt.datetime.now().astimezone()
-    results = {"benchmark": "sst2", "mode": "quick" if quick else "full", "date": now.strftime("%Y-%m-%d"),
+    results = {"benchmark": benchmark, "title": BENCHMARKS[benchmark]["title"], "mode": "quick" if quick else "full", "date": now.strftime("%Y-%m-%d"),
                "started_at": now.isoformat(timespec="seconds"), "command": command, "machine": machine(),
                "versions": versions(), "git": git_lineage(REPO)}
-    raw, bench_cfg, _ = build_params(data_dir, quick, overrides or [])
+    raw, bench_cfg, _ = build_params(data_dir, quick, overrides or [], benchmark)
     prepare_data(raw, bench_cfg, work.parent / f"{work.name}-data")
     fresh = make_work_project(work, raw, reuse=reuse_work,
                               note=f"bench project for distillery {results['git']['git_commit']}")
@@ -182,22 +185,23 @@ def run_benchmark(data_dir: str | Path, *, quick: bool = False, overrides: list[
     results.update(
         data={"dir": str(data_dir), "train_path": p.data.train_path, "eval_path": p.data.eval_path, **sizes,
               "bench": bench_cfg, "source_sha256": {n: file_sha256(data_dir / n) for n in ("train.tsv", "dev.tsv")}},
-        params={"profiles": ["bench/sst2.params.yaml"] + (["bench/sst2-quick.params.yaml"] if quick else []),
+        params={"profiles": [f"bench/{benchmark}.params.yaml"] + ([f"bench/{benchmark}-quick.params.yaml"] if quick else []),
                 "overrides": overrides or [], "effective": p.as_dict()},
         conditions={"threads": p.base.threads, "device": p.base.device, "warmup": p.measure.warmup,
-                    "latency": "batch 1, every eval sentence in file order, real length, tokenization included",
+                    "latency": f"batch 1, every eval item ({BENCHMARKS[benchmark]['eval_unit']}) in file order, "
+                               "real length, tokenization included",
                     "throughput_batch_size": p.measure.throughput_batch_size, "order": [s.key for s in specs],
                     "memory": "fresh process per model; peak RSS (VmHWM reset after load) while scoring every "
                               "eval sentence at the throughput batch size; see bench/memory.py"},
         work_dir=str(work), models=rows, built=built, ratios=report.all_ratios(rows), pipeline=pipeline)
-    results["targets"] = report.evaluate_targets(rows, pipeline)
+    results["targets"] = report.evaluate_targets(rows, pipeline, benchmark)
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     write_outputs(results, out, update_readme)
     return results
 
 
 def write_outputs(results: dict, out: Path, update_readme: bool) -> dict[str, Path]:
-    stem = f"{results['date']}-sst2" + ("-quick" if results["mode"] == "quick" else "")
+    stem = f"{results['date']}-{results['benchmark']}" + ("-quick" if results["mode"] == "quick" else "")
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md",
              "latency": out / f"{stem}-accuracy-latency.png", "size": out / f"{stem}-accuracy-size.png"}
@@ -214,7 +218,7 @@ def write_outputs(results: dict, out: Path, update_readme: bool) -> dict[str, Pa
             rel = {k: files[k].resolve().relative_to(REPO).as_posix() for k in ("json", "latency", "size")}
         except ValueError:
             raise SystemExit(f"--update-readme: {out} is outside the repository; the README cannot show it")
-        if report.update_readme(readme, report.markdown(results, rel)):
+        if report.update_readme(readme, report.markdown(results, rel), results["benchmark"]):
             print(f"bench: updated the benchmark section of {readme}")
         else:
             print(f"bench: {readme} has no {report.README_START} marker; not updated", file=sys.stderr)
@@ -224,10 +228,11 @@ def write_outputs(results: dict, out: Path, update_readme: bool) -> dict[str, Pa
 def from_cli(args) -> int:
     """Entry point for `distillery bench` (the parser lives in distillery/cli.py)."""
     command = "distillery " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "distillery bench"
-    data = args.data or REPO.parent / "shared" / "data" / "sst2"  # SST-2 sits beside the checkout
+    name = getattr(args, "benchmark", "sst2")
+    data = args.data or REPO.parent / "shared" / "data" / BENCHMARKS[name]["data"]  # beside the checkout
     results = run_benchmark(data, quick=args.quick, overrides=args.set or [], work_dir=args.work_dir,
                             out_dir=args.out_dir, reuse_work=args.reuse_work, update_readme=args.update_readme,
-                            command=command)
+                            command=command, benchmark=name)
     missed = [t["target"] for t in results["targets"] if t["met"] is False]
     print(f"bench: {len(results['targets']) - len(missed)}/{len(results['targets'])} targets met"
           + (f"; not met: {'; '.join(missed)}" if missed else ""))

@@ -22,6 +22,14 @@ from distillery.config import PARAMS_FILE, ConfigError, Params, apply_overrides,
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "bench" / "sst2.params.yaml"
 QUICK_PROFILE = REPO / "bench" / "sst2-quick.params.yaml"
+# The benchmarks `distillery bench --benchmark NAME` runs: each a profile (and its quick profile)
+# over the repo's params.yaml, and the data folder's two files (GLUE's names).
+BENCHMARKS = {
+    "sst2": {"title": "SST-2", "profile": PROFILE, "quick": QUICK_PROFILE, "data": "sst2",
+             "eval_unit": "sentences"},
+    "mrpc": {"title": "MRPC", "profile": REPO / "bench" / "mrpc.params.yaml",
+             "quick": REPO / "bench" / "mrpc-quick.params.yaml", "data": "mrpc", "eval_unit": "sentence pairs"},
+}
 MARKER = ".distillery-bench"  # only a folder holding this file is ever deleted by the benchmark
 BENCH_KEYS = {"train_rows": None, "eval_rows": None}
 GITIGNORE = "/data/\n/models/\n/reports/\n/mlruns/\n/.prefect/\n/baselines/\n/logs/\n" + f"/{MARKER}\n"
@@ -38,16 +46,18 @@ def merge_profile(raw: dict, profile: dict) -> dict:
     return out
 
 
-def build_params(data_dir: Path, quick: bool, overrides: list[str]) -> tuple[dict, dict, Params]:
+def build_params(data_dir: Path, quick: bool, overrides: list[str],
+                 benchmark: str = "sst2") -> tuple[dict, dict, Params]:
     """(raw params for the bench project, bench-only settings, validated params).
 
-    Order: repo params.yaml < sst2.params.yaml < sst2-quick.params.yaml (with --quick) < --set.
+    Order: repo params.yaml < <benchmark>.params.yaml < <benchmark>-quick.params.yaml (with --quick) < --set.
     """
+    spec = BENCHMARKS[benchmark]
     for name in ("train.tsv", "dev.tsv"):
         if not (Path(data_dir) / name).is_file():
-            raise ConfigError(f"--data {data_dir}: no {name} there (expected SST-2's train.tsv and dev.tsv)")
+            raise ConfigError(f"--data {data_dir}: no {name} there (expected {spec['title']}'s train.tsv and dev.tsv)")
     raw = read_raw(REPO / PARAMS_FILE)
-    for profile in [PROFILE] + ([QUICK_PROFILE] if quick else []):
+    for profile in [spec["profile"]] + ([spec["quick"]] if quick else []):
         raw = merge_profile(raw, read_raw(profile))
     raw = apply_overrides(raw, overrides, "--set")
     bench = {**BENCH_KEYS, **(raw.pop("bench", None) or {})}

@@ -445,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_report)
     bench = sub.add_parser("bench", help="benchmark on SST-2: the pipeline, then the teacher, its int8 versions, "
                                          "a no-teacher baseline and our student measured side by side")
+    bench.add_argument("--benchmark", choices=["sst2", "mrpc"], default="sst2",
+                       help="sst2 (single sentences) or mrpc (GLUE paraphrase sentence pairs); default sst2")
     bench.add_argument("--data", help="folder holding train.tsv and dev.tsv (default: ../shared/data/sst2 "
                                       "beside the checkout)")
     bench.add_argument("--quick", action="store_true", help="a tiny seeded slice, to check the code path")

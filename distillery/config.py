@@ -48,10 +48,21 @@ class DataConfig(_Section):
     train_path: str
     eval_path: str
     text_column: str = Field("text", min_length=1)
+    text_pair_column: str | None = Field(None, min_length=1)  # sentence-pair tasks: the second text
     label_column: str = Field("label", min_length=1)
     labels: list[str | int] | None = None
-    max_length: int = Field(64, ge=4, le=512)
+    # The upper bound here is the largest any supported family allows (ModernBERT: 8192); the
+    # teacher's own limit is checked when it is loaded (`check_max_length`).
+    max_length: int = Field(64, ge=4, le=8192)
+    truncation: Literal["head", "head_tail"] = "head"
     demo_rows: int = Field(3000, ge=50, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _columns_distinct(self):
+        cols = [self.text_column, self.label_column] + ([self.text_pair_column] if self.text_pair_column else [])
+        if len(set(cols)) != len(cols):
+            raise ValueError(f"text_column, text_pair_column and label_column must name different columns, got {cols}")
+        return self
 
     @field_validator("labels")
     @classmethod
@@ -345,6 +356,12 @@ class Params(_Section):
                 if getattr(self.distill, key) > 0:
                     raise ValueError(f"distill.{key}: intermediate-layer losses need a transformer student; "
                                      "student.architecture is bilstm (set it to 0)")
+            if self.data.text_pair_column is not None:
+                # Its single-sequence encoder has no notion of two segments; a siamese variant
+                # (Tang et al.: [u, v, |u-v|, u*v]) is not built yet.
+                raise ValueError("student.architecture: bilstm does not support sentence pairs "
+                                 f"(data.text_pair_column is {self.data.text_pair_column!r}); use the "
+                                 "transformer student, or set data.text_pair_column: null")
         return self
 
     @property

@@ -29,12 +29,17 @@ import pandas as pd
 from distillery.fileio import md5_file, replace_dir, temp_dir_for, write_atomically
 
 TEXT = "text"
+TEXT_PAIR = "text_pair"  # the second text of a sentence-pair task (data.text_pair_column)
 LABEL = "label"
 
 _DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 _PARQUET = {".parquet", ".pq"}
 # Leading zeros ("01") stay strings: "01" and "1" must not silently merge into one class.
 _INT_RE = re.compile(r"^[+-]?(0|[1-9][0-9]*)$")
+# An integer written as a float ("1.0", "1.", "-2.00"): the same class as the integer.
+_INT_FLOAT_RE = re.compile(r"^([+-]?(0|[1-9][0-9]*))\.0*$")
+# A zero-padded integer ("01", "007"): kept as written (codes), but an error beside its integer.
+_PADDED_INT_RE = re.compile(r"^[+-]?0[0-9]+$")
 # How tools spell a missing float in a text export (pandas/numpy "nan", pandas "<NA>"): in a
 # label column it is a missing label, never a class. (A text that reads "nan" stays a text.)
 _NULL_LABEL_RE = re.compile(r"^(nan|<na>)$", re.IGNORECASE)
@@ -57,23 +62,28 @@ class SourceTable:
     md5: str
 
 
-def read_table(path: str | Path, text_column: str, label_column: str) -> pd.DataFrame:
-    """Read a labelled text table into a frame with exactly the columns `text`, `label`.
+def read_table(path: str | Path, text_column: str, label_column: str,
+               text_pair_column: str | None = None) -> pd.DataFrame:
+    """Read a labelled text table into a frame with exactly the columns `text`, `label` (and
+    `text_pair` for sentence-pair tasks); other columns of the file are ignored.
 
-    The format follows the extension (.csv, .tsv/.tab, .parquet/.pq). Empty cells
-    become null (not ""), so validation can report them; only empty cells do:
-    a text that reads "NA" or "null" is kept as text. Labels stay as read, except
-    that a column whose values are all integers comes back as ints (0/1 in SST-2)
-    and "nan" / "<NA>" labels are null.
+    The format follows the extension (.csv, .tsv/.tab, .parquet/.pq); a UTF-8 byte-order
+    mark is ignored. Empty cells become null (not ""), so validation can report them; only
+    empty cells do: a text that reads "NA" or "null" is kept as text. Labels are normalised
+    (`normalise_labels`): integer-like spellings (1, 1.0, " 1 ") are one int class.
     """
-    return read_source(path, text_column, label_column).frame
+    return read_source(path, text_column, label_column, text_pair_column).frame
 
 
-def read_source(path: str | Path, text_column: str, label_column: str) -> SourceTable:
+def read_source(path: str | Path, text_column: str, label_column: str,
+                text_pair_column: str | None = None) -> SourceTable:
     """`read_table`, plus the md5 of the bytes it parsed (read once: what is hashed is what is parsed)."""
     path = Path(path)
-    if text_column == label_column:
-        raise DataError(f"{path}: text and label column are both {text_column!r}")
+    roles = [("text", text_column)] + ([("text pair", text_pair_column)] if text_pair_column else []) \
+        + [("label", label_column)]
+    if len({c for _, c in roles}) != len(roles):
+        raise DataError(f"{path}: the text, text pair and label columns must differ, got "
+                        f"{[c for _, c in roles]}")
     suffix = path.suffix.lower()
     if suffix not in _DELIMITERS and suffix not in _PARQUET:
         raise DataError(f"{path}: unknown file extension {path.suffix!r}; "
@@ -82,21 +92,24 @@ def read_source(path: str | Path, text_column: str, label_column: str) -> Source
     with _open_bytes(path) as fh:
         raw = fh.read()
     if suffix in _PARQUET:
-        df = _read_parquet(path, raw, [text_column, label_column])
+        df = _read_parquet(path, raw, [c for _, c in roles])
     else:
         df = _read_delimited(path, raw, _DELIMITERS[suffix])
-    for role, col in (("text", text_column), ("label", label_column)):
+    for role, col in roles:
         if col not in df.columns:
             raise DataError(f"{path}: {role} column {col!r} not found; columns found: "
                             f"{list(map(str, df.columns))}{_delimiter_hint(df, suffix)}")
     if len(df) == 0:
         raise DataError(f"{path}: no data rows (header only)")
-    text = df[text_column].reset_index(drop=True)
-    kind = pd.api.types.infer_dtype(text, skipna=True)
-    if kind not in ("string", "empty"):
-        raise DataError(f"{path}: text column {text_column!r} holds {kind} values, expected strings")
-    label = _normalise_labels(df[label_column].reset_index(drop=True))
-    return SourceTable(pd.DataFrame({TEXT: text, LABEL: label}), hashlib.md5(raw).hexdigest())
+    out = {}
+    for role, col in roles[:-1]:
+        text = df[col].reset_index(drop=True)
+        kind = pd.api.types.infer_dtype(text, skipna=True)
+        if kind not in ("string", "empty"):
+            raise DataError(f"{path}: {role} column {col!r} holds {kind} values, expected strings")
+        out[TEXT if role == "text" else TEXT_PAIR] = text
+    out[LABEL] = normalise_labels(df[label_column].reset_index(drop=True), f"{path}: label column {label_column!r}")
+    return SourceTable(pd.DataFrame(out), hashlib.md5(raw).hexdigest())
 
 
 def _check_readable(path: Path) -> None:
@@ -179,33 +192,48 @@ def _delimiter_hint(df: pd.DataFrame, suffix: str) -> str:
     return ""
 
 
-def _normalise_labels(labels: pd.Series) -> pd.Series:
-    """Integer-looking labels become ints; nulls stay null (validation reports them)."""
-    if labels.dtype == object or pd.api.types.is_string_dtype(labels):
-        labels = labels.map(lambda v: None if isinstance(v, str) and _NULL_LABEL_RE.match(v) else v)
-    null = labels.isna()
-    values = labels[~null]
-    if len(values) == 0:
-        return labels.astype(object)
-    if pd.api.types.is_float_dtype(labels):
-        # Parquet stores an int column with gaps as float; 1.0 means class 1, not a float label.
-        if not np.all(np.mod(values.to_numpy(), 1) == 0):
-            return labels
-        ints = values.astype("int64")
-    elif pd.api.types.is_integer_dtype(labels) or pd.api.types.is_bool_dtype(labels):
-        return labels
-    elif all(isinstance(v, str) and _INT_RE.match(v) for v in values):
-        ints = values.map(int)
-    else:
-        return labels
-    if not null.any():
-        try:
-            return pd.Series(ints.to_numpy(), name=labels.name, dtype="int64")
-        except OverflowError:  # beyond int64: such "labels" are ids, keep them as read
-            return labels
-    out = pd.Series([None] * len(labels), name=labels.name, dtype=object)
-    out[~null] = [int(v) for v in ints]
-    return out
+def normalise_label(v: Any) -> Any:
+    """One label value as the class it means: integer-like spellings (1, 1.0, "1", " 1 ", "+1",
+    "1.0") become the int; other strings lose surrounding whitespace; "nan" / "<NA>" / blank
+    become null. Zero-padded strings ("01") stay strings (they may be codes), and bools stay bools."""
+    if _is_null(v):
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return int(v) if float(v).is_integer() and abs(v) < 2**63 else float(v)
+    if isinstance(v, str):
+        t = v.strip()
+        if not t or _NULL_LABEL_RE.match(t):
+            return None
+        m = _INT_RE.match(t) or _INT_FLOAT_RE.match(t)
+        if m:
+            n = int(m.group(1) if m.re is _INT_FLOAT_RE else t)
+            return n if -2**63 <= n < 2**63 else t  # beyond int64: an id, keep it as written
+        return t
+    return v
+
+
+def normalise_labels(labels: pd.Series, where: str = "labels") -> pd.Series:
+    """`normalise_label` on every value: int64 when every label is an int and none is null,
+    else objects (nulls stay null: validation reports them). Two spellings that would still be
+    two classes for one meaning ("01" beside 1) raise a `DataError` naming `where` and the rows."""
+    values = [normalise_label(v) for v in labels]
+    ints = {v for v in values if isinstance(v, int) and not isinstance(v, bool)}
+    clash = [i for i, v in enumerate(values)
+             if isinstance(v, str) and _PADDED_INT_RE.match(v) and int(v) in ints]
+    if clash:
+        shown = ", ".join(f"row {i + 1}: {labels.iloc[i]!r}" for i in clash[:5])
+        raise DataError(f"{where}: label(s) {sorted({values[i] for i in clash})} are zero-padded spellings of "
+                        f"integer label(s) also present, which would make two classes of one; write them "
+                        f"one way ({shown}{f' and {len(clash) - 5} more' if len(clash) > 5 else ''})")
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return pd.Series(values, name=labels.name, dtype="int64")
+    if values and all(isinstance(v, bool) for v in values):
+        return pd.Series(values, name=labels.name, dtype=bool)
+    return pd.Series(values, name=labels.name, dtype=object)
 
 
 # --------------------------------------------------------------------------- labels
@@ -237,8 +265,8 @@ class LabelMap:
     @classmethod
     def from_labels(cls, declared: Sequence[str | int] | None, train_labels: pd.Series) -> LabelMap:
         """Declared order when given; else the distinct train labels, sorted (numerically if ints)."""
-        if declared is not None:
-            return cls(list(declared))
+        if declared is not None:  # spelt as the data's labels are read: " 1.0" is class 1
+            return cls([normalise_label(v) for v in declared])
         distinct = list(dict.fromkeys(v for v in train_labels if not _is_null(v)))
         if len(distinct) < 2:
             raise DataError(f"cannot infer a label set from the training labels: found "
@@ -298,23 +326,40 @@ def _show(v: Any) -> str:
 
 @dataclass
 class TextDataset:
-    """Texts and their int64 class indices, as the training code consumes them."""
+    """Texts (and, for sentence-pair tasks, their second texts) and int64 class indices, as the
+    training code consumes them."""
 
     texts: list[str]
     labels: np.ndarray
+    pairs: list[str] | None = None
 
     def __post_init__(self):
         self.texts = list(self.texts)
         self.labels = np.asarray(self.labels, dtype=np.int64)
         if self.labels.ndim != 1 or len(self.labels) != len(self.texts):
             raise ValueError(f"{len(self.texts)} texts but labels of shape {self.labels.shape}")
+        if self.pairs is not None:
+            self.pairs = list(self.pairs)
+            if len(self.pairs) != len(self.texts):
+                raise ValueError(f"{len(self.texts)} texts but {len(self.pairs)} second texts")
 
     def __len__(self) -> int:
         return len(self.texts)
 
+    @property
+    def inputs(self) -> list:
+        """What a tokenizer or classifier takes: the texts, or (text, text_pair) tuples."""
+        return self.texts if self.pairs is None else list(zip(self.texts, self.pairs))
+
+    def subset(self, idx) -> TextDataset:
+        """The rows at `idx` (a slice, or positions)."""
+        pick = (lambda xs: xs[idx]) if isinstance(idx, slice) else (lambda xs: [xs[i] for i in idx])
+        return TextDataset(pick(self.texts), self.labels[idx],
+                           None if self.pairs is None else pick(self.pairs))
+
 
 def save_split(data: pd.DataFrame | TextDataset, path: str | Path) -> Path:
-    """Write a validated split as Parquet (`text`: string, `label`: int64), atomically."""
+    """Write a validated split as Parquet (`text`: string, [`text_pair`: string,] `label`: int64), atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -326,10 +371,14 @@ def save_split(data: pd.DataFrame | TextDataset, path: str | Path) -> Path:
         if not pd.api.types.is_integer_dtype(data[LABEL]):
             raise DataError(f"{path}: cannot save split, labels must be int class indices "
                             f"(encode them with LabelMap.encode), got dtype {data[LABEL].dtype}")
-        data = TextDataset(data[TEXT].tolist(), data[LABEL].to_numpy())
-    if any(not isinstance(t, str) for t in data.texts):
+        data = TextDataset(data[TEXT].tolist(), data[LABEL].to_numpy(),
+                           data[TEXT_PAIR].tolist() if TEXT_PAIR in data.columns else None)
+    if any(not isinstance(t, str) for t in data.texts + (data.pairs or [])):
         raise DataError(f"{path}: cannot save split, every text must be a string (validate first)")
-    table = pa.table({TEXT: pa.array(data.texts, pa.string()), LABEL: pa.array(data.labels, pa.int64())})
+    columns = {TEXT: pa.array(data.texts, pa.string())}
+    if data.pairs is not None:
+        columns[TEXT_PAIR] = pa.array(data.pairs, pa.string())
+    table = pa.table({**columns, LABEL: pa.array(data.labels, pa.int64())})
     write_atomically(path, lambda tmp: pq.write_table(table, tmp))
     return path
 
@@ -351,9 +400,12 @@ def load_split(path: str | Path) -> TextDataset:
         raise DataError(f"{path}: a split needs columns {[TEXT, LABEL]}, found {names}")
     if not pa.types.is_integer(table.schema.field(LABEL).type):
         raise DataError(f"{path}: label column must hold int class indices, found {table.schema.field(LABEL).type}")
-    if table.column(TEXT).null_count or table.column(LABEL).null_count:
+    has_pair = TEXT_PAIR in names
+    if table.column(TEXT).null_count or table.column(LABEL).null_count or (
+            has_pair and table.column(TEXT_PAIR).null_count):
         raise DataError(f"{path}: split contains null texts or labels")
-    return TextDataset(table.column(TEXT).to_pylist(), table.column(LABEL).to_numpy())
+    return TextDataset(table.column(TEXT).to_pylist(), table.column(LABEL).to_numpy(),
+                       table.column(TEXT_PAIR).to_pylist() if has_pair else None)
 
 
 # --------------------------------------------------------------------------- the validated directory

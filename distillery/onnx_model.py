@@ -7,7 +7,10 @@ onnxruntime, numpy and the `tokenizers` library. The directory holds
     model.onnx       inputs input_ids, attention_mask (int64 [batch, seq]) -> logits
     tokenizer.json   a `tokenizers` file, as written by save_pretrained
     labels.json      {"labels": [...]}: class names in logit order
-    distillery.json  optional, {"max_length": N}: tokens per text (else 128)
+    distillery.json  optional, {"max_length": N, "truncation": "head" | "head_tail",
+                     "input_columns": ["text"] or ["text", "text_pair"]}: tokens per input
+                     (else 128), how longer inputs are cut (distillery.encoding), and the
+                     columns a served request must carry
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
+
+from distillery.encoding import TRUNCATIONS, encode_batch
 
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -51,6 +56,20 @@ def _read_max_length(model_dir: Path) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 2:
         raise ValueError(f"{path}: max_length must be an integer >= 2, got {value!r}")
     return value
+
+
+def read_input_meta(model_dir: str | Path) -> dict:
+    """{"max_length", "truncation", "input_columns"} of a model directory, with the defaults of
+    directories written before these were recorded (one text column, head truncation)."""
+    path = Path(model_dir) / META_FILE
+    meta = _read_json(path) if path.exists() else {}
+    truncation = meta.get("truncation", "head")
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"{path}: truncation must be one of {list(TRUNCATIONS)}, got {truncation!r}")
+    columns = meta.get("input_columns", ["text"])
+    if not (isinstance(columns, list) and 1 <= len(columns) <= 2 and all(isinstance(c, str) and c for c in columns)):
+        raise ValueError(f"{path}: input_columns must list one or two column names, got {columns!r}")
+    return {"max_length": _read_max_length(Path(model_dir)), "truncation": truncation, "input_columns": columns}
 
 
 def _pad_token_id(tokenizer: Tokenizer, model_dir: Path) -> int:
@@ -89,9 +108,12 @@ class OnnxClassifier:
     """Text classifier over an ONNX Runtime session; see the module docstring for the files."""
 
     def __init__(self, session: ort.InferenceSession, tokenizer: Tokenizer, labels: list[str],
-                 pad_id: int, model_path: Path):
+                 pad_id: int, model_path: Path, max_length: int = DEFAULT_MAX_LENGTH, truncation: str = "head",
+                 input_columns: list[str] | None = None):
         self.session = session
-        self.tokenizer = tokenizer  # truncation set, padding off: batches are padded here
+        self.tokenizer = tokenizer  # truncation and padding are ours (encode_batch, _feeds)
+        self.max_length, self.truncation = max_length, truncation
+        self.input_columns = list(input_columns or ["text"])
         self.labels = labels
         self.pad_id = pad_id
         self.model_path = model_path
@@ -107,18 +129,15 @@ class OnnxClassifier:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         labels = _read_labels(model_dir)
+        meta = read_input_meta(model_dir)
         tokenizer = Tokenizer.from_file(str(model_dir / TOKENIZER_FILE))
         tokenizer.no_padding()  # a saved fixed-length padding would defeat pad-to-longest
-        tokenizer.enable_truncation(_read_max_length(model_dir))
         session = _session(model_dir / MODEL_FILE, threads)
         n_out = _logits_output(session).shape[-1]
         if isinstance(n_out, int) and n_out != len(labels):
             raise ValueError(f"{model_dir}: model has {n_out} outputs but {LABELS_FILE} names {len(labels)} labels")
-        return cls(session, tokenizer, labels, _pad_token_id(tokenizer, model_dir), model_dir / MODEL_FILE)
-
-    @property
-    def max_length(self) -> int:
-        return self.tokenizer.truncation["max_length"]
+        return cls(session, tokenizer, labels, _pad_token_id(tokenizer, model_dir), model_dir / MODEL_FILE,
+                   meta["max_length"], meta["truncation"], meta["input_columns"])
 
     def _feeds(self, token_ids: list[list[int]]) -> dict[str, np.ndarray]:
         """Pad a batch to its longest item (not to max_length: short texts stay cheap)."""
@@ -133,9 +152,10 @@ class OnnxClassifier:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
         return feeds
 
-    def predict_logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        """Logits [n, n_labels] in input order. Texts are batched in order of length,
-        which keeps padding (wasted compute) small; the order is restored after."""
+    def predict_logits(self, texts: list, batch_size: int = 32) -> np.ndarray:
+        """Logits [n, n_labels] in input order; `texts` are strings or (text, text_pair) tuples.
+        Inputs are batched in order of length, which keeps padding (wasted compute) small; the
+        order is restored after."""
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings, not one string")
         if batch_size < 1:
@@ -143,7 +163,7 @@ class OnnxClassifier:
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if not texts:
             return out
-        token_ids = [enc.ids for enc in self.tokenizer.encode_batch(list(texts))]
+        token_ids, _ = encode_batch(self.tokenizer, list(texts), self.max_length, self.truncation)
         order = np.argsort([len(ids) for ids in token_ids], kind="stable")
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
@@ -151,7 +171,7 @@ class OnnxClassifier:
             out[rows] = self.session.run([self._output_name], feeds)[0]
         return out
 
-    def predict(self, texts: list[str], batch_size: int = 32) -> list[dict]:
+    def predict(self, texts: list, batch_size: int = 32) -> list[dict]:
         """[{"label": name, "probabilities": {name: p}}] per text, p summing to 1."""
         probs = _softmax(self.predict_logits(texts, batch_size).astype(np.float64))
         return [{"label": self.labels[int(p.argmax())],

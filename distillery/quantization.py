@@ -59,18 +59,28 @@ class _LogitsOnly(torch.nn.Module):
     its 512-long buffers with `[:, :seq]`, which exports as Min(512, seq) and makes
     ORT's symbolic shape inference (quant_pre_process, the transformer optimizer)
     fail on the graph. Other families (RoBERTa offsets its positions) build their own.
+
+    Sentence pairs (`sep_token_id` given, BERT): the segment of each token is derived in-graph
+    from the ids, as BERT's tokenizer assigns it: 0 up to and including the first [SEP], 1
+    after it; so the graph keeps its two inputs and every caller (serving, calibration,
+    parity checks) feeds pairs exactly like single texts.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, sep_token_id: int | None = None):
         super().__init__()
         self.model = model
         self.explicit_ids = getattr(model.config, "model_type", None) == "bert"
+        self.sep_token_id = sep_token_id if getattr(model.config, "type_vocab_size", 1) > 1 else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         extra = {}
         if self.explicit_ids:
             extra["position_ids"] = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)  # (1, S)
             extra["token_type_ids"] = torch.zeros_like(input_ids)  # (B, S): single-segment inputs
+            if self.sep_token_id is not None:
+                is_sep = (input_ids == self.sep_token_id).long()  # (B, S)
+                before = torch.cumsum(is_sep, dim=1) - is_sep  # (B, S): [SEP]s strictly before each token
+                extra["token_type_ids"] = torch.clamp(before, max=1) * attention_mask
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits  # (B, n_labels)
 
 
@@ -112,7 +122,7 @@ def _session(path: Path) -> ort.InferenceSession:
 
 
 def check_onnx_parity(model: torch.nn.Module, onnx_path: str | Path, max_length: int,
-                      atol: float = PARITY_ATOL) -> float:
+                      atol: float = PARITY_ATOL, sep_token_id: int | None = None) -> float:
     """Max |logits difference| between `model` (CPU, eval) and the ONNX graph on a
     batch of 1 and a padded batch of 3 at another length; raises when over `atol`."""
     sess = _session(Path(onnx_path))
@@ -123,7 +133,7 @@ def check_onnx_parity(model: torch.nn.Module, onnx_path: str | Path, max_length:
     worst = 0.0
     for ids, mask in cases:
         with torch.no_grad():
-            ref = _LogitsOnly(model)(ids, mask).numpy()
+            ref = _LogitsOnly(model, sep_token_id)(ids, mask).numpy()
         got = sess.run([OUTPUT_NAME], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
         worst = max(worst, float(np.abs(ref - got).max()))
     if not worst <= atol:  # also catches NaN
@@ -146,13 +156,15 @@ def _clear_rnn_dispatch_cache() -> None:
             cache.clear()
 
 
-def export_onnx(model: torch.nn.Module, out_path: str | Path, opset: int, max_length: int) -> Path:
+def export_onnx(model: torch.nn.Module, out_path: str | Path, opset: int, max_length: int,
+                sep_token_id: int | None = None) -> Path:
     """Export a transformers sequence classifier (or a BiLSTM student) to one self-contained ONNX file.
 
     Inputs `input_ids`, `attention_mask` (int64, dynamic batch and sequence), output
     `logits`. Whatever modules the model holds are baked in, so a structurally pruned
     model (per-layer head counts / FFN widths) exports as it is. The graph is checked
-    against PyTorch before it is moved to `out_path`.
+    against PyTorch before it is moved to `out_path`. `sep_token_id`: a sentence-pair
+    model's separator, from which the graph derives segment ids (see `_LogitsOnly`).
     """
     out_path = Path(out_path)
     limit = getattr(model.config, "max_position_embeddings", max_length)
@@ -163,7 +175,7 @@ def export_onnx(model: torch.nn.Module, out_path: str | Path, opset: int, max_le
     if hasattr(model, "set_attn_implementation"):  # transformers; a BiLSTM student has no attention
         model.set_attn_implementation("eager")
     _clear_rnn_dispatch_cache()
-    wrapped = _LogitsOnly(model).eval()
+    wrapped = _LogitsOnly(model, sep_token_id).eval()
     seq = min(_EXAMPLE_SEQ, max_length)
     example = _probe_inputs(_EXAMPLE_BATCH, seq, model.config.vocab_size, [seq, max(seq // 2, 1)])
     batch_dim, seq_dim = torch.export.Dim("batch"), torch.export.Dim("seq")
@@ -178,7 +190,7 @@ def export_onnx(model: torch.nn.Module, out_path: str | Path, opset: int, max_le
         proto = _fold_recurrent_weights(_strip_debug_metadata(program.model_proto))
         onnx.checker.check_model(proto)
         onnx.save_model(proto, str(tmp))  # one file: weights inline, no external data
-        check_onnx_parity(model, tmp, max_length)
+        check_onnx_parity(model, tmp, max_length, sep_token_id=sep_token_id)
 
     return write_atomically(out_path, write, suffix=".tmp.onnx")
 

@@ -223,10 +223,11 @@ class BuiltStudent:
     info: dict
 
 
-def build_student(teacher: PreTrainedModel, tokenizer, cfg, texts: list[str], max_length: int,
-                  seed: int, batch_size: int = 32) -> BuiltStudent:
+def build_student(teacher: PreTrainedModel, tokenizer, cfg, texts: list, max_length: int,
+                  seed: int, batch_size: int = 32, truncation: str = "head") -> BuiltStudent:
     """The student `cfg` (params.yaml `student:`) describes, from a teacher and the training
-    texts (used for the vocabulary and to score width importance; never eval data).
+    texts (used for the vocabulary and to score width importance; never eval data). `texts` may
+    be (text, text_pair) tuples; `truncation` is data.truncation.
 
     Order: copy layers -> trim the vocabulary -> score and shrink the width -> trim positions.
     `student.architecture: bilstm` builds a BiLSTM over the teacher's embeddings instead (bilstm.py).
@@ -245,10 +246,12 @@ def build_student(teacher: PreTrainedModel, tokenizer, cfg, texts: list[str], ma
     info: dict = {"layers": list(cfg.layers), "teacher_vocab": int(student.config.vocab_size)}
     keep = channels = None
     if cfg.trim_vocabulary:
-        student, tokenizer, keep = trim_vocabulary(student, tokenizer, texts, max_length, cfg.vocab_min_frequency)
+        # head_tail keeps tokens from the end too: count every token, not only the first max_length.
+        counted = max_length if truncation == "head" else 1_000_000
+        student, tokenizer, keep = trim_vocabulary(student, tokenizer, texts, counted, cfg.vocab_min_frequency)
         info["vocab_size"] = len(keep)
     if cfg.hidden_size or cfg.heads or cfg.intermediate_size:
-        enc = encode_texts(tokenizer, texts, max_length)
+        enc = encode_texts(tokenizer, texts, max_length, truncation)
         rng = np.random.default_rng(seed)
         batches = [collate(enc, idx, torch.device("cpu"))
                    for _, idx in zip(range(cfg.importance_batches), iter_batches(len(enc), batch_size, rng))]

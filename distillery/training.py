@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from distillery.encoding import encode_batch, is_pair_input
 from distillery.progress import report_progress
 
 
@@ -37,18 +38,33 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class Encoded:
-    """Token ids per text, unpadded."""
+    """Token ids per text (or text pair), unpadded. `token_type_ids` only for pairs, and only
+    when the model takes them (BERT, ELECTRA): which segment each token belongs to."""
 
     input_ids: list[list[int]]
     pad_id: int
+    token_type_ids: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
 
-def encode_texts(tokenizer, texts: list[str], max_length: int) -> Encoded:
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    return Encoded(ids, tokenizer.pad_token_id or 0)
+def encode_texts(tokenizer, texts: list, max_length: int, truncation: str = "head") -> Encoded:
+    """Tokenize texts, or (text, text_pair) tuples, cut to `max_length` tokens by `truncation`
+    (distillery.encoding: the same cut as the served ONNX model's)."""
+    texts = list(texts)
+    pairs = is_pair_input(texts)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow (pure Python) tokenizer: head truncation only
+        if truncation != "head":
+            raise ValueError(f"data.truncation: {truncation!r} needs a fast tokenizer (tokenizer.json)")
+        out = tokenizer([a for a, _ in texts], [b for _, b in texts], truncation=True, max_length=max_length) \
+            if pairs else tokenizer(texts, truncation=True, max_length=max_length)
+        ids, types = out["input_ids"], out.get("token_type_ids")
+    else:
+        ids, types = encode_batch(backend, texts, max_length, truncation)
+    uses_types = pairs and "token_type_ids" in getattr(tokenizer, "model_input_names", ())
+    return Encoded(ids, tokenizer.pad_token_id or 0, types if uses_types else None)
 
 
 def collate(enc: Encoded, idx: list[int] | np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
@@ -60,7 +76,13 @@ def collate(enc: Encoded, idx: list[int] | np.ndarray, device: torch.device) -> 
     for j, r in enumerate(rows):
         ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[j, : len(r)] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if enc.token_type_ids is not None:
+        types = torch.zeros((len(rows), width), dtype=torch.long)  # padding: segment 0
+        for j, i in enumerate(idx):
+            types[j, : len(enc.token_type_ids[i])] = torch.tensor(enc.token_type_ids[i], dtype=torch.long)
+        batch["token_type_ids"] = types.to(device)
+    return batch
 
 
 def iter_batches(n: int, batch_size: int, rng: np.random.Generator | None):
@@ -207,14 +229,16 @@ def predict_logits(model: torch.nn.Module, enc: Encoded, batch_size: int, device
 
 
 class TorchClassifier:
-    """Raw text in, logits out: the same interface as the ONNX Runtime classifier."""
+    """Raw text (or text pairs) in, logits out: the same interface as the ONNX Runtime classifier."""
 
-    def __init__(self, model, tokenizer, max_length: int, device: torch.device | None = None):
+    def __init__(self, model, tokenizer, max_length: int, device: torch.device | None = None,
+                 truncation: str = "head"):
         self.model, self.tokenizer, self.max_length = model.eval(), tokenizer, max_length
+        self.truncation = truncation
         self.device = device or torch.device("cpu")
         self.model.to(self.device)
 
     @torch.no_grad()
-    def predict_logits(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
-        return predict_logits(self.model, encode_texts(self.tokenizer, texts, self.max_length),
+    def predict_logits(self, texts: list, batch_size: int = 32) -> np.ndarray:
+        return predict_logits(self.model, encode_texts(self.tokenizer, texts, self.max_length, self.truncation),
                               batch_size, self.device)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from distillery.config import DataConfig, ValidateConfig
-from distillery.data import LABEL, TEXT
+from distillery.data import LABEL, TEXT, TEXT_PAIR
 
 # Columns derived for checks beyond one column (see `gx_frame`).
 SHARE = "label_share"        # the row's class's share of the labelled rows (0 when unlabelled)
@@ -35,6 +35,8 @@ CLASS_ROWS = "class_rows"    # the number of rows of the row's class
 IN_TRAIN = "text_in_train"   # eval only: the row's exact text is also a train text
 CHARS = "text_chars"         # characters in the row's text (checked here rather than GX's value
                              # lengths, so its failing values are lengths, not 1 MB texts)
+PAIR_CHARS = "text_pair_chars"  # the same for the second text of a pair
+ROW_KEY = "row_text"         # what leakage and duplicates compare: the text, or the pair as one value
 
 # Short human names of the checks; they travel in each expectation's `meta`.
 READABLE = "file readable"
@@ -140,6 +142,14 @@ def build_expectations(data_cfg: DataConfig, validate_cfg: ValidateConfig,
             TEXT_NOT_BLANK, tcol, f"no {tcol!r} is only whitespace")),
         E.ExpectColumnValuesToNotBeNull(column=LABEL, **kw(LABEL_NOT_NULL, lcol, f"every row has a {lcol!r}")),
     ]
+    pcol = data_cfg.text_pair_column
+    if pcol is not None:  # the second text of a pair: the same checks as the first
+        exps += [
+            E.ExpectColumnToExist(column=TEXT_PAIR, **kw(REQUIRED_COLUMN, pcol, f"the text pair column {pcol!r} exists")),
+            E.ExpectColumnValuesToNotBeNull(column=TEXT_PAIR, **kw(TEXT_NOT_NULL, pcol, f"no row has an empty {pcol!r} cell")),
+            E.ExpectColumnValuesToNotMatchRegex(column=TEXT_PAIR, regex=r"^\s*$", **kw(
+                TEXT_NOT_BLANK, pcol, f"no {pcol!r} is only whitespace")),
+        ]
     if s.row_count is not None:
         exps.append(E.ExpectTableRowCountToBeBetween(
             min_value=s.row_count.min, max_value=s.row_count.max,
@@ -148,6 +158,10 @@ def build_expectations(data_cfg: DataConfig, validate_cfg: ValidateConfig,
         exps.append(E.ExpectColumnValuesToBeBetween(
             column=CHARS, min_value=s.text_length.min, max_value=s.text_length.max,
             **kw(TEXT_LENGTH, tcol, f"every {tcol!r} has {s.text_length.min} to {s.text_length.max} characters")))
+        if pcol is not None:
+            exps.append(E.ExpectColumnValuesToBeBetween(
+                column=PAIR_CHARS, min_value=s.text_length.min, max_value=s.text_length.max,
+                **kw(TEXT_LENGTH, pcol, f"every {pcol!r} has {s.text_length.min} to {s.text_length.max} characters")))
     if label_names is not None:
         names = [str(x) for x in label_names]
         # Labels are compared as text (`gx_frame` stringifies them): 1 in data matches "1" in params.
@@ -166,22 +180,33 @@ def build_expectations(data_cfg: DataConfig, validate_cfg: ValidateConfig,
     if s.min_class_rows is not None:
         exps.append(E.ExpectColumnValuesToBeBetween(column=CLASS_ROWS, min_value=s.min_class_rows, **kw(
             CLASS_ROWS_MIN, lcol, f"every class has at least {s.min_class_rows} rows")))
+    what = "text" if pcol is None else "text pair"
     if with_leakage and s.max_leakage_share is not None:
         exps.append(E.ExpectColumnValuesToBeInSet(
             column=IN_TRAIN, value_set=[False], mostly=1.0 - s.max_leakage_share, **kw(
-                LEAKAGE, tcol, f"at most {s.max_leakage_share:.1%} of the eval rows have a text that is also in train")))
+                LEAKAGE, tcol, f"at most {s.max_leakage_share:.1%} of the eval rows have a {what} that is also in train")))
     if s.max_duplicate_share is not None:
         exps.append(E.ExpectColumnValuesToBeUnique(
-            column=TEXT, mostly=1.0 - s.max_duplicate_share, **kw(
-                DUPLICATES, tcol, f"at most {s.max_duplicate_share:.1%} of the rows share their exact text "
+            column=TEXT if pcol is None else ROW_KEY, mostly=1.0 - s.max_duplicate_share, **kw(
+                DUPLICATES, tcol, f"at most {s.max_duplicate_share:.1%} of the rows share their exact {what} "
                                   "with another row of the split", severity="warning")))
     return exps
+
+
+def row_keys(df: pd.DataFrame) -> pd.Series:
+    """What makes two rows "the same text": the text, or for pairs the (text, text pair) tuple
+    (a pair that repeats only its first text is a new example, not a leak)."""
+    if TEXT_PAIR not in df.columns:
+        return df[TEXT]
+    return pd.Series([None if not (isinstance(a, str) and isinstance(b, str)) else f"{a}\u241f{b}"
+                      for a, b in zip(df[TEXT], df[TEXT_PAIR])], index=df.index, dtype=object)
 
 
 def gx_frame(df: pd.DataFrame, train_texts: pd.Series | None = None,
              label_names: list[str | int] | None = None) -> pd.DataFrame:
     """The frame GX sees: positional index (row i+1 of the file), labels as text, and the
-    derived columns: class share, class size, and (given train's texts) whether a text is in train.
+    derived columns: class share, class size, and (given train's texts, `row_keys` of train for
+    pairs) whether a text is in train.
     A label outside `label_names` is no class: it is reported once, as such, not as a tiny class."""
     out = df.reset_index(drop=True).copy()
     if LABEL in out.columns:
@@ -198,8 +223,14 @@ def gx_frame(df: pd.DataFrame, train_texts: pd.Series | None = None,
         out[CLASS_ROWS] = sizes
     if TEXT in out.columns:
         out[CHARS] = out[TEXT].map(lambda t: len(t) if isinstance(t, str) else None).astype(float)
-    if train_texts is not None and TEXT in out.columns:
-        out[IN_TRAIN] = out[TEXT].isin(set(train_texts.dropna())) & out[TEXT].notna()
+    if TEXT_PAIR in out.columns:
+        out[PAIR_CHARS] = out[TEXT_PAIR].map(lambda t: len(t) if isinstance(t, str) else None).astype(float)
+    if TEXT in out.columns:
+        keys = row_keys(out)
+        if TEXT_PAIR in out.columns:
+            out[ROW_KEY] = keys
+        if train_texts is not None:
+            out[IN_TRAIN] = keys.isin(set(train_texts.dropna())) & keys.notna()
     return out
 
 
@@ -232,7 +263,8 @@ class SuiteRunner:
         result = definition.run(batch_parameters={"dataframe": frame}, result_format={
             "result_format": "SUMMARY", "partial_unexpected_count": max(1, validate_cfg.sample_rows)})
 
-        missing = {c for c in (TEXT, LABEL) if c not in frame.columns}
+        missing = {c for c in (TEXT, LABEL) + ((TEXT_PAIR,) if data_cfg.text_pair_column else ())
+                   if c not in frame.columns}
         found = []
         for r in result.results:
             if r.success:
@@ -241,7 +273,8 @@ class SuiteRunner:
             gx_column = cfg.kwargs.get("column")
             check = cfg.meta.get("check", cfg.type)
             derived_from_missing = (gx_column in (SHARE, CLASS_ROWS) and LABEL in missing) or (
-                gx_column in (CHARS, IN_TRAIN) and TEXT in missing)
+                gx_column in (CHARS, IN_TRAIN, ROW_KEY) and TEXT in missing) or (
+                gx_column == PAIR_CHARS and TEXT_PAIR in missing)
             if check != REQUIRED_COLUMN and (gx_column in missing or derived_from_missing):
                 continue  # a consequence of the missing column, already reported once
             failure = _failure(r, check, cfg.meta.get("column"), df, frame, validate_cfg)
@@ -342,13 +375,20 @@ def _failure(r, check: str, column: str | None, df: pd.DataFrame, frame: pd.Data
     return Failure(check, column, details, count, [_sample(df, int(i)) for i in rows[:cfg.sample_rows]])
 
 
+def _shorten(text: Any) -> Any:
+    if isinstance(text, str) and len(text) > _TEXT_SHOWN:
+        return text[:_TEXT_SHOWN - 3] + "..."
+    return text
+
+
 def _sample(df: pd.DataFrame, i: int) -> dict:
     """Row i (0-based position) as the user wrote it: 1-based row number, shortened text, raw label."""
     text = df[TEXT].iloc[i] if TEXT in df.columns else None
     label = df[LABEL].iloc[i] if LABEL in df.columns else None
-    if isinstance(text, str) and len(text) > _TEXT_SHOWN:
-        text = text[:_TEXT_SHOWN - 3] + "..."
-    return {"row": i + 1, "text": _json_safe(text), "label": _json_safe(label)}
+    row = {"row": i + 1, "text": _json_safe(_shorten(text)), "label": _json_safe(label)}
+    if TEXT_PAIR in df.columns:
+        row["text_pair"] = _json_safe(_shorten(df[TEXT_PAIR].iloc[i]))
+    return row
 
 
 def _exception_message(info: Any) -> str | None:
@@ -441,7 +481,8 @@ def _failure_lines(f: Failure, indent: str = "  ") -> list[str]:
     where = f" [column {f.column!r}]" if f.column else ""
     lines = [f"{indent}- {f.expectation}{where}: {f.details}"]
     for s in f.sample_rows:
-        lines.append(f"{indent}    row {s['row']}: label={s['label']!r} text={s['text']!r}")
+        pair = f" text_pair={s['text_pair']!r}" if "text_pair" in s else ""
+        lines.append(f"{indent}    row {s['row']}: label={s['label']!r} text={s['text']!r}{pair}")
     return lines
 
 

@@ -14,7 +14,8 @@ from tasks.common import StageContext, StageIO, report_rel, write_report
 def io(p: Params) -> StageIO:
     return StageIO(deps=[p.paths.validated_dir, p.paths.teacher_dir, p.paths.logits_dir],
                    outs=[p.paths.student_dir], metrics=[report_rel(p, "distill")],
-                   params=["base", "data.max_length", "student", "distill", "measure"])
+                   params=["base", "data.max_length", "data.truncation", "student", "distill",
+                           "measure"])
 
 
 def intermediate_loss(params: Params, teacher, built):
@@ -39,6 +40,7 @@ def intermediate_loss(params: Params, teacher, built):
 
 
 def run(ctx: StageContext) -> dict:
+    from distillery.encoding import input_meta
     from distillery.losses import get_loss
     from distillery.modeling import count_parameters, load_model_dir, save_model_dir
     from distillery.student import build_student
@@ -50,7 +52,8 @@ def run(ctx: StageContext) -> dict:
     data, teacher_logits = load_distill_set(ctx)
     teacher, tokenizer, _, teacher_meta = load_model_dir(ctx.path(p.paths.teacher_dir))
     start = time.perf_counter()
-    built = build_student(teacher, tokenizer, p.student, data.texts, p.data.max_length, p.base.seed)
+    built = build_student(teacher, tokenizer, p.student, data.inputs, p.data.max_length, p.base.seed,
+                          truncation=p.data.truncation)
     build_seconds = time.perf_counter() - start
     student = built.model
     print(f"distill: student of {count_parameters(student):,} parameters (teacher {count_parameters(teacher):,}): "
@@ -58,7 +61,7 @@ def run(ctx: StageContext) -> dict:
     aux = intermediate_loss(p, teacher, built)
     if aux is None:
         del teacher
-    enc = encode_texts(built.tokenizer, data.texts, p.data.max_length)
+    enc = encode_texts(built.tokenizer, data.inputs, p.data.max_length, p.data.truncation)
     loss = partial(get_loss(d.loss), temperature=d.temperature, alpha=d.alpha)
     result = train(student, enc, data.labels, loss_fn=loss, epochs=d.epochs, batch_size=d.batch_size,
                    learning_rate=d.learning_rate, seed=p.base.seed, device=resolve_device(p.base.device),
@@ -70,7 +73,7 @@ def run(ctx: StageContext) -> dict:
         student.set_attn_implementation("sdpa")  # back to the default kernels for measuring and export
     out = ctx.path(p.paths.student_dir)
     transformer = p.student.architecture == "transformer"
-    save_model_dir(student, built.tokenizer, labels, out, {"max_length": p.data.max_length, "role": "student",
+    save_model_dir(student, built.tokenizer, labels, out, {**input_meta(p.data), "role": "student",
                                                            "teacher_layers": p.student.layers if transformer else None,
                                                            "student": built.info,
                                                            "teacher": teacher_meta.get("identity")})

@@ -46,10 +46,11 @@ def measure_torch_model(ctx: StageContext, model, tokenizer, eval_set, n_classes
     p = ctx.params
     start = time.perf_counter()
     device = resolve_device(p.base.device)
-    enc = encode_texts(tokenizer, eval_set.texts, p.data.max_length)
+    enc = encode_texts(tokenizer, eval_set.inputs, p.data.max_length, p.data.truncation)
     logits = predict_logits(model, enc, p.measure.throughput_batch_size, device)
-    cpu = TorchClassifier(model, tokenizer, p.data.max_length)  # latency is a CPU-serving figure
-    figures = measure_predictor(cpu, list(eval_set.texts), eval_set.labels, n_classes,
+    # Latency is a CPU-serving figure, timed on the real eval inputs (pairs, long texts) as served.
+    cpu = TorchClassifier(model, tokenizer, p.data.max_length, truncation=p.data.truncation)
+    figures = measure_predictor(cpu, eval_set.inputs, eval_set.labels, n_classes,
                                 model_dir=model_dir, n_params=count_parameters(model),
                                 latency_samples=p.measure.latency_samples, warmup=p.measure.warmup,
                                 batch_size=p.measure.throughput_batch_size, logits=logits)

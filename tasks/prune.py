@@ -16,7 +16,7 @@ from tasks.common import StageContext, StageIO, report_rel, write_report
 def io(p: Params) -> StageIO:
     return StageIO(deps=[p.paths.validated_dir, p.paths.student_dir, p.paths.logits_dir],
                    outs=[p.paths.pruned_dir], metrics=[report_rel(p, "prune")],
-                   params=["base", "data.max_length", "distill", "prune", "measure"])
+                   params=["base", "data.max_length", "data.truncation", "distill", "prune", "measure"])
 
 
 def pass_through(ctx: StageContext, model, tokenizer, labels: list[str], meta: dict, eval_set) -> dict:
@@ -53,11 +53,11 @@ def run(ctx: StageContext) -> dict:
         return pass_through(ctx, model, tokenizer, labels, meta, eval_set)
     model.to(device)
     data, t = load_distill_set(ctx)
-    enc, y = encode_texts(tokenizer, data.texts, p.data.max_length), data.labels
+    enc, y = encode_texts(tokenizer, data.inputs, p.data.max_length, p.data.truncation), data.labels
     kd = partial(get_loss(d.loss), temperature=d.temperature, alpha=d.alpha)
 
     def loss_fn(m, b):  # importance is scored on the same KD objective the model trains with
-        logits = m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        logits = m(**{k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in b}).logits
         return kd(logits, b["teacher_logits"], b["labels"])
 
     def scoring_batches(step: int) -> list[dict]:

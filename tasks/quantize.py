@@ -17,7 +17,7 @@ from tasks.common import StageContext, StageIO, report_rel, write_report
 def io(p: Params) -> StageIO:
     return StageIO(deps=[p.paths.validated_dir, p.paths.pruned_dir], outs=[p.paths.quantized_dir],
                    metrics=[report_rel(p, "quantize")],
-                   params=["base.seed", "base.threads", "data.max_length", "quantize", "measure"])
+                   params=["base.seed", "base.threads", "data.max_length", "data.truncation", "quantize", "measure"])
 
 
 def run(ctx: StageContext) -> dict:
@@ -26,6 +26,7 @@ def run(ctx: StageContext) -> dict:
     from distillery.onnx_model import OnnxClassifier
     from distillery.quant_select import BuildInputs, build_and_select, split_training_rows
     from distillery.quantization import export_onnx, optimize_fp32_graph
+    from distillery.training import encode_texts
     from tasks.models import load_splits
 
     p, q = ctx.params, ctx.params.quantize
@@ -37,19 +38,24 @@ def run(ctx: StageContext) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     # Calibration and selection rows come from the training split only: the eval split is the gate's.
     calib_idx, sel_idx = split_training_rows(len(train_set.texts), q.calibration_rows, q.selection_rows, p.base.seed)
-    calib_texts = [train_set.texts[i] for i in calib_idx]
-    selection = ([train_set.texts[i] for i in sel_idx], train_set.labels[sel_idx])
+    inputs_all = train_set.inputs  # texts, or (text, text_pair) tuples
+    calib_texts = [inputs_all[i] for i in calib_idx]
+    selection = ([inputs_all[i] for i in sel_idx], train_set.labels[sel_idx])
+    pairs = train_set.pairs is not None
 
     def package(d: Path) -> None:
         tokenizer.save_pretrained(d)
         shutil.copy(src / LABELS_FILE, d / LABELS_FILE)
+        if (src / META_FILE).exists():  # inputs (columns, max_length, truncation) as the candidate is served
+            shutil.copy(src / META_FILE, d / META_FILE)
 
     try:
         start = time.perf_counter()
-        exported = export_onnx(model, tmp / "model.exported.onnx", q.opset, p.data.max_length)
+        exported = export_onnx(model, tmp / "model.exported.onnx", q.opset, p.data.max_length,
+                               sep_token_id=tokenizer.sep_token_id if pairs else None)
         fp32 = optimize_fp32_graph(exported, tmp / "model.fp32.onnx", q.graph_optimization)
         export_seconds = time.perf_counter() - start
-        ids = tokenizer(calib_texts, truncation=True, max_length=p.data.max_length)["input_ids"]
+        ids = encode_texts(tokenizer, calib_texts, p.data.max_length, p.data.truncation).input_ids
         inputs = BuildInputs(q.per_channel, q.int4_block_size, q.calibration_method, ids,
                              tokenizer.pad_token_id or 0)
         chosen, selection_report = build_and_select(
@@ -68,7 +74,7 @@ def run(ctx: StageContext) -> dict:
     start = time.perf_counter()
     clf = OnnxClassifier.from_dir(out, threads=p.base.threads)
     n_params = count_parameters(model)  # the same weights, now stored in fewer bits
-    figures = measure_predictor(clf, list(eval_set.texts), eval_set.labels, len(labels), model_dir=out,
+    figures = measure_predictor(clf, eval_set.inputs, eval_set.labels, len(labels), model_dir=out,
                                 n_params=n_params, latency_samples=p.measure.latency_samples,
                                 warmup=p.measure.warmup, batch_size=p.measure.throughput_batch_size)
     report = {**figures, "runtime": "onnxruntime", "quantization": q.model_dump(), "selection": selection_report,

@@ -28,6 +28,19 @@ PROMOTION_REPORT = "promotion"  # reports/promotion.json: the last registration'
 DECISION_TAG = "gate_decision"  # the same decision, as JSON, on the registered version
 SERVING_PACKAGES = ("onnxruntime", "numpy", "pandas", "transformers", "tokenizers")
 INPUT_EXAMPLE = ["not bad at all", "the battery died after a day"]
+PAIR_EXAMPLE = {"text": ["The company posted a profit.", "He left early."],
+                "text_pair": ["A profit was reported by the firm.", "The meeting ran late."]}
+
+
+def input_example(model_dir: Path):
+    """The example the signature is inferred from: strings, or for a sentence-pair model a frame
+    with its two columns (both then required by `mlflow models serve`)."""
+    import pandas as pd
+
+    from distillery.onnx_model import read_input_meta
+
+    columns = read_input_meta(model_dir)["input_columns"]
+    return INPUT_EXAMPLE if len(columns) == 1 else pd.DataFrame(dict(zip(columns, PAIR_EXAMPLE.values())))
 
 
 def git_lineage(root: Path) -> dict:
@@ -110,6 +123,7 @@ def rescore_champion(client, name: str, version: str, root: Path, params: Params
     so a changed eval set cannot promote a worse model. None when it cannot be scored."""
     import mlflow
     import numpy as np
+    import pandas as pd
 
     from distillery.data import load_split
     from distillery.measure import classification_metrics
@@ -119,7 +133,9 @@ def rescore_champion(client, name: str, version: str, root: Path, params: Params
     eval_set = load_split(vdir / "eval.parquet")
     try:
         model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-        predicted = model.predict(list(eval_set.texts))["label"].astype(str).tolist()
+        inputs = list(eval_set.texts) if eval_set.pairs is None else \
+            pd.DataFrame({"text": eval_set.texts, "text_pair": eval_set.pairs})
+        predicted = model.predict(inputs)["label"].astype(str).tolist()
     except Exception as exc:  # an old or foreign model: fall back to its recorded figures, and say so
         print(f"register: champion v{version} could not be re-scored on the current eval data: {exc}")
         return None
@@ -196,7 +212,7 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
                 code_paths=[str(Path(__file__).resolve().parents[1] / "distillery")],
                 pip_requirements=[f"{p}=={pkg_version(p)}" for p in SERVING_PACKAGES],
                 # The signature (strings in; label + class probabilities out) is inferred from it.
-                input_example=INPUT_EXAMPLE,
+                input_example=input_example(qdir),
                 registered_model_name=name, await_registration_for=60)
         mv_version = str(info.registered_model_version)
         # model_md5 first: a retried task then finds this version instead of registering it twice.

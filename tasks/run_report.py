@@ -113,11 +113,19 @@ def _confusion(root: Path, params: Params, reports: dict) -> list[dict]:
     return out
 
 
+def _inputs(params: Params) -> str:
+    """The task's inputs as the models read them: one text or a pair, and how long texts are cut."""
+    d = params.data
+    cols = f"text {d.text_column!r}" + (f" + text pair {d.text_pair_column!r}" if d.text_pair_column else "")
+    return f"{cols}; up to {d.max_length} tokens, truncation {d.truncation}"
+
+
 def _lineage(client, root: Path, params: Params, parent, record: dict | None) -> list[tuple[str, str]]:
     tags = parent.data.tags
     rows = [("MLflow parent run", f"{parent.info.run_id} (experiment {parent.info.experiment_id}, "
                                   f"{client.tracking_uri})"),
-            ("Prefect flow run", tags.get("prefect_flow_run_id", "none"))]
+            ("Prefect flow run", tags.get("prefect_flow_run_id", "none")),
+            ("inputs", _inputs(params))]
     if record is not None:
         version = client.get_model_version(params.register.model_name, record["version"])
         rows.append(("registered version", f"{params.register.model_name} v{record['version']}"))

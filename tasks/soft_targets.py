@@ -28,7 +28,7 @@ LOGITS_FILE = "logits.npy"
 def io(p: Params) -> StageIO:
     return StageIO(deps=[p.paths.validated_dir, p.paths.teacher_dir], outs=[p.paths.logits_dir],
                    metrics=[report_rel(p, "soft_targets")],
-                   params=["base", "data.max_length", "augment", "distill.max_train_rows", "distill.temperature",
+                   params=["base", "data.max_length", "data.truncation", "augment", "distill.max_train_rows", "distill.temperature",
                            "distill.teacher_weight", "distill.teachers"])
 
 
@@ -40,7 +40,7 @@ def _md5(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def _classifier(model_dir: Path, max_length: int, threads: int):
+def _classifier(model_dir: Path, max_length: int, threads: int, truncation: str = "head"):
     """A raw-text classifier over any model directory this project writes (PyTorch or ONNX)."""
     from distillery.modeling import ModelLoadError, load_model_dir, read_labels
 
@@ -53,7 +53,7 @@ def _classifier(model_dir: Path, max_length: int, threads: int):
     from distillery.training import TorchClassifier
 
     model, tokenizer, labels, _ = load_model_dir(model_dir)
-    return TorchClassifier(model, tokenizer, max_length), labels
+    return TorchClassifier(model, tokenizer, max_length, truncation=truncation), labels
 
 
 def run(ctx: StageContext) -> dict:
@@ -67,12 +67,12 @@ def run(ctx: StageContext) -> dict:
 
     p, a, d = ctx.params, ctx.params.augment, ctx.params.distill
     train_set, _, labels = load_splits(ctx)
-    texts, y = train_set.texts[: d.max_train_rows], train_set.labels[: d.max_train_rows]
+    texts, y = train_set.inputs[: d.max_train_rows], train_set.labels[: d.max_train_rows]
     start = time.perf_counter()
     aug, source = augment_texts(texts, a.copies, mask_prob=a.mask_prob, replace_prob=a.replace_prob,
                                 ngram_prob=a.ngram_prob, max_ngram=a.max_ngram, seed=p.base.seed)
     augment_seconds = time.perf_counter() - start
-    all_texts = list(texts) + aug
+    all_texts = list(texts) + aug  # strings, or (text, text_pair) tuples
     all_labels = np.concatenate([y, np.full(len(aug), -1, dtype=np.int64)])  # -1: no gold label
     print(f"soft_targets: {len(texts)} training rows + {len(aug)} augmented ({a.copies} per row)")
 
@@ -80,7 +80,7 @@ def run(ctx: StageContext) -> dict:
     all_logits, info = [], []
     start = time.perf_counter()
     for model_dir, weight in teachers:
-        clf, their_labels = _classifier(model_dir, p.data.max_length, p.base.threads)
+        clf, their_labels = _classifier(model_dir, p.data.max_length, p.base.threads, p.data.truncation)
         if [str(x) for x in their_labels] != [str(x) for x in labels]:
             raise ValueError(f"params.yaml: distill.teachers: {model_dir} classifies into {their_labels}, "
                              f"the data into {labels}")
@@ -99,7 +99,9 @@ def run(ctx: StageContext) -> dict:
     tmp = out.with_name(f".{out.name}.tmp")  # written whole, then swapped in: never half a set
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_split(TextDataset(all_texts, all_labels), tmp / SET_FILE)
+    pairs = train_set.pairs is not None
+    save_split(TextDataset([x[0] for x in all_texts] if pairs else all_texts, all_labels,
+                           [x[1] for x in all_texts] if pairs else None), tmp / SET_FILE)
     np.save(tmp / LOGITS_FILE, fused.astype(np.float32), allow_pickle=False)
     replace_dir(tmp, out)
     fused_agree = float((fused[: len(y)].argmax(1) == y).mean()) if len(y) else 0.0

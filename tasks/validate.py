@@ -49,7 +49,8 @@ def run(ctx: StageContext) -> dict:
         write_report(ctx, "validate", report)
         raise ValidationFailed(results)
 
-    splits = {name: TextDataset(src.frame["text"].tolist(), labels.encode(src.frame["label"], files[name]))
+    splits = {name: TextDataset(src.frame["text"].tolist(), labels.encode(src.frame["label"], files[name]),
+                                src.frame["text_pair"].tolist() if "text_pair" in src.frame.columns else None)
               for name, src in sources.items()}
     manifest = write_validated(ctx.path(p.paths.validated_dir), splits, labels,
                                {name: {"path": files[name], "md5": src.md5} for name, src in sources.items()})
@@ -73,7 +74,8 @@ def _read(ctx: StageContext, files: dict[str, str]):
     sources, unread = {}, {}
     for name, rel in files.items():
         try:
-            sources[name] = read_source(ctx.path(rel), ctx.params.data.text_column, ctx.params.data.label_column)
+            sources[name] = read_source(ctx.path(rel), ctx.params.data.text_column, ctx.params.data.label_column,
+                                        ctx.params.data.text_pair_column)
         except DataError as exc:
             unread[name] = unreadable(name, rel, str(exc).replace(str(ctx.path(rel)), rel))
     if not unread:
@@ -87,7 +89,7 @@ def _run_suite(ctx: StageContext, files: dict[str, str], sources: dict):
     map against the teacher's, and the Data Docs swapped into place."""
     from distillery.data import DataError, LabelMap
     from distillery.fileio import replace_dir, temp_dir_for
-    from distillery.validation import CLASSES_PRESENT, Failure, SuiteRunner, teacher_label_failure
+    from distillery.validation import CLASSES_PRESENT, Failure, SuiteRunner, row_keys, teacher_label_failure
 
     p = ctx.params
     labels, problems = None, []
@@ -103,7 +105,7 @@ def _run_suite(ctx: StageContext, files: dict[str, str], sources: dict):
     try:
         runner = SuiteRunner(docs_tmp)
         results = [runner.validate(sources[name].frame, name, rel, p.data, p.validate_cfg, names,
-                                   sources["train"].frame["text"] if name == "eval" else None)
+                                   row_keys(sources["train"].frame) if name == "eval" else None)
                    for name, rel in files.items()]
         runner.build_docs()
         replace_dir(docs_tmp, ctx.path(docs_rel(p)))

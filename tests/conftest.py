@@ -9,6 +9,7 @@ import pytest
 
 # The real SST-2 files live beside the checkout (../shared/data/sst2), never inside it.
 SST2_DIR = Path(__file__).resolve().parents[2] / "shared/data/sst2"
+MRPC_DIR = Path(__file__).resolve().parents[2] / "shared/data/mrpc"
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +21,17 @@ def sst2_dir() -> Path:
             pytest.fail(f"{reason}; DISTILLERY_REQUIRE_SHARED_DATA=1 requires it")
         pytest.skip(reason)
     return SST2_DIR
+
+
+@pytest.fixture(scope="session")
+def mrpc_dir() -> Path:
+    """The GLUE MRPC folder; skipped in a user's clone, a failure where CI requires shared data."""
+    if not (MRPC_DIR / "dev.tsv").is_file() or not (MRPC_DIR / "train.tsv").is_file():
+        reason = f"MRPC data not found at {MRPC_DIR} (it sits beside the checkout in ../shared/data/mrpc)"
+        if os.environ.get("DISTILLERY_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(f"{reason}; DISTILLERY_REQUIRE_SHARED_DATA=1 requires it")
+        pytest.skip(reason)
+    return MRPC_DIR
 
 
 @pytest.fixture(scope="session")

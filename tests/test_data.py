@@ -35,12 +35,15 @@ def test_integer_labels_come_back_as_ints(tmp_path):
     assert df["label"].tolist() == [0, 1, 2]
 
 
-def test_mixed_or_zero_padded_labels_stay_strings(tmp_path):
+def test_mixed_labels_keep_strings_and_zero_padded_beside_int_is_refused(tmp_path):
     df = read_table(write(tmp_path / "a.csv", "text,label\na,0\nb,x\n"), "text", "label")
-    assert df["label"].tolist() == ["0", "x"]
-    # "01" and "1" must not merge into one class
-    df = read_table(write(tmp_path / "b.csv", "text,label\na,01\nb,1\n"), "text", "label")
-    assert df["label"].tolist() == ["01", "1"]
+    assert [str(v) for v in df["label"]] == ["0", "x"]
+    # zero-padded codes alone stay as written
+    df = read_table(write(tmp_path / "c.csv", "text,label\na,01\nb,02\n"), "text", "label")
+    assert df["label"].tolist() == ["01", "02"]
+    # "01" beside "1" would be two classes for one meaning: refused, naming file, column and row
+    with pytest.raises(DataError, match=r"b\.csv: label column 'label'.*'01'.*row 1"):
+        read_table(write(tmp_path / "b.csv", "text,label\na,01\nb,1\n"), "text", "label")
 
 
 def test_empty_cells_become_null_but_na_text_is_kept(tmp_path):
