@@ -83,8 +83,8 @@ def _as_columns(model_input: Any, columns: tuple[str, ...]) -> list[list[Any]]:
     if isinstance(model_input, np.ndarray):
         if model_input.ndim == 0:
             model_input = [model_input.item()]
-        elif model_input.ndim == 2:
-            model_input = [list(row) for row in model_input]
+        elif model_input.ndim == 2:  # rows x unnamed columns
+            return _columns_of(pd.DataFrame(model_input), columns)
         elif model_input.ndim == 1:
             model_input = model_input.tolist()
         else:
@@ -134,7 +134,7 @@ def parse_texts(model_input: Any, columns: tuple[str, ...] = DEFAULT_COLUMNS,
                 for i, v in enumerate(column) if (p := _problem(v)) is not None]
     if problems:
         more = f" (and {len(problems) - MAX_PROBLEMS} more)" if len(problems) > MAX_PROBLEMS else ""
-        raise InputError(f"invalid input, nothing scored: {'; '.join(problems[:MAX_PROBLEMS])}{more}")
+        raise InputError(f"{'; '.join(problems[:MAX_PROBLEMS])}{more}")
     if len(columns) == 1:
         return [str(v) for v in values[0]]
     return list(zip(*([str(v) for v in column] for column in values)))

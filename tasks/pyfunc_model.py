@@ -32,7 +32,7 @@ class DistilledTextClassifier(PythonModel):
         try:
             texts = parse_texts(model_input, self.columns, self.max_rows)
         except InputError as exc:  # `mlflow models serve` answers HTTP 400 with the message
-            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+            raise MlflowException(f"invalid input, nothing scored: {exc}", error_code=INVALID_PARAMETER_VALUE) from None
         rows = []
         for pred in self.classifier.predict(texts):
             rows.append({"label": pred["label"],
