@@ -244,7 +244,14 @@ def pipeline(project_dir: str = ".") -> dict:
                                  key="distillery-pipeline", description="Stage table, gate decision, run report")
         client.set_terminated(parent, status="FINISHED")
     except BaseException as exc:
-        client.set_tag(parent, "failure", str(exc)[:4000])
+        from prefect.exceptions import TerminationSignal  # Prefect's form of SIGTERM inside a flow
+
+        stopped = isinstance(exc, (Interrupted, KeyboardInterrupt, TerminationSignal))
+        if isinstance(exc, TerminationSignal):
+            reason = str(Interrupted(exc.signal))
+        else:
+            reason = str(exc) or ("interrupted by SIGINT" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__)
+        client.set_tag(parent, "failure", reason[:4000])
         if isinstance(exc, Exception):  # not on Ctrl-C: the user wants it to stop
             try:  # the failure itself is what the caller must see, whatever happens here
                 create_markdown_artifact(f"# Distillery pipeline: FAILED\n\n{exc}\n"
@@ -252,9 +259,6 @@ def pipeline(project_dir: str = ".") -> dict:
                                          key="distillery-pipeline", description="The failure and the run report")
             except Exception as artifact_exc:
                 print(f"report: Prefect artifact not created: {artifact_exc}")
-        from prefect.exceptions import TerminationSignal  # Prefect's form of SIGTERM inside a flow
-
-        stopped = isinstance(exc, (Interrupted, KeyboardInterrupt, TerminationSignal))
         client.set_terminated(parent, status="KILLED" if stopped else "FAILED")
         raise
     finally:

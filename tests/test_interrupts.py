@@ -93,3 +93,140 @@ def test_repo_lock_held_by_a_live_process_is_named_not_removed(dvc_tmp):
         holder.kill()
         holder.wait()
     assert clear_stale_dvc_locks(dvc_tmp) == []  # a leftover file of a dead holder is no lock at all
+
+
+# --------------------------------------------------------------------------- real runs (slow)
+
+DISTILL_EPOCHS = 40  # ~0.2 s each on the tiny model: the signal lands inside training
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_harness):
+    from distillery.cli import configure_environment
+    from distillery.demo_data import make_demo_dataset
+    from tests.helpers import make_project, tiny_params
+
+    params = tiny_params(data={"train_path": "incoming/train.csv", "eval_path": "incoming/eval.csv"},
+                         distill={"epochs": DISTILL_EPOCHS})
+    train, eval_ = make_demo_dataset(params["data"]["demo_rows"], params["base"]["seed"])
+    root = make_project(tmp_path_factory.mktemp("interrupts"), params, list(train.text) + list(eval_.text))
+    (root / "incoming").mkdir()
+    train.to_csv(root / "incoming/train.csv", index=False)
+    eval_.to_csv(root / "incoming/eval.csv", index=False)
+    configure_environment(root)
+    return root
+
+
+def run_env(own_prefect_server: bool = False) -> dict:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    env.pop("PREFECT_API_URL", None)
+    if not own_prefect_server:  # the session's test server: cheaper than a temporary one per run
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    return env
+
+
+def sigterm_run(root: Path, when, own_prefect_server: bool = False, timeout: float = 600) -> dict:
+    """Start `distillery run` in its own process group, wait until `when(output, descendants)` holds,
+    SIGTERM the group (as `timeout`, systemd or Kubernetes do), and report how it ended."""
+    log = root.parent / f"run-{time.time_ns()}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(BIN / "distillery"), "--project-dir", str(root), "run"], env=run_env(own_prefect_server),
+                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    me = psutil.Process(proc.pid)
+    deadline, family = time.time() + timeout, set()
+    try:
+        while not when(log.read_text(), [p.cmdline() for p in _alive(me)]):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, f"condition not met in {timeout:.0f} s:\n{log.read_text()[-3000:]}"
+            family |= {p.pid for p in _alive(me)}
+            time.sleep(0.2)
+        family |= {p.pid for p in _alive(me)}
+        sent = time.time()
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+        took = time.time() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(0.5)
+    left = [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    for pid in left:  # never leave them behind, even when the test fails
+        psutil.Process(pid).kill()
+    return {"code": proc.returncode, "seconds": took, "output": log.read_text(), "left": left}
+
+
+def _alive(proc: psutil.Process) -> list[psutil.Process]:
+    out = []
+    for p in proc.children(recursive=True):
+        try:
+            p.cmdline()
+            out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def stage_running(stage: str):
+    return lambda output, cmds: any("stage" in c and stage in c for c in cmds)
+
+
+def assert_interrupted(result: dict) -> None:
+    out = result["output"]
+    assert result["code"] == 143, out[-3000:]
+    assert result["seconds"] < 30, f"took {result['seconds']:.1f} s to stop:\n{out[-3000:]}"
+    assert "distillery run: interrupted by SIGTERM (exit 143)" in out, out[-3000:]
+    assert "Traceback" not in out and "Connection refused" not in out, out[-3000:]
+    assert result["left"] == [], f"processes left running: {result['left']}"
+    print(f"stopped {result['seconds']:.1f} s after SIGTERM")
+
+
+def test_sigterm_during_validate_stops_at_once(project):
+    from tests.test_bad_inputs import pipeline_runs
+
+    result = sigterm_run(project, stage_running("validate"))
+    assert_interrupted(result)
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert "validate" not in lock and "teacher" not in lock
+    [killed] = pipeline_runs(project)
+    assert killed.info.status == "KILLED" and killed.data.tags["failure"] == "interrupted by SIGTERM"
+
+
+def test_sigterm_during_distill_with_the_temporary_prefect_server(project):
+    """The issue's case: no Prefect server configured, so the run starts a temporary one; it must
+    record the end and stop, not die first and leave the run retrying it for minutes."""
+    result = sigterm_run(project, lambda output, cmds: "distill: student of" in output, own_prefect_server=True)
+    assert_interrupted(result)
+    assert "Starting temporary server" in result["output"] or "temporary server" in result["output"].lower()
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert {"validate", "teacher", "soft_targets"} <= set(lock) and "distill" not in lock
+    assert not (project / "models/student").exists()
+
+
+def test_sigterm_during_register_leaves_the_registry_consistent(project):
+    from tests.test_bad_inputs import registry
+
+    result = sigterm_run(project, lambda output, cmds: "evaluate: ran" in output and time.sleep(1.5) is None)
+    assert_interrupted(result)
+    reg = registry(project)
+    # The registry write is one transaction: either nothing was registered, or version 1 with all of it.
+    assert reg["versions"] in ([], ["1"]), reg
+    if reg["versions"]:
+        assert "SIGTERM received: stopping once the registry write is complete" in result["output"]
+        assert reg["aliases"]["1"] == {"challenger", "champion"}
+
+
+def test_a_normal_run_then_completes(project):
+    from tests.test_bad_inputs import registry
+
+    # The state an interrupted run can leave to the next start: an empty rwlock.
+    (project / ".dvc/tmp/rwlock").write_text("")
+    out = subprocess.run([str(BIN / "distillery"), "--project-dir", str(project), "run"], env=run_env(),
+                         capture_output=True, text=True, timeout=900)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    assert "dvc: removed .dvc/tmp/rwlock: empty, left by a killed run; no live process holds it" in text
+    assert "Traceback" not in text
+    reg = registry(project)
+    assert reg["versions"] == ["1"] and reg["aliases"]["1"] == {"challenger", "champion"}
