@@ -228,6 +228,10 @@ def cmd_stage(args) -> int:
         module.run(stage_context(root, uses_torch=getattr(module, "USES_TORCH", True)))
         return 0
     except BaseException as exc:
+        from distillery.interrupts import Interrupted
+
+        if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+            raise  # not an error of the stage: main() says so and exits 143 / 130
         expected = isinstance(exc, expected_errors())
         message = str(exc) if expected else traceback.format_exc()
         if err_file is not None:

@@ -131,7 +131,8 @@ def rescore_champion(client, name: str, version: str, root: Path, params: Params
     labels = json.loads((vdir / "labels.json").read_text())["labels"]
     eval_set = load_split(vdir / "eval.parquet")
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        # The per-request row limit is for served requests; here the whole eval split is one call.
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}", model_config={MAX_ROWS_KEY: None})
         predicted = model.predict(list(eval_set.texts))["label"].astype(str).tolist()
     except Exception as exc:  # an old or foreign model: fall back to its recorded figures, and say so
         print(f"register: champion v{version} could not be re-scored on the current eval data: {exc}")
