@@ -431,7 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from distillery.interrupts import Interrupted, install_handlers, stop_children
 
-    previous = install_handlers() if threading.current_thread() is threading.main_thread() else {}
+    # `run` and the stages it starts: the long-running pipeline (serve, ui and watch keep their own
+    # Ctrl-C handling).
+    signalled = args.command in ("run", "stage") and threading.current_thread() is threading.main_thread()
+    previous = install_handlers() if signalled else {}
     try:  # SIGTERM / SIGINT raise Interrupted: `finally` blocks run, and the exit code says so
         return args.func(args)
     except (Interrupted, KeyboardInterrupt) as exc:

@@ -476,9 +476,8 @@ def check_output_paths(params: Params, root: Path, source: str = PARAMS_FILE) ->
             raise ConfigError(f"{source}: {key}: {value!r} resolves to {target}, outside the project {root}; "
                               "outputs must stay inside the project")
         if target == root or any(target.is_relative_to(root / d) for d in _PROTECTED):
-            raise ConfigError(f"{source}: {key}: {value!r} is "
-                              + ("the project folder itself" if target == root else f"inside {target.relative_to(root).parts[0]}/")
-                              + "; give each output its own folder")
+            where = "the project folder itself" if target == root else f"inside {target.relative_to(root).parts[0]}/"
+            raise ConfigError(f"{source}: {key}: {value!r} is {where}; give each output its own folder")
 
 
 def check_teacher_model(params: Params, root: Path, source: str = PARAMS_FILE) -> None:

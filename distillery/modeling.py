@@ -39,7 +39,8 @@ def _from_pretrained(source: str, kind: str, what: str, loader, **kwargs):
                 "point teacher.model at a local model directory (or pre-populate the cache)."
             ) from None
         cause = " ".join(str(exc).split())[:500]  # transformers' messages run to several lines
-        raise ModelLoadError(f"teacher.model: cannot load {what} from {source}: {type(exc).__name__}: {cause}") from None
+        raise ModelLoadError(
+            f"teacher.model: cannot load {what} from {source}: {type(exc).__name__}: {cause}") from None
 
 
 def has_head_for(config, labels: list[str]) -> bool:

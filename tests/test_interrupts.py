@@ -179,8 +179,9 @@ def sigterm_run(root: Path, when, own_prefect_server: bool = False, timeout: flo
     SIGTERM the group (as `timeout`, systemd or Kubernetes do), and report how it ended."""
     log = root.parent / f"run-{time.time_ns()}.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([str(BIN / "distillery"), "--project-dir", str(root), "run"], env=run_env(own_prefect_server),
-                                stdout=out, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc = subprocess.Popen([str(BIN / "distillery"), "--project-dir", str(root), "run"],
+                                env=run_env(own_prefect_server), stdout=out, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
     me = psutil.Process(proc.pid)
     deadline, family = time.time() + timeout, set()
     try:
