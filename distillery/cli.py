@@ -146,7 +146,6 @@ def _die_with_parent() -> None:
     """In the server's process before exec (Linux): SIGTERM it when the run dies, even by SIGKILL,
     so a killed run leaves no server behind now that the group signal no longer reaches it."""
     import ctypes
-    import signal
 
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
