@@ -189,7 +189,17 @@ def own_prefect_api():
             yield
     finally:
         os.environ.pop("PREFECT_API_URL", None)
+        _drain_prefect_workers()  # the run's last logs and events reach the API before it stops
         server.stop()
+
+
+def _drain_prefect_workers() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=5)
 
 
 def cmd_sweep(args) -> int:
