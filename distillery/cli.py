@@ -12,7 +12,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -51,7 +53,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
     for mod, name in (("tasks.promotion", "PromotionError"), ("distillery.data", "DataError"), ("distillery.validation", "ValidationFailed"),
                       ("distillery.modeling", "ModelLoadError"), ("flows.pipeline", "StageFailed"),
-                      ("distillery.html_report", "ReportError"), ("distillery.browser", "BrowserError")):
+                      ("distillery.html_report", "ReportError"), ("distillery.browser", "BrowserError"),
+                      ("distillery.interrupts", "LockHeld")):
         module = sys.modules.get(mod)
         if module is not None and hasattr(module, name):
             errors.append(getattr(module, name))
@@ -132,27 +135,54 @@ def cmd_run(args) -> int:
     from flows.pipeline import pipeline
 
     quiet_user_errors_on_console()
-    result = pipeline(project_dir=str(root))
+    with own_prefect_api():
+        result = pipeline(project_dir=str(root))
     from distillery.report import print_run_summary
 
     print_run_summary(result)
     return 0
 
 
+def _die_with_parent() -> None:
+    """In the server's process before exec (Linux): SIGTERM it when the run dies, even by SIGKILL,
+    so a killed run leaves no server behind now that the group signal no longer reaches it."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+
+
+def _detached_prefect_server():
+    """Prefect's temporary API server, started in a session of its own. Prefect starts it in the
+    run's process group, so a SIGTERM / Ctrl-C to the group killed it first, and the run then
+    retried the dead API for minutes to record its end. Out of the group, it outlives the flow's
+    last API call and is stopped by PID (`server.stop()`) once the run is done."""
+    import functools
+    import subprocess
+    from unittest import mock
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    class DetachedServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self):
+            popen = functools.partial(subprocess.Popen, start_new_session=True, preexec_fn=_die_with_parent)
+            with mock.patch.object(subprocess, "Popen", popen):
+                return super()._run_uvicorn_command()
+
+    return DetachedServer()
+
+
 @contextlib.contextmanager
-def shared_prefect_api():
-    """The sweep's Dask workers report their task runs to the sweep's own Prefect API. With no
-    PREFECT_API_URL set, every worker process would start a temporary server of its own (~25 s
-    each); one is started here instead, and this process and its local workers (they inherit the
-    environment) use it."""
+def own_prefect_api():
+    """With no PREFECT_API_URL set, this process's temporary Prefect API (see
+    `_detached_prefect_server`); this process and its children (they inherit the environment) use it.
+    The sweep's Dask workers need this too: each would otherwise start a server of its own (~25 s)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
         yield
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
+    server = _detached_prefect_server()
     server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
@@ -160,7 +190,17 @@ def shared_prefect_api():
             yield
     finally:
         os.environ.pop("PREFECT_API_URL", None)
+        _drain_prefect_workers()  # the run's last logs and events reach the API before it stops
         server.stop()
+
+
+def _drain_prefect_workers() -> None:
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=5)
 
 
 def cmd_sweep(args) -> int:
@@ -173,7 +213,7 @@ def cmd_sweep(args) -> int:
 
     quiet_user_errors_on_console()
     runner = task_runner(args.workers or params.sweep.workers, args.address)
-    with shared_prefect_api():
+    with own_prefect_api():
         summary = sweep.with_options(task_runner=runner)(project_dir=str(root))
     return 0 if summary["chosen"] else 1
 
@@ -198,6 +238,10 @@ def cmd_stage(args) -> int:
         module.run(stage_context(root, uses_torch=getattr(module, "USES_TORCH", True)))
         return 0
     except BaseException as exc:
+        from distillery.interrupts import Interrupted
+
+        if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+            raise  # not an error of the stage: main() says so and exits 143 / 130
         expected = isinstance(exc, expected_errors())
         message = str(exc) if expected else traceback.format_exc()
         if err_file is not None:
@@ -512,16 +556,29 @@ def add_serving_parsers(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+    from distillery.interrupts import Interrupted, install_handlers, stop_children
+
+    # `run` and the stages it starts: the long-running pipeline (serve, ui and watch keep their own
+    # Ctrl-C handling).
+    signalled = args.command in ("run", "stage") and threading.current_thread() is threading.main_thread()
+    previous = install_handlers() if signalled else {}
+    try:  # SIGTERM / SIGINT raise Interrupted: `finally` blocks run, and the exit code says so
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (Interrupted, KeyboardInterrupt) as exc:
+        code = exc.exit_code if isinstance(exc, Interrupted) else 130
+        stopped = stop_children()  # what the signal did not reach (it came to this process only)
+        extra = f"; stopped {len(stopped)} child process(es)" if stopped else ""
+        print(f"distillery {args.command}: {exc or 'interrupted'} (exit {code}){extra}; the next run resumes "
+              "from the stages that finished", file=sys.stderr)
+        return code
     except BaseException as exc:
         if isinstance(exc, expected_errors()):
             print(f"distillery: error: {exc}", file=sys.stderr)
             return 2 if isinstance(exc, ConfigError) else 1
         raise
+    finally:
+        for sig, handler in previous.items():  # main() may be called in-process (tests)
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

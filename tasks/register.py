@@ -21,6 +21,7 @@ from distillery.config import Params
 from distillery.gate import CHAMPION_CHECK, Check, GateDecision, champion_check, decide_promotion
 from distillery.measure import FIGURES
 from tasks.common import read_json, report_path, write_json_atomic
+from distillery.serving_input import MAX_ROWS_KEY
 from tasks.validate import profile_tag
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -41,6 +42,18 @@ def input_example(model_dir: Path):
 
     columns = read_input_meta(model_dir)["input_columns"]
     return INPUT_EXAMPLE if len(columns) == 1 else pd.DataFrame(dict(zip(columns, PAIR_EXAMPLE.values())))
+
+
+def output_signature(model_dir: Path):
+    """The served model's outputs (label, one probability per class). No input schema: MLflow's
+    enforcement would coerce null and non-text values to strings before the pyfunc could refuse
+    them (tasks/pyfunc_model.py checks its input as training checks data)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    labels = json.loads((Path(model_dir) / "labels.json").read_text())["labels"]
+    return ModelSignature(inputs=None, outputs=Schema(
+        [ColSpec("string", "label")] + [ColSpec("double", f"prob_{label}") for label in labels]))
 
 
 def git_lineage(root: Path) -> dict:
@@ -132,7 +145,8 @@ def rescore_champion(client, name: str, version: str, root: Path, params: Params
     labels = json.loads((vdir / "labels.json").read_text())["labels"]
     eval_set = load_split(vdir / "eval.parquet")
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        # The per-request row limit is for served requests; here the whole eval split is one call.
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}", model_config={MAX_ROWS_KEY: None})
         inputs = list(eval_set.texts) if eval_set.pairs is None else \
             pd.DataFrame({"text": eval_set.texts, "text_pair": eval_set.pairs})
         predicted = model.predict(inputs)["label"].astype(str).tolist()
@@ -211,8 +225,10 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
                 artifacts={"model_dir": str(qdir)},
                 code_paths=[str(Path(__file__).resolve().parents[1] / "distillery")],
                 pip_requirements=[f"{p}=={pkg_version(p)}" for p in SERVING_PACKAGES],
-                # The signature (strings in; label + class probabilities out) is inferred from it.
-                input_example=input_example(qdir),
+                # Outputs: label + class probabilities; the pyfunc checks its input itself
+                # (one text column, or both columns of a sentence-pair model).
+                input_example=input_example(qdir), signature=output_signature(qdir),
+                model_config={MAX_ROWS_KEY: params.register.max_rows_per_request},
                 registered_model_name=name, await_registration_for=60)
         mv_version = str(info.registered_model_version)
         # model_md5 first: a retried task then finds this version instead of registering it twice.

@@ -232,6 +232,7 @@ def test_champion_served_over_http_answers_like_the_pipeline(project):
     """`mlflow models serve` on the champion, real HTTP requests, answers equal the pipeline's own."""
     import json
     import signal
+    import urllib.error
     import urllib.request
 
     from distillery.onnx_model import OnnxClassifier
@@ -251,10 +252,22 @@ def test_champion_served_over_http_answers_like_the_pipeline(project):
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                      headers={"Content-Type": "application/json"})
         answer = json.loads(urllib.request.urlopen(req, timeout=30).read())["predictions"]
+        refused = {}  # what training would refuse gets HTTP 400 and the reason, not a confident answer
+        for bad in ({"inputs": [None]}, {"inputs": ["  "]}, {"inputs": [True]}, {"inputs": [7]},
+                    {"dataframe_split": {"columns": ["review"], "data": [["fine"]]}},
+                    {"dataframe_split": {"data": [["a", "b"]]}}):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(bad).encode(),
+                                         headers={"Content-Type": "application/json"})
+            try:
+                urllib.request.urlopen(req, timeout=30)
+                refused[json.dumps(bad)] = 200
+            except urllib.error.HTTPError as err:
+                refused[json.dumps(bad)] = (err.code, "nothing scored" in err.read().decode())
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server's own process group: it and its workers
         server.wait(timeout=30)
     assert [row["label"] for row in answer] == expected
+    assert set(refused.values()) == {(400, True)}, refused
     for row in answer:
         probs = [v for k, v in row.items() if k.startswith("prob_")]
         assert len(probs) == 3 and abs(sum(probs) - 1.0) < 1e-4
