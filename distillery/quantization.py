@@ -38,6 +38,7 @@ import torch
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_dynamic, quantize_static)
 
+from distillery.architectures import ADAPTERS, adapter_for_type
 from distillery.fileio import write_atomically
 
 INPUT_NAMES = ("input_ids", "attention_mask")
@@ -55,22 +56,20 @@ _QUANTIZED_OP_TYPES = ["MatMul", "Gather", "LSTM"]
 class _LogitsOnly(torch.nn.Module):
     """(input_ids, attention_mask) -> logits.
 
-    For BERT, position and token-type ids are built in-graph: BERT otherwise slices
-    its 512-long buffers with `[:, :seq]`, which exports as Min(512, seq) and makes
-    ORT's symbolic shape inference (quant_pre_process, the transformer optimizer)
-    fail on the graph. Other families (RoBERTa offsets its positions) build their own.
+    Whatever else the family's forward needs is built in-graph (its adapter's
+    `export_inputs`: BERT's position and token-type ids, since BERT otherwise slices its
+    512-long buffers with `[:, :seq]`, which exports as Min(512, seq) and makes ORT's symbolic
+    shape inference fail; RoBERTa offsets its positions itself; ModernBERT needs nothing).
     """
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
-        self.explicit_ids = getattr(model.config, "model_type", None) == "bert"
+        model_type = getattr(model.config, "model_type", None)
+        self.extra_inputs = adapter_for_type(model_type).export_inputs if model_type in ADAPTERS else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        extra = {}
-        if self.explicit_ids:
-            extra["position_ids"] = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)  # (1, S)
-            extra["token_type_ids"] = torch.zeros_like(input_ids)  # (B, S): single-segment inputs
+        extra = self.extra_inputs(input_ids) if self.extra_inputs is not None else {}
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits  # (B, n_labels)
 
 
