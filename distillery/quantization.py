@@ -189,7 +189,7 @@ def _require_file(path: str | Path) -> Path:
     return path
 
 
-def optimize_fp32_graph(fp32_path: str | Path, out_path: str | Path, method: str) -> Path:
+def optimize_fp32_graph(fp32_path: str | Path, out_path: str | Path, method: str, fusable: bool = True) -> Path:
     """Offline fp32 graph fusion before quantization, checked against the input graph.
 
     "ort_transformers": onnxruntime.transformers' BERT optimizer (opt_level 0: its own
@@ -198,12 +198,13 @@ def optimize_fp32_graph(fp32_path: str | Path, out_path: str | Path, method: str
     (MiniLM 2-layer: 107 -> 89 nodes). Attention fusion matches nothing (ORT 1.32): the
     exporter's mask path (And/Where/GatherND from transformers 5's mask builder) is not a
     pattern the fuser knows, so it needs no head count and pruned students optimise alike.
-    "none": copy the graph as exported.
+    "none", or a family whose graph these fusions do not fit (`fusable` False, see the
+    adapters' `ort_fusion`): copy the graph as exported.
     """
     fp32_path = _require_file(fp32_path)
 
     def write(tmp: Path) -> None:
-        if method == "none":
+        if method == "none" or not fusable:
             tmp.write_bytes(fp32_path.read_bytes())
             return
         if method != "ort_transformers":

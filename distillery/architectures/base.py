@@ -63,6 +63,9 @@ class Adapter:
     config_keys = {"layers": "num_hidden_layers", "heads": "num_attention_heads",
                    "hidden": "hidden_size", "intermediate": "intermediate_size"}
     tokenizer_model = "WordPiece"              # what vocabulary trimming has to handle
+    # onnxruntime.transformers' BERT fusions (graph_optimization: ort_transformers) are safe on
+    # this family's exported graph (checked per family in tests/test_architectures.py)
+    ort_fusion = True
 
     # ------------------------------------------------------------------ config
     def get(self, config, key: str) -> int:
@@ -78,7 +81,8 @@ class Adapter:
     def select_layers(self, model: nn.Module, indices: list[int]) -> nn.Module:
         """Keep the layers `indices` in that order (copies, so a layer may repeat); in place."""
         old = self.layers(model)
-        new = nn.ModuleList([copy.deepcopy(old[i]) for i in indices])
+        # the copies keep sharing the model's config (attention implementation, etc.)
+        new = nn.ModuleList([copy.deepcopy(old[i], {id(model.config): model.config}) for i in indices])
         parent_path, _, attr = self.layers_path.rpartition(".")
         setattr(_attr(model.base_model, parent_path) if parent_path else model.base_model, attr, new)
         for i, layer in enumerate(new):  # transformers keys caches and layer types by index

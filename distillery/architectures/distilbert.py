@@ -11,6 +11,7 @@ class DistilBertAdapter(Adapter):
     name = "distilbert"
     model_types = ("distilbert",)
     layers_path = "transformer.layer"
+    ort_fusion = False  # the fused graph breaks ORT's static int8 quantizer (a MatMul left uncalibrated)
     config_keys = {"layers": "n_layers", "heads": "n_heads", "hidden": "dim", "intermediate": "hidden_dim"}
 
     def attention(self, layer):

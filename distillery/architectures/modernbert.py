@@ -14,6 +14,7 @@ class ModernBertAdapter(Adapter):
     model_types = ("modernbert",)
     layers_path = "layers"
     tokenizer_model = "BPE"
+    ort_fusion = False  # ORT's BERT fusions fail on its graph (symbolic shape inference: IndexError)
 
     def after_select(self, model, indices):
         cfg = model.config
