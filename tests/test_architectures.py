@@ -231,3 +231,32 @@ def test_export_and_every_quantization_variant(family, tmp_path):
             assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.8, variant
     assert sizes["dynamic_int8"] < sizes["fp32"] and sizes["int4_embeddings"] < sizes["dynamic_int8_fp32_embeddings"]
     assert json.dumps(sizes)  # recorded in the failure message when an assertion above fails
+
+
+@pytest.mark.parametrize("config_class", ["XLMRobertaConfig", "CamembertConfig"])
+def test_roberta_variants_share_the_roberta_adapter(config_class, tmp_path):
+    """XLM-R and CamemBERT are RoBERTa's modules under other model_types: every operation applies."""
+    import transformers as T
+
+    from distillery.architectures.roberta import RobertaAdapter
+
+    config = getattr(T, config_class)(vocab_size=60, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                                      intermediate_size=64, max_position_embeddings=40, pad_token_id=1, num_labels=3)
+    torch.manual_seed(0)
+    model = T.AutoModelForSequenceClassification.from_config(config).eval()
+    assert isinstance(adapter_for(model), RobertaAdapter)
+    ids = torch.randint(3, 60, (4, 12))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    student = build_student_from_layers(model, [1, 2])
+    shrink_width(student, activation_importance(student, [batch]), 16, None, 32)
+    apply_pruning(student, PruningPlan(heads_keep=[[1], [0, 1]], neurons_keep=[list(range(8)), list(range(32))]))
+    trim_positions(student, 12)
+    assert student.get_input_embeddings().weight.shape == (60, 16)
+    assert adapter_for(student).position_embeddings(student)[0].module.num_embeddings == 12 + 2
+    student.save_pretrained(tmp_path / "s")
+    reloaded = T.AutoModelForSequenceClassification.from_config(T.AutoConfig.from_pretrained(tmp_path / "s"))
+    from distillery.pruning import restore_structure
+    from safetensors.torch import load_file
+
+    restore_structure(reloaded).load_state_dict(load_file(str(tmp_path / "s" / "model.safetensors")), strict=True)
+    torch.testing.assert_close(logits(reloaded.eval(), batch), logits(student, batch))
