@@ -1,7 +1,9 @@
 """The architecture matrix, whole-pipeline tier: for each supported encoder family, a tiny
 random-init teacher (tests/tiny_families.py: config + `tokenizers`-trained tokenizer, nothing
-downloaded) runs the Prefect flow over the DVC stages on the demo data, through registration and
-a prediction from the registered pyfunc. The student is built from teacher layers, narrowed
+downloaded) runs the Prefect flow on the demo data, through registration and a prediction from
+the registered pyfunc. The flow's stage tasks run each stage's code in this process instead of
+through `dvc repro` (one `distillery stage` subprocess per stage costs ~5 s of imports, 40 of a
+family's 65 CPU seconds); the DVC path itself is tested by test_pipeline_e2e.py. The student is built from teacher layers, narrowed
 (residual width, FFN) and trained with the intermediate hidden-state and attention losses; then
 pruned and quantized to int8. Asserted per family: each stage's model is physically smaller
 (tensor shapes, file bytes) and the int8 ONNX model agrees with the fp32 export on the eval rows."""
@@ -36,8 +38,24 @@ def family_params(family: str) -> dict:
         measure={"latency_samples": 3, "warmup": 1, "throughput_batch_size": 8})
 
 
+@pytest.fixture
+def stages_in_process(monkeypatch):
+    """The flow's stage tasks call the stage code directly (same code DVC's command runs)."""
+    import contextlib
+
+    import flows.pipeline
+    from tests.helpers import run_stage
+
+    def run_here(root, stage, force=False):
+        with contextlib.chdir(root):
+            run_stage(root, stage)
+        return True
+
+    monkeypatch.setattr(flows.pipeline, "run_dvc_stage", run_here)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_family_runs_the_whole_pipeline_and_is_served(family, tmp_path_factory, prefect_harness):
+def test_family_runs_the_whole_pipeline_and_is_served(family, tmp_path_factory, prefect_harness, stages_in_process):
     import mlflow
 
     from distillery.demo_data import make_demo_dataset
