@@ -17,6 +17,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from distillery.architectures import UnsupportedArchitecture, adapter_for_type
 from distillery.bilstm import declares_architecture, load_bilstm
 from distillery.config import ConfigError
 from distillery.fileio import replace_dir  # noqa: F401  (re-exported)
@@ -61,11 +62,10 @@ def load_teacher(name: str, labels: list[str], root: Path | None = None):
     """
     source, kind = resolve_model_source(name, root)
     config = _from_pretrained(source, kind, "config", AutoConfig.from_pretrained)
-    if config.model_type != "bert":
-        raise ModelLoadError(
-            f"teacher.model: {name!r} is a {config.model_type!r} model; this version distills BERT-family "
-            "encoders (bert, MiniLM, TinyBERT checkpoints)."
-        )
+    try:
+        adapter_for_type(config.model_type)
+    except UnsupportedArchitecture as exc:
+        raise ModelLoadError(f"teacher.model: {name!r}: {exc}") from None
     has_head = has_head_for(config, labels)
     id2label = {i: str(lab) for i, lab in enumerate(labels)}
     tokenizer = _from_pretrained(source, kind, "tokenizer", AutoTokenizer.from_pretrained)

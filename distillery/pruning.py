@@ -1,11 +1,13 @@
-"""Structured pruning of BERT-family encoders: remove whole attention heads and FFN neurons.
+"""Structured pruning of encoder classifiers: remove whole attention heads and FFN neurons.
 
 Importance is first-order Taylor (Molchanov et al. 2019, "Importance Estimation for
 Neural Network Pruning"): the loss change from zeroing a group S of parameters is, to
 first order, |sum_{s in S} w_s * dL/dw_s|. Groups are
-  head h of layer l:    its rows of query/key/value (weights and biases)
-                        + its columns of attention.output.dense
-  neuron j of layer l:  row j of intermediate.dense (+ bias) + column j of output.dense.
+  head h of layer l:    its rows of query/key/value (weights and biases; the three blocks
+                        of a fused qkv projection) + its columns of the attention output
+  neuron j of layer l:  row j of the FFN input projection (+ bias; both halves of a GLU's
+                        [input; gate]) + column j of the FFN output projection.
+Where those projections live is the family's adapter's business (distillery/architectures).
 For heads this is, in spirit, the gradient head importance of Michel et al. 2019 ("Are
 Sixteen Heads Really Better than One?"), whose per-layer L2 normalisation we also use so
 that heads of different layers can be ranked against each other.
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from transformers.pytorch_utils import prune_linear_layer
+
+from distillery.architectures import Slot, adapter_for
 
 STRUCTURE_KEY = "distillery_structure"  # config field: {"heads": [...], "intermediate": [...]}
 
@@ -48,8 +52,8 @@ class PruningPlan:
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The BertLayer stack of a BERT-family model (`model.bert.encoder.layer` for BERT)."""
-    return model.base_model.encoder.layer
+    """The transformer layer stack (`model.bert.encoder.layer` for BERT; see the adapters)."""
+    return adapter_for(model).layers(model)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -59,34 +63,55 @@ def count_parameters(model: nn.Module) -> int:
 
 def current_structure(model: nn.Module) -> dict[str, list[int]]:
     """Heads and FFN neurons per layer, read from the modules themselves."""
-    layers = encoder_layers(model)
+    a = adapter_for(model)
+    layers = a.layers(model)
     return {
-        "heads": [int(layer.attention.self.num_attention_heads) for layer in layers],
-        "intermediate": [int(layer.intermediate.dense.out_features) for layer in layers],
+        "heads": [a.num_heads(layer) for layer in layers],
+        "intermediate": [int(a.ffn_out(layer).module.in_features) for layer in layers],
     }
 
 
 # --------------------------------------------------------------------------- importance
 
-def _scored_params(layer: nn.Module) -> list[nn.Parameter]:
-    attn = layer.attention.self
-    return [attn.query.weight, attn.query.bias, attn.key.weight, attn.key.bias,
-            attn.value.weight, attn.value.bias, layer.attention.output.dense.weight,
-            layer.intermediate.dense.weight, layer.intermediate.dense.bias,
-            layer.output.dense.weight]
+def _scored_params(adapter, layer: nn.Module) -> list[tuple[str, int, nn.Parameter]]:
+    """(group, blocks, parameter) of one layer: "head_w"/"head_b" rows per head, "head_out"
+    columns per head, "ffn_w"/"ffn_b" rows per neuron, "ffn_out" columns per neuron."""
+    out = []
+    for slot in adapter.head_in(layer):
+        out.append(("head_w", slot.blocks, slot.module.weight))
+        if slot.module.bias is not None:
+            out.append(("head_b", slot.blocks, slot.module.bias))
+    out.append(("head_out", 1, adapter.head_out(layer).module.weight))
+    for slot in adapter.ffn_in(layer):
+        out.append(("ffn_w", slot.blocks, slot.module.weight))
+        if slot.module.bias is not None:
+            out.append(("ffn_b", slot.blocks, slot.module.bias))
+    out.append(("ffn_out", 1, adapter.ffn_out(layer).module.weight))
+    return out
 
 
-def _layer_scores(layer: nn.Module, grads: list[Tensor]) -> tuple[Tensor, Tensor]:
+def _layer_scores(adapter, layer: nn.Module, grads: list[Tensor]) -> tuple[Tensor, Tensor]:
     """Signed sum of w*g per head and per neuron for one layer and one batch."""
-    attn = layer.attention.self
-    n, d = attn.num_attention_heads, attn.attention_head_size
-    wg = [p.detach() * g for p, g in zip(_scored_params(layer), grads)]
-    qw, qb, kw, kb, vw, vb, ow, iw, ib, fw = wg
-    heads = torch.zeros(n, dtype=qw.dtype, device=qw.device)
-    for w, b in ((qw, qb), (kw, kb), (vw, vb)):
-        heads += w.view(n, d, -1).sum((1, 2)) + b.view(n, d).sum(1)  # rows h*d:(h+1)*d
-    heads += ow.view(ow.shape[0], n, d).sum((0, 2))                  # columns h*d:(h+1)*d
-    neurons = iw.sum(1) + ib + fw.sum(0)                              # row j in, column j out
+    n, d = adapter.num_heads(layer), adapter.head_dim(layer)
+    scored = _scored_params(adapter, layer)
+    ref = scored[0][2]
+    heads = torch.zeros(n, dtype=ref.dtype, device=ref.device)
+    neurons = None
+    for (group, blocks, p), g in zip(scored, grads):
+        wg = p.detach() * g
+        if group == "head_w":      # rows b*n*d + h*d .. + d
+            heads += wg.view(blocks, n, d, -1).sum((0, 2, 3))
+        elif group == "head_b":
+            heads += wg.view(blocks, n, d).sum((0, 2))
+        elif group == "head_out":  # columns h*d .. (h+1)*d
+            heads += wg.view(wg.shape[0], n, d).sum((0, 2))
+        elif group == "ffn_w":     # rows b*I + j
+            s = wg.view(blocks, -1, wg.shape[-1]).sum((0, 2))
+            neurons = s if neurons is None else neurons + s
+        elif group == "ffn_b":
+            neurons = neurons + wg.view(blocks, -1).sum(0)
+        else:                      # ffn_out: column j
+            neurons = neurons + wg.sum(0)
     return heads, neurons
 
 
@@ -101,12 +126,17 @@ def compute_importance(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]
     off, so the scores are deterministic). Gradients are taken with `torch.autograd.grad`,
     so `.grad`, weights and `requires_grad` flags are left as they were.
     """
-    layers = encoder_layers(model)
-    params = [p for layer in layers for p in _scored_params(layer)]
-    per_layer = len(_scored_params(layers[0]))
+    a = adapter_for(model)
+    layers = a.layers(model)
+    per_layer = [[p for _, _, p in _scored_params(a, layer)] for layer in layers]
+    bounds = [0]
+    for ps in per_layer:
+        bounds.append(bounds[-1] + len(ps))
+    params = [p for ps in per_layer for p in ps]
     was_training, flags = model.training, [p.requires_grad for p in params]
-    heads = [torch.zeros(layer.attention.self.num_attention_heads) for layer in layers]
-    neurons = [torch.zeros(layer.intermediate.dense.out_features) for layer in layers]
+    structure = current_structure(model)
+    heads = [torch.zeros(n) for n in structure["heads"]]
+    neurons = [torch.zeros(n) for n in structure["intermediate"]]
     n_batches = 0
     model.eval()
     try:
@@ -118,7 +148,7 @@ def compute_importance(model: nn.Module, batches: Iterable[Mapping[str, Tensor]]
             # None = the loss does not depend on that parameter: a zero gradient
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
             for i, layer in enumerate(layers):
-                h, f = _layer_scores(layer, grads[i * per_layer:(i + 1) * per_layer])
+                h, f = _layer_scores(a, layer, grads[bounds[i]:bounds[i + 1]])
                 heads[i] += h.abs().float().cpu()
                 neurons[i] += f.abs().float().cpu()
             n_batches += 1
@@ -198,41 +228,54 @@ def _check_keep(what: str, layer: int, keep: list[int], n: int) -> None:
         raise ValueError(f"plan: layer {layer} {what} {keep} must be sorted, distinct, in [0, {n})")
 
 
-def _prune_heads(layer: nn.Module, keep: list[int]) -> None:
-    attn = layer.attention.self
-    d = attn.attention_head_size
-    # (len(keep) * d,): the q/k/v rows and output columns of the kept heads
-    idx = torch.cat([torch.arange(h * d, (h + 1) * d) for h in keep])
-    attn.query = _prune_linear(attn.query, idx, dim=0)
-    attn.key = _prune_linear(attn.key, idx, dim=0)
-    attn.value = _prune_linear(attn.value, idx, dim=0)
-    layer.attention.output.dense = _prune_linear(layer.attention.output.dense, idx, dim=1)
-    # attention_head_size (and so the 1/sqrt(d) scaling) is unchanged; forward reshapes
-    # with view(..., -1, head_size), so only these two attributes follow the new count.
-    attn.num_attention_heads = len(keep)
-    attn.all_head_size = len(keep) * d
+def head_rows(slot: Slot, n_heads: int, head_dim: int, keep: list[int]) -> Tensor:
+    """Output rows of the kept heads in a (possibly fused) projection: for each of its
+    blocks b, rows b*n*d + h*d .. b*n*d + (h+1)*d of every kept head h, in order."""
+    per_block = n_heads * head_dim
+    return torch.cat([torch.arange(b * per_block + h * head_dim, b * per_block + (h + 1) * head_dim)
+                      for b in range(slot.blocks) for h in keep])
 
 
-def _prune_neurons(layer: nn.Module, keep: list[int]) -> None:
-    idx = torch.tensor(keep, dtype=torch.long)
-    layer.intermediate.dense = _prune_linear(layer.intermediate.dense, idx, dim=0)
-    layer.output.dense = _prune_linear(layer.output.dense, idx, dim=1)
+def neuron_rows(slot: Slot, keep: list[int]) -> Tensor:
+    """Output rows of the kept FFN neurons: row b*I + j of every block b (GLU: input and gate)."""
+    n = slot.module.out_features // slot.blocks
+    return torch.tensor([b * n + j for b in range(slot.blocks) for j in keep], dtype=torch.long)
+
+
+def _prune_heads(adapter, layer: nn.Module, keep: list[int]) -> None:
+    n, d = adapter.num_heads(layer), adapter.head_dim(layer)
+    for slot in adapter.head_in(layer):
+        slot.replace(_prune_linear(slot.module, head_rows(slot, n, d, keep), dim=0))
+    out = adapter.head_out(layer)
+    out.replace(_prune_linear(out.module, head_rows(Slot(out.parent, out.name), n, d, keep), dim=1))
+    # the head size (and so the 1/sqrt(d) scaling) is unchanged; forward reshapes with
+    # view(..., -1, head_size), so only the count attributes follow the new number of heads.
+    adapter.set_num_heads(layer, len(keep))
+
+
+def _prune_neurons(adapter, layer: nn.Module, keep: list[int]) -> None:
+    for slot in adapter.ffn_in(layer):
+        slot.replace(_prune_linear(slot.module, neuron_rows(slot, keep), dim=0))
+    out = adapter.ffn_out(layer)
+    out.replace(_prune_linear(out.module, torch.tensor(keep, dtype=torch.long), dim=1))
 
 
 def apply_pruning(model: nn.Module, plan: PruningPlan) -> nn.Module:
     """Physically remove the heads and neurons the plan drops (in place; returns `model`)
     and record the new per-layer shapes in `model.config.distillery_structure`.
-    `config.num_attention_heads` is left alone: the head size is derived from it."""
-    layers = encoder_layers(model)
+    The config's head count is left alone: the head size is derived from it."""
+    a = adapter_for(model)
+    layers = a.layers(model)
     if len(plan.heads_keep) != len(layers) or len(plan.neurons_keep) != len(layers):
         raise ValueError(f"plan covers {len(plan.heads_keep)}/{len(plan.neurons_keep)} layers, "
                          f"model has {len(layers)}")
+    structure = current_structure(model)
+    for i in range(len(layers)):
+        _check_keep("heads", i, plan.heads_keep[i], structure["heads"][i])
+        _check_keep("neurons", i, plan.neurons_keep[i], structure["intermediate"][i])
     for i, layer in enumerate(layers):
-        _check_keep("heads", i, plan.heads_keep[i], layer.attention.self.num_attention_heads)
-        _check_keep("neurons", i, plan.neurons_keep[i], layer.intermediate.dense.out_features)
-    for i, layer in enumerate(layers):
-        _prune_heads(layer, plan.heads_keep[i])
-        _prune_neurons(layer, plan.neurons_keep[i])
+        _prune_heads(a, layer, plan.heads_keep[i])
+        _prune_neurons(a, layer, plan.neurons_keep[i])
     setattr(model.config, STRUCTURE_KEY, current_structure(model))
     return model
 
@@ -251,17 +294,10 @@ def step_fractions(fraction: float, steps: int) -> list[float]:
 def drop_layers(model: nn.Module, drop: list[int]) -> nn.Module:
     """Remove whole encoder layers (in place; returns `model`), e.g. the ones that matter
     least after distillation (Sajjad et al. 2023, "On the effect of dropping layers")."""
-    layers = encoder_layers(model)
-    n = len(layers)
+    n = len(encoder_layers(model))
     if any(i < 0 or i >= n for i in drop) or len(set(drop)) >= n:
         raise ValueError(f"drop_layers: {drop} must be distinct indices in [0, {n}) leaving at least one layer")
-    kept = [layer for i, layer in enumerate(layers) if i not in set(drop)]
-    model.base_model.encoder.layer = nn.ModuleList(kept)
-    for i, layer in enumerate(kept):  # transformers keys caches by layer index
-        for m in layer.modules():
-            if hasattr(m, "layer_idx"):
-                m.layer_idx = i
-    model.config.num_hidden_layers = len(kept)
+    adapter_for(model).select_layers(model, [i for i in range(n) if i not in set(drop)])
     if getattr(model.config, STRUCTURE_KEY, None):
         setattr(model.config, STRUCTURE_KEY, current_structure(model))
     return model
@@ -286,5 +322,6 @@ def restore_structure(model: nn.Module) -> nn.Module:
 
 
 __all__ = ["Importance", "PruningPlan", "STRUCTURE_KEY", "apply_pruning", "compute_importance",
-           "count_parameters", "current_structure", "drop_layers", "encoder_layers", "plan_pruning",
+           "count_parameters", "current_structure", "drop_layers", "encoder_layers", "head_rows",
+           "neuron_rows", "plan_pruning",
            "restore_structure", "step_fractions"]

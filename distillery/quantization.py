@@ -38,6 +38,7 @@ import torch
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_dynamic, quantize_static)
 
+from distillery.architectures import ADAPTERS, adapter_for_type
 from distillery.fileio import write_atomically
 
 INPUT_NAMES = ("input_ids", "attention_mask")
@@ -55,32 +56,30 @@ _QUANTIZED_OP_TYPES = ["MatMul", "Gather", "LSTM"]
 class _LogitsOnly(torch.nn.Module):
     """(input_ids, attention_mask) -> logits.
 
-    For BERT, position and token-type ids are built in-graph: BERT otherwise slices
-    its 512-long buffers with `[:, :seq]`, which exports as Min(512, seq) and makes
-    ORT's symbolic shape inference (quant_pre_process, the transformer optimizer)
-    fail on the graph. Other families (RoBERTa offsets its positions) build their own.
+    Whatever else the family's forward needs is built in-graph (its adapter's
+    `export_inputs`: BERT's position and token-type ids, since BERT otherwise slices its
+    512-long buffers with `[:, :seq]`, which exports as Min(512, seq) and makes ORT's symbolic
+    shape inference fail; RoBERTa offsets its positions itself; ModernBERT needs nothing).
 
-    Sentence pairs (`sep_token_id` given, BERT): the segment of each token is derived in-graph
-    from the ids, as BERT's tokenizer assigns it: 0 up to and including the first [SEP], 1
-    after it; so the graph keeps its two inputs and every caller (serving, calibration,
-    parity checks) feeds pairs exactly like single texts.
+    Sentence pairs (`sep_token_id` given, a family with segment embeddings): the segment of each
+    token is derived in-graph from the ids, as the tokenizer assigns it: 0 up to and including
+    the first separator, 1 after it; so the graph keeps its two inputs and every caller
+    (serving, calibration, parity checks) feeds pairs exactly like single texts.
     """
 
     def __init__(self, model: torch.nn.Module, sep_token_id: int | None = None):
         super().__init__()
         self.model = model
-        self.explicit_ids = getattr(model.config, "model_type", None) == "bert"
-        self.sep_token_id = sep_token_id if getattr(model.config, "type_vocab_size", 1) > 1 else None
+        model_type = getattr(model.config, "model_type", None)
+        self.extra_inputs = adapter_for_type(model_type).export_inputs if model_type in ADAPTERS else None
+        self.sep_token_id = sep_token_id if (getattr(model.config, "type_vocab_size", 1) or 1) > 1 else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        extra = {}
-        if self.explicit_ids:
-            extra["position_ids"] = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)  # (1, S)
-            extra["token_type_ids"] = torch.zeros_like(input_ids)  # (B, S): single-segment inputs
-            if self.sep_token_id is not None:
-                is_sep = (input_ids == self.sep_token_id).long()  # (B, S)
-                before = torch.cumsum(is_sep, dim=1) - is_sep  # (B, S): [SEP]s strictly before each token
-                extra["token_type_ids"] = torch.clamp(before, max=1) * attention_mask
+        extra = self.extra_inputs(input_ids) if self.extra_inputs is not None else {}
+        if self.sep_token_id is not None and "token_type_ids" in extra:
+            is_sep = (input_ids == self.sep_token_id).long()  # (B, S)
+            before = torch.cumsum(is_sep, dim=1) - is_sep  # (B, S): separators strictly before each token
+            extra["token_type_ids"] = torch.clamp(before, max=1) * attention_mask
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits  # (B, n_labels)
 
 
@@ -202,7 +201,7 @@ def _require_file(path: str | Path) -> Path:
     return path
 
 
-def optimize_fp32_graph(fp32_path: str | Path, out_path: str | Path, method: str) -> Path:
+def optimize_fp32_graph(fp32_path: str | Path, out_path: str | Path, method: str, fusable: bool = True) -> Path:
     """Offline fp32 graph fusion before quantization, checked against the input graph.
 
     "ort_transformers": onnxruntime.transformers' BERT optimizer (opt_level 0: its own
@@ -211,12 +210,13 @@ def optimize_fp32_graph(fp32_path: str | Path, out_path: str | Path, method: str
     (MiniLM 2-layer: 107 -> 89 nodes). Attention fusion matches nothing (ORT 1.32): the
     exporter's mask path (And/Where/GatherND from transformers 5's mask builder) is not a
     pattern the fuser knows, so it needs no head count and pruned students optimise alike.
-    "none": copy the graph as exported.
+    "none", or a family whose graph these fusions do not fit (`fusable` False, see the
+    adapters' `ort_fusion`): copy the graph as exported.
     """
     fp32_path = _require_file(fp32_path)
 
     def write(tmp: Path) -> None:
-        if method == "none":
+        if method == "none" or not fusable:
             tmp.write_bytes(fp32_path.read_bytes())
             return
         if method != "ort_transformers":

@@ -1,4 +1,4 @@
-"""Student builders: a smaller BERT initialised from the teacher's own weights.
+"""Student builders: a smaller encoder initialised from the teacher's own weights.
 
 Depth: keep a subset of the teacher's layers (DistilBERT, Sanh et al. 2019).
 Width: keep the most important hidden channels, attention heads and FFN neurons
@@ -11,9 +11,10 @@ distillation that follows recovers what the removed channels carried (LayerNorm 
 normalises over fewer channels, which training absorbs).
 
 The residual width H' must be a multiple of the head size d (32 for MiniLM): the stock
-BERT modules derive d = hidden_size / num_attention_heads, so a student of width H'
+modules derive d = hidden_size / num_attention_heads, so a student of width H'
 holds at most H'/d heads per layer (further head pruning records per-layer counts in
-`config.distillery_structure`, see pruning.py).
+`config.distillery_structure`, see pruning.py). Where each family keeps its layers,
+projections, norms and embeddings is its adapter's business (distillery/architectures).
 """
 
 from __future__ import annotations
@@ -21,44 +22,37 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import copy
+
 import torch
 from torch import Tensor, nn
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.pytorch_utils import prune_linear_layer
 
+from distillery.architectures import adapter_for
+from distillery.architectures.base import EMB, NORM, READ, SQUARE, WRITE
 from distillery.config import ConfigError
-from distillery.pruning import STRUCTURE_KEY, current_structure, encoder_layers, restore_structure
+from distillery.pruning import STRUCTURE_KEY, current_structure, head_rows, neuron_rows
 
 
 def build_student_from_layers(teacher: PreTrainedModel, layers: list[int]) -> PreTrainedModel:
     """DistilBERT-style student: the teacher's embeddings, pooler, head and the chosen layers.
 
     Copying whole teacher layers starts the student close to the teacher's function, so
-    KD converges in far fewer steps than from random init.
+    KD converges in far fewer steps than from random init. The teacher is left untouched.
     """
-    n_teacher = teacher.config.num_hidden_layers
-    bad = [i for i in layers if i >= n_teacher]
+    a = adapter_for(teacher)
+    n_teacher = len(a.layers(teacher))
+    bad = [i for i in layers if i >= n_teacher or i < 0]
     if bad:
         raise ConfigError(f"params.yaml: student.layers: {bad} out of range; the teacher has "
                           f"{n_teacher} layers (0..{n_teacher - 1})")
-    config = teacher.config.__class__.from_dict(teacher.config.to_dict())
-    config.num_hidden_layers = len(layers)
+    student = copy.deepcopy(teacher)
+    a.select_layers(student, list(layers))
     structure = getattr(teacher.config, STRUCTURE_KEY, None)
     if structure:
-        config.distillery_structure = {k: [v[i] for i in layers] for k, v in structure.items()}
-    student = AutoModelForSequenceClassification.from_config(config)
-    restore_structure(student)
-    # Map student layer j <- teacher layer layers[j]; everything else by identical name.
-    prefix = "bert.encoder.layer."
-    state = {}
-    for key, value in teacher.state_dict().items():
-        if key.startswith(prefix):
-            idx, rest = key[len(prefix):].split(".", 1)
-            if int(idx) in layers:
-                state[f"{prefix}{layers.index(int(idx))}.{rest}"] = value.clone()
-        else:
-            state[key] = value.clone()
-    student.load_state_dict(state, strict=True)
+        setattr(student.config, STRUCTURE_KEY, current_structure(student))
+    student.train(teacher.training)
     return student
 
 
@@ -78,11 +72,12 @@ class WidthImportance:
 @torch.no_grad()
 def activation_importance(model: PreTrainedModel, batches: Iterable[Mapping[str, Tensor]]) -> WidthImportance:
     """Minitron's activation-based importance, from forward passes only (no labels)."""
-    layers = encoder_layers(model)
-    emb = model.base_model.embeddings
-    channels = torch.zeros(model.config.hidden_size)
-    heads = [torch.zeros(layer.attention.self.num_attention_heads) for layer in layers]
-    neurons = [torch.zeros(layer.intermediate.dense.out_features) for layer in layers]
+    a = adapter_for(model)
+    layers = a.layers(model)
+    channels = torch.zeros(a.get(model.config, "hidden"))
+    structure = current_structure(model)
+    heads = [torch.zeros(n) for n in structure["heads"]]
+    neurons = [torch.zeros(n) for n in structure["intermediate"]]
     state: dict[str, Tensor] = {}
     hooks = []
 
@@ -98,16 +93,15 @@ def activation_importance(model: PreTrainedModel, batches: Iterable[Mapping[str,
         return hook
 
     def on_ffn(i):
-        def hook(_m, _inp, out):  # out: (B, S, I) after the activation
-            neurons[i].add_((out.abs() * state["mask"]).sum((0, 1)).float().cpu())
+        def hook(_m, inp):  # inp[0]: (B, S, I), the FFN activations (after GELU / the GLU gate)
+            neurons[i].add_((inp[0].abs() * state["mask"]).sum((0, 1)).float().cpu())
         return hook
 
-    hooks.append(emb.LayerNorm.register_forward_hook(on_norm))
+    for probe in a.residual_probes(model):
+        hooks.append(probe.register_forward_hook(on_norm))
     for i, layer in enumerate(layers):
-        hooks.append(layer.attention.output.LayerNorm.register_forward_hook(on_norm))
-        hooks.append(layer.output.LayerNorm.register_forward_hook(on_norm))
-        hooks.append(layer.attention.output.dense.register_forward_pre_hook(on_context(i)))
-        hooks.append(layer.intermediate.register_forward_hook(on_ffn(i)))
+        hooks.append(a.head_out(layer).module.register_forward_pre_hook(on_context(i)))
+        hooks.append(a.ffn_out(layer).module.register_forward_pre_hook(on_ffn(i)))
     was_training = model.training
     model.eval()
     tokens = 0
@@ -142,9 +136,10 @@ def _slice(linear: nn.Linear, rows: Tensor | None, cols: Tensor | None) -> nn.Li
 
 
 def _slice_norm(norm: nn.LayerNorm, idx: Tensor) -> nn.LayerNorm:
-    new = nn.LayerNorm(len(idx), eps=norm.eps).to(norm.weight.dtype)
+    new = nn.LayerNorm(len(idx), eps=norm.eps, bias=norm.bias is not None).to(norm.weight.dtype)
     new.weight.data.copy_(norm.weight.data[idx])
-    new.bias.data.copy_(norm.bias.data[idx])
+    if norm.bias is not None:
+        new.bias.data.copy_(norm.bias.data[idx])
     return new
 
 
@@ -153,59 +148,75 @@ def _slice_embedding(emb: nn.Embedding, cols: Tensor, rows: Tensor | None = None
     return nn.Embedding.from_pretrained(weight.clone(), freeze=False, padding_idx=emb.padding_idx)
 
 
+_SLICERS = {
+    EMB: lambda m, ch: _slice_embedding(m, ch),
+    NORM: lambda m, ch: _slice_norm(m, ch),
+    READ: lambda m, ch: _slice(m, None, ch),
+    WRITE: lambda m, ch: _slice(m, ch, None),
+    SQUARE: lambda m, ch: _slice(m, ch, ch),
+}
+
+
 def shrink_width(model: PreTrainedModel, importance: WidthImportance, hidden_size: int | None,
                  heads: int | None, intermediate_size: int | None) -> list[int]:
     """Keep the `hidden_size` most important residual channels, the `heads` most important
     heads of each layer and its `intermediate_size` most important FFN neurons (None: keep
     all of that kind). In place; returns the kept residual channels (teacher indices)."""
+    a = adapter_for(model)
     cfg = model.config
-    layers = encoder_layers(model)
-    d = layers[0].attention.self.attention_head_size
-    H = hidden_size or cfg.hidden_size
-    if H > cfg.hidden_size or H % d:
+    layers = a.layers(model)
+    d = a.head_dim(layers[0])
+    width = a.get(cfg, "hidden")
+    H = hidden_size or width
+    if H > width or H % d:
         raise ConfigError(f"params.yaml: student.hidden_size: {H} must be a multiple of the head size {d} "
-                          f"and at most the teacher's {cfg.hidden_size}")
+                          f"and at most the teacher's {width}")
+    a.check_width(cfg, H)
     max_heads = H // d
     n_heads = heads or max_heads
     if n_heads > max_heads:
         raise ConfigError(f"params.yaml: student.heads: {n_heads} heads of size {d} need a hidden size of at "
                           f"least {n_heads * d}; student.hidden_size is {H}")
     ch = _top(importance.channels, H)  # (H',) kept residual channels
-    emb = model.base_model.embeddings
-    emb.word_embeddings = _slice_embedding(emb.word_embeddings, ch)
-    emb.position_embeddings = _slice_embedding(emb.position_embeddings, ch)
-    emb.token_type_embeddings = _slice_embedding(emb.token_type_embeddings, ch)
-    emb.LayerNorm = _slice_norm(emb.LayerNorm, ch)
+    targets = a.width_targets(model)  # collected before any module is replaced
     for i, layer in enumerate(layers):
-        attn = layer.attention.self
-        kept_heads = _top(importance.heads[i], min(n_heads, attn.num_attention_heads))
-        hd = torch.cat([torch.arange(h * d, (h + 1) * d) for h in kept_heads.tolist()])  # (n'*d,)
-        attn.query, attn.key, attn.value = (_slice(m, hd, ch) for m in (attn.query, attn.key, attn.value))
-        attn.num_attention_heads, attn.all_head_size = len(kept_heads), len(kept_heads) * d
-        out = layer.attention.output
-        out.dense, out.LayerNorm = _slice(out.dense, ch, hd), _slice_norm(out.LayerNorm, ch)
-        nk = _top(importance.neurons[i], intermediate_size or layer.intermediate.dense.out_features)
-        layer.intermediate.dense = _slice(layer.intermediate.dense, nk, ch)
-        layer.output.dense, layer.output.LayerNorm = _slice(layer.output.dense, ch, nk), _slice_norm(layer.output.LayerNorm, ch)
-    pooler = getattr(model.base_model, "pooler", None)
-    if pooler is not None:
-        pooler.dense = _slice(pooler.dense, ch, ch)
-    model.classifier = _slice(model.classifier, None, ch)
+        n = a.num_heads(layer)
+        kept_heads = _top(importance.heads[i], min(n_heads, n)).tolist()
+        for slot in a.head_in(layer):  # rows of the kept heads (every block of a fused qkv), kept channels
+            slot.replace(_slice(slot.module, head_rows(slot, n, d, kept_heads), ch))
+        out = a.head_out(layer)
+        out.replace(_slice(out.module, ch, head_rows(out, n, d, kept_heads)))
+        a.set_num_heads(layer, len(kept_heads))
+        nk = _top(importance.neurons[i], intermediate_size or a.ffn_out(layer).module.in_features).tolist()
+        for slot in a.ffn_in(layer):
+            slot.replace(_slice(slot.module, neuron_rows(slot, nk), ch))
+        out = a.ffn_out(layer)
+        out.replace(_slice(out.module, ch, torch.tensor(nk, dtype=torch.long)))
+    for slot, kind in targets:
+        slot.replace(_SLICERS[kind](slot.module, ch))
     structure = current_structure(model)
-    cfg.hidden_size, cfg.num_attention_heads = H, max_heads
-    cfg.intermediate_size = max(structure["intermediate"])
+    a.set_width(cfg, H, max_heads, max(structure["intermediate"]))
     setattr(cfg, STRUCTURE_KEY, structure)
     return ch.tolist()
 
 
 def trim_positions(model: PreTrainedModel, max_length: int) -> PreTrainedModel:
-    """Keep the first `max_length` position embeddings: texts are truncated to that many
-    tokens everywhere (training, export, serving), so the other rows are never read."""
-    emb = model.base_model.embeddings
-    n = min(max_length, emb.position_embeddings.num_embeddings)
-    emb.position_embeddings = nn.Embedding.from_pretrained(emb.position_embeddings.weight.data[:n].clone(), freeze=False)
-    emb.position_ids = emb.position_ids[:, :n].clone()
-    emb.token_type_ids = emb.token_type_ids[:, :n].clone()
+    """Keep the position embeddings of the first `max_length` positions: texts are truncated
+    to that many tokens everywhere (training, export, serving), so the other rows are never
+    read. RoBERTa-style tables start at an offset (pad_token_id + 1), kept as well. A no-op
+    for relative (DeBERTa-v3) and rotary (ModernBERT) positions."""
+    found = adapter_for(model).position_embeddings(model)
+    if found is None:
+        return model
+    slot, offset = found
+    table = slot.module
+    n = min(max_length + offset, table.num_embeddings)
+    slot.replace(nn.Embedding.from_pretrained(table.weight.data[:n].clone(), freeze=False,
+                                              padding_idx=table.padding_idx))
+    for name in ("position_ids", "token_type_ids"):  # (1, max_positions) id buffers
+        buf = getattr(slot.parent, name, None)
+        if isinstance(buf, Tensor) and buf.dim() == 2 and buf.shape[1] > n:
+            setattr(slot.parent, name, buf[:, :n].clone())
     model.config.max_position_embeddings = n
     return model
 
@@ -263,5 +274,6 @@ def build_student(teacher: PreTrainedModel, tokenizer, cfg, texts: list, max_len
     return BuiltStudent(student, tokenizer, keep, channels, info)
 
 
-__all__ = ["BuiltStudent", "WidthImportance", "activation_importance", "build_student", "activation_importance", "build_student_from_layers", "shrink_width",
+__all__ = ["BuiltStudent", "WidthImportance", "activation_importance", "build_student", "build_student_from_layers",
+           "shrink_width",
            "trim_positions"]

@@ -58,6 +58,7 @@ def run(ctx: StageContext) -> dict:
     student = built.model
     print(f"distill: student of {count_parameters(student):,} parameters (teacher {count_parameters(teacher):,}): "
           f"{built.info}")
+    attn_implementation = getattr(student.config, "_attn_implementation", None)  # intermediate_loss may set eager
     aux = intermediate_loss(p, teacher, built)
     if aux is None:
         del teacher
@@ -69,8 +70,8 @@ def run(ctx: StageContext) -> dict:
     if not is_main_process():  # under `accelerate launch`, the first rank saves and measures
         return {"train": vars(result)}
     student.to("cpu")
-    if aux is not None and aux.needs_attentions:
-        student.set_attn_implementation("sdpa")  # back to the default kernels for measuring and export
+    if aux is not None and aux.needs_attentions:  # back to the default kernels for measuring and export
+        student.set_attn_implementation(attn_implementation)
     out = ctx.path(p.paths.student_dir)
     transformer = p.student.architecture == "transformer"
     save_model_dir(student, built.tokenizer, labels, out, {**input_meta(p.data), "role": "student",

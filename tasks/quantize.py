@@ -20,6 +20,14 @@ def io(p: Params) -> StageIO:
                    params=["base.seed", "base.threads", "data.max_length", "data.truncation", "quantize", "measure"])
 
 
+def ort_fusable(model) -> bool:
+    """Whether ORT's BERT graph fusions suit this model (a BiLSTM student: as before, yes)."""
+    from distillery.architectures import ADAPTERS
+
+    adapter = ADAPTERS.get(getattr(model.config, "model_type", None))
+    return adapter.ort_fusion if adapter is not None else True
+
+
 def run(ctx: StageContext) -> dict:
     from distillery.measure import latency_ms, measure_predictor
     from distillery.modeling import LABELS_FILE, META_FILE, count_parameters, load_model_dir, replace_dir
@@ -53,7 +61,7 @@ def run(ctx: StageContext) -> dict:
         start = time.perf_counter()
         exported = export_onnx(model, tmp / "model.exported.onnx", q.opset, p.data.max_length,
                                sep_token_id=tokenizer.sep_token_id if pairs else None)
-        fp32 = optimize_fp32_graph(exported, tmp / "model.fp32.onnx", q.graph_optimization)
+        fp32 = optimize_fp32_graph(exported, tmp / "model.fp32.onnx", q.graph_optimization, fusable=ort_fusable(model))
         export_seconds = time.perf_counter() - start
         ids = encode_texts(tokenizer, calib_texts, p.data.max_length, p.data.truncation).input_ids
         inputs = BuildInputs(q.per_channel, q.int4_block_size, q.calibration_method, ids,
