@@ -18,9 +18,10 @@ from importlib.metadata import version as pkg_version
 from pathlib import Path
 
 from distillery.config import Params
-from distillery.gate import CHAMPION_CHECK, Check, GateDecision, champion_check, decide_promotion
+from distillery.gate import CHAMPION_CHECK, Check, GateDecision, decide_promotion
 from distillery.measure import FIGURES
 from tasks.common import read_json, report_path, write_json_atomic
+from tasks.evaluate import champion_checks
 from tasks.validate import profile_tag
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -128,21 +129,24 @@ def rescore_champion(client, name: str, version: str, root: Path, params: Params
     pred = np.array([index.get(p, len(labels)) for p in predicted])
     onehot = np.eye(len(labels) + 1)[pred][:, : len(labels)]
     onehot[pred == len(labels)] = -1.0
-    return classification_metrics(onehot, eval_set.labels, len(labels))
+    figures = classification_metrics(onehot, eval_set.labels, len(labels))
+    figures["predictions"] = np.where(pred == len(labels), -1, pred).tolist()  # -1: a label this task lacks
+    return figures
 
 
-def champion_figure(client, name: str, champ, root: Path, params: Params) -> tuple[float | None, str]:
-    """The champion's gate metric and where it came from: re-scored through its registered pyfunc
-    on the current eval data, or (if that fails) the figure recorded when it was registered."""
+def champion_figure(client, name: str, champ, root: Path, params: Params) -> tuple[float | None, str, list | None]:
+    """The champion's gate metric, where it came from, and its per-row eval predictions (for the
+    paired comparison): re-scored through its registered pyfunc on the current eval data, or (if
+    that fails) the figure recorded when it was registered (no predictions then)."""
     metric = params.gate.metric
     if champ is None:
-        return None, "no champion yet"
+        return None, "no champion yet", None
     rescored = rescore_champion(client, name, str(champ.version), root, params)
     if rescored is not None:
-        return float(rescored[metric]), "re-scored on the current eval data"
+        return float(rescored[metric]), "re-scored on the current eval data", rescored["predictions"]
     if f"metric.{metric}" in champ.tags:
-        return float(champ.tags[f"metric.{metric}"]), "recorded figure (could not re-score)"
-    return None, "champion could not be scored"
+        return float(champ.tags[f"metric.{metric}"]), "recorded figure (could not re-score)", None
+    return None, "champion could not be scored", None
 
 
 def recorded_decision(version, thresholds: GateDecision) -> dict:
@@ -205,11 +209,13 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
         for k, v in tags.items():
             client.set_model_version_tag(name, mv_version, k, v)
         champ = _champion(client, name)
-        champ_value, champ_source = (None, "not compared (gate.max_regression is null)") \
-            if params.gate.max_regression is None else champion_figure(client, name, champ, root, params)
-        decision = thresholds.with_check(champion_check(
-            metric, float(figures[metric]), champ_value, params.gate.max_regression,
-            str(champ.version) if champ is not None else None, champ_source))
+        champ_value, champ_source, champ_pred = (None, "not compared (gate.max_regression is null)", None) \
+            if params.gate.max_regression is None and params.gate.max_slice_regression is None \
+            else champion_figure(client, name, champ, root, params)
+        decision = thresholds
+        for check in champion_checks(root, params, figures, gate, champ_value, champ_source, champ_pred,
+                                     str(champ.version) if champ is not None else None):
+            decision = decision.with_check(check)
         promotion = decide_promotion(decision)
         for k, v in {"gate_passed": str(decision.passed).lower(), "gate_reasons": "; ".join(decision.reasons)[:4000],
                      DECISION_TAG: json.dumps(decision.to_dict(), sort_keys=True)}.items():
