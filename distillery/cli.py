@@ -131,7 +131,9 @@ def cmd_run(args) -> int:
     from flows.pipeline import pipeline
 
     quiet_user_errors_on_console()
-    result = pipeline(project_dir=str(root))
+    if args.new_task and not args.reason:
+        raise ConfigError("--new-task needs --reason \"...\": replacing a champion of another task is recorded with why")
+    result = pipeline(project_dir=str(root), new_task_reason=args.reason if args.new_task else None)
     from distillery.report import print_run_summary
 
     print_run_summary(result)
@@ -334,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--params", help=f"params file to run with (default: {PARAMS_FILE})")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a param, e.g. --set distill.temperature=3 (repeatable)")
+    run.add_argument("--new-task", action="store_true",
+                     help="the data's task (labels, inputs) differs from the champion's on purpose: replace it "
+                          "(needs --reason; recorded in the champion history)")
+    run.add_argument("--reason", help="why (with --new-task)")
     run.set_defaults(func=cmd_run)
     sweep = sub.add_parser("sweep", help="try the student configurations of params.yaml's `sweep` in parallel on "
                                          "Dask; write the Pareto front and the best one's params file")

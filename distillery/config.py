@@ -288,7 +288,7 @@ class GateConfig(_Section):
     slices: list[SliceConfig] = Field(default_factory=list)
     min_slice_accuracy: float | None = Field(None, ge=0.0, le=1.0)   # on every slice
     max_slice_regression: float | None = Field(None, ge=0.0, le=1.0)  # vs the champion on each slice (CI)
-    suite: str | None = None  # must-pass examples (YAML): expected labels and invariance pairs
+    suite: str = Field("must_pass.yaml", min_length=1)  # must-pass examples (YAML; a DVC dep of evaluate)
 
     @field_validator("slices")
     @classmethod

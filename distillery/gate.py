@@ -185,6 +185,34 @@ def slice_champion_checks(comparisons: dict[str, PairedComparison], max_regressi
                              f"champion v{champion_version} on slice {name!r}") for name, c in comparisons.items()]
 
 
+SUITE_CHECK, SUITE_VS_CHAMPION = "must_pass_suite", "must_pass_vs_champion"
+
+
+def suite_check(result: dict | None) -> list[Check]:
+    """How many must-pass examples and invariance groups the model passes (reported; what blocks is a
+    regression against the champion, `suite_champion_check`)."""
+    if result is None or result["total"] == 0:
+        return []
+    failing = f"; failing: {', '.join(result['failed_ids'])}" if result["failed_ids"] else ""
+    return [Check(SUITE_CHECK, True, float(result["passed"]), float(result["total"]),
+                  f"{SUITE_CHECK}: {result['passed']} of {result['total']} pass{failing} (reported; a regression "
+                  "against the champion fails the gate)")]
+
+
+def suite_champion_check(regressed: list[str] | None, champion_version: str | None) -> list[Check]:
+    """Fails when an example (or invariance group) the champion passes fails now, naming each."""
+    if regressed is None:
+        return []
+    if champion_version is None:
+        return [Check(SUITE_VS_CHAMPION, True, None, 0.0, f"{SUITE_VS_CHAMPION}: skipped: no champion yet",
+                      skipped=True)]
+    ok = not regressed
+    named = f": {', '.join(regressed)}" if regressed else ""
+    return [Check(SUITE_VS_CHAMPION, ok, float(len(regressed)), 0.0,
+                  f"{SUITE_VS_CHAMPION}: {len(regressed)} must-pass example(s) champion v{champion_version} passes "
+                  f"and this model fails{named}: {'ok' if ok else 'FAILED'}")]
+
+
 @dataclass(frozen=True)
 class Promotion:
     promote: bool

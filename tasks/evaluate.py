@@ -20,9 +20,10 @@ import numpy as np
 
 from distillery.config import Params
 from distillery.gate import (Check, champion_check, evaluate_gate, fidelity_check, slice_accuracy_checks,
-                            slice_champion_checks)
+                            slice_champion_checks, suite_champion_check, suite_check)
 from distillery.measure import FIGURES
 from distillery.stats import paired_comparison
+from distillery.suite import load_suite, regressions, score_suite
 from tasks.common import StageContext, StageIO, read_json, report_path, report_rel, write_json_atomic, write_report
 
 MODEL_STAGES = ("teacher", "distill", "prune", "quantize")
@@ -31,7 +32,8 @@ FINAL_STAGE = "quantize"
 
 def io(p: Params) -> StageIO:
     return StageIO(deps=[report_rel(p, s) for s in MODEL_STAGES] + [p.paths.validated_dir, p.paths.teacher_dir,
-                                                                     p.data.eval_path],
+                                                                     p.paths.quantized_dir, p.data.eval_path,
+                                                                     p.gate.suite],
                    metrics=[report_rel(p, "evaluate"), report_rel(p, "gate")], params=["base.seed", "gate"])
 
 
@@ -81,8 +83,34 @@ def compare_stages(reports: dict[str, dict], gold: np.ndarray, n_classes: int, r
     return out
 
 
+def predict_labels(model_dir, texts: list[str], threads: int) -> list[str]:
+    """The final (ONNX) model's labels for `texts` (none: nothing loaded)."""
+    if not texts:
+        return []
+    from distillery.onnx_model import OnnxClassifier
+
+    return [r["label"] for r in OnnxClassifier.from_dir(model_dir, threads=threads).predict(list(texts))]
+
+
+def champion_suite_regressions(root, params: Params, gate: dict, champion_uri: str | None) -> list[str] | None:
+    """Must-pass ids the champion (its registered pyfunc) passes and the final model fails; None when the
+    suite is empty, [] when there is no champion to compare with."""
+    result = gate.get("suite")
+    if not result or not result["total"]:
+        return None
+    if champion_uri is None:
+        return []
+    import mlflow
+
+    _, labels = eval_data(root, params)
+    suite = load_suite(root / params.gate.suite, labels)
+    predicted = mlflow.pyfunc.load_model(champion_uri).predict(suite.texts)["label"].astype(str).tolist()
+    return regressions(result, score_suite(suite, predicted))
+
+
 def champion_checks(root, params: Params, figures: dict, gate: dict, champion_value: float | None, source: str,
-                    champion_pred: list | None, champion_version: str | None) -> list[Check]:
+                    champion_pred: list | None, champion_version: str | None,
+                    champion_uri: str | None = None) -> list[Check]:
     """The comparison with the champion (known only at registration): overall, under
     `gate.champion_rule`, on the same eval rows, and on each slice (`gate.max_slice_regression`).
 
@@ -109,7 +137,8 @@ def champion_checks(root, params: Params, figures: dict, gate: dict, champion_va
                              champion_version, source, comparison, g.champion_rule)]
     if slices:
         checks += slice_champion_checks(slices, g.max_slice_regression, champion_version)
-    return checks
+    regressed = champion_suite_regressions(root, params, gate, champion_uri if champion_version else None)
+    return checks + suite_champion_check(regressed, champion_version)
 
 
 def run(ctx: StageContext) -> dict:
@@ -120,13 +149,16 @@ def run(ctx: StageContext) -> dict:
     compared = compare_stages(reports, eval_set.labels, len(labels), rows, p)
     final = compared[FINAL_STAGE]
     decision = evaluate_gate(reports[FINAL_STAGE], reports["teacher"], p.gate)
+    suite = load_suite(ctx.path(p.gate.suite), labels)
+    suite_result = score_suite(suite, predict_labels(ctx.path(p.paths.quantized_dir), suite.texts, p.base.threads))
     for check in [*fidelity_check(final["fidelity"], p.gate.min_fidelity),
-                  *slice_accuracy_checks(final["slices"], p.gate.min_slice_accuracy)]:
+                  *slice_accuracy_checks(final["slices"], p.gate.min_slice_accuracy), *suite_check(suite_result)]:
         decision = decision.with_check(check)
     gate = {**decision.to_dict(), "model_stage": FINAL_STAGE, "metric": p.gate.metric,
             "metric_value": reports[FINAL_STAGE][p.gate.metric], "fidelity": final["fidelity"],
             "vs_teacher": final["vs_teacher"], "slices": final["slices"],
-            "slice_rows": rows}  # the register step compares the champion on the same slices
+            "slice_rows": rows,  # the register step compares the champion on the same slices
+            "suite": suite_result}
     write_json_atomic(ctx.report_path("gate"), gate)
     teacher = reports["teacher"]
     figures = reports[FINAL_STAGE]
@@ -137,6 +169,7 @@ def run(ctx: StageContext) -> dict:
                    "slices": compared[row["stage"]]["slices"]} for row in stage_table(reports)],
         "final": {k: figures[k] for k in FIGURES},
         "fidelity": final["fidelity"],
+        "vs_teacher": final["vs_teacher"],  # the final model - the teacher, paired (numbers: logged to MLflow)
         "retention": figures["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else 0.0,
         "size_ratio": teacher["size_mb"] / figures["size_mb"] if figures["size_mb"] else 0.0,
         "latency_ratio": teacher["latency_p50_ms"] / figures["latency_p50_ms"] if figures["latency_p50_ms"] else 0.0,

@@ -22,6 +22,7 @@ from distillery.gate import CHAMPION_CHECK, Check, GateDecision, decide_promotio
 from distillery.measure import FIGURES
 from tasks.common import read_json, report_path, write_json_atomic
 from tasks.evaluate import champion_checks
+from tasks.task_identity import SIGNATURE_TAG, check_task_identity, differences
 from tasks.validate import profile_tag
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -161,7 +162,7 @@ def recorded_decision(version, thresholds: GateDecision) -> dict:
 
 
 def register_model(root: Path, params: Params, client, exp_id: str, parent_run_id: str,
-                   flow_run_id: str | None) -> dict:
+                   flow_run_id: str | None, new_task_reason: str | None = None) -> dict:
     """Register the final model, decide its promotion and write the decision record.
 
     Returns the record also written to reports/promotion.json (not a DVC output: it is the
@@ -180,6 +181,8 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
     base = {"model_name": name, "metric": metric, "candidate_value": float(figures[metric]),
             "flow_run_id": flow_run_id, "decided_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     with registry_lock(client.tracking_uri):
+        # A champion of another task is never compared with nor replaced, unless --new-task says so.
+        identity = check_task_identity(root, params, client, new_task_reason)
         existing = _find_same_model(client, name, md5)
         if existing is not None:
             # Nothing changed since this exact model was registered: no duplicate version, and its
@@ -208,13 +211,17 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
                 **{f"metric.{k}": str(figures[k]) for k in FIGURES}}
         for k, v in tags.items():
             client.set_model_version_tag(name, mv_version, k, v)
-        champ = _champion(client, name)
+        client.set_model_version_tag(name, mv_version, SIGNATURE_TAG, json.dumps(identity["signature"]))
+        champ = previous = _champion(client, name)
+        if identity["new_task"]:  # the champion is of another task: not a baseline (recorded below)
+            champ = None
         champ_value, champ_source, champ_pred = (None, "not compared (gate.max_regression is null)", None) \
             if params.gate.max_regression is None and params.gate.max_slice_regression is None \
             else champion_figure(client, name, champ, root, params)
         decision = thresholds
         for check in champion_checks(root, params, figures, gate, champ_value, champ_source, champ_pred,
-                                     str(champ.version) if champ is not None else None):
+                                     str(champ.version) if champ is not None else None,
+                                     f"models:/{name}/{champ.version}" if champ is not None else None):
             decision = decision.with_check(check)
         promotion = decide_promotion(decision)
         for k, v in {"gate_passed": str(decision.passed).lower(), "gate_reasons": "; ".join(decision.reasons)[:4000],
@@ -223,17 +230,18 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
         client.update_model_version(name, mv_version, description=describe(figures, decision))
         client.set_registered_model_alias(name, CHALLENGER, mv_version)
         if promotion.promote:
-            move_champion(client, name, mv_version, kind="auto_promote", reason=promotion.reason,
-                          user=f"pipeline {flow_run_id or 'local'}")
-            if champ is not None:
-                client.set_model_version_tag(name, mv_version, "previous_champion", str(champ.version))
+            kind, why = ("new_task", f"new task replaces champion v{previous.version} ({'; '.join(differences(identity['signature'], identity['champion_signature']))}): {new_task_reason}") \
+                if identity["new_task"] else ("auto_promote", promotion.reason)
+            move_champion(client, name, mv_version, kind=kind, reason=why, user=f"pipeline {flow_run_id or 'local'}")
+            if previous is not None:
+                client.set_model_version_tag(name, mv_version, "previous_champion", str(previous.version))
         client.set_model_version_tag(name, mv_version, "promotion", promotion.reason)
         record = {**base, "version": mv_version, "new_version": True, "promoted": promotion.promote,
                   "aliases": [CHALLENGER] + ([CHAMPION] if promotion.promote else []),
                   "reason": promotion.reason, "model_uri": info.model_uri,
                   "champion": None if champ is None else {"version": str(champ.version), "value": champ_value,
                                                            "source": champ_source},
-                  "decision": decision.to_dict()}
+                  "decision": decision.to_dict(), "task": identity}
         client.log_dict(run.info.run_id, record, "promotion.json")
         client.set_terminated(run.info.run_id)
     write_json_atomic(report_path(root, params, PROMOTION_REPORT), record)
