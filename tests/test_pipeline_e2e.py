@@ -180,6 +180,7 @@ def test_first_run_trains_every_stage_and_registers_champion(project):
     assert parent.data.tags[f"gate.{CHAMPION_CHECK}"] == "skipped"
     # Nothing was observed: NaN, so the metric names are the same in every run (see below).
     assert math.isnan(parent.data.metrics[f"gate.{CHAMPION_CHECK}.observed"])
+    assert math.isnan(parent.data.metrics[f"gate.{CHAMPION_CHECK}.ci_low"])
     assert parent.data.metrics["quantize.accuracy"] == pytest.approx(reports["quantize"]["accuracy"])
     children = c.search_runs([parent.info.experiment_id],
                              filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -191,7 +192,8 @@ def test_first_run_trains_every_stage_and_registers_champion(project):
 
     markdown = prefect_artifact_markdown(result["flow_run_id"])
     assert "| quantize |" in markdown and "## Gate: PASSED" in markdown and "version 1" in markdown
-    assert f"| {CHAMPION_CHECK} | - | 0 | skipped | no champion yet |" in markdown
+    assert f"| {CHAMPION_CHECK} | - | 0.02 | skipped | no champion yet |" in markdown
+    assert "| vs teacher (CI) | fidelity |" in markdown
     validation = prefect_artifact_markdown(result["flow_run_id"], "distillery-validation")
     assert validation.startswith("# Data validation: PASSED") and "no champion yet" in validation
     validate_run = next(r for r in children if r.info.run_name == "validate")
@@ -299,6 +301,8 @@ def test_better_challenger_is_promoted_over_the_champion_rescored_on_the_current
     parent = c.get_run(result["mlflow_run_id"])
     assert parent.data.tags[f"gate.{CHAMPION_CHECK}"] == "pass" and parent.data.tags["promoted"] == "true"
     assert parent.data.metrics[f"gate.{CHAMPION_CHECK}.observed"] == pytest.approx(check["observed"])
+    assert parent.data.metrics[f"gate.{CHAMPION_CHECK}.ci_low"] == pytest.approx(check["comparison"]["ci_low"])
+    assert parent.data.tags[f"gate.{CHAMPION_CHECK}.rule"] == "non_inferiority"
 
 
 def test_every_run_logs_the_same_metric_names(project):
