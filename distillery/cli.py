@@ -50,7 +50,9 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
     for mod, name in (("tasks.promotion", "PromotionError"), ("distillery.data", "DataError"), ("distillery.validation", "ValidationFailed"),
                       ("distillery.modeling", "ModelLoadError"), ("flows.pipeline", "StageFailed"),
-                      ("distillery.html_report", "ReportError"), ("distillery.browser", "BrowserError")):
+                      ("distillery.html_report", "ReportError"), ("distillery.browser", "BrowserError"),
+                      ("distillery.slices", "SliceError"), ("distillery.suite", "SuiteError"),
+                      ("tasks.task_identity", "TaskMismatch")):
         module = sys.modules.get(mod)
         if module is not None and hasattr(module, name):
             errors.append(getattr(module, name))
