@@ -213,15 +213,22 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
             client.set_model_version_tag(name, mv_version, k, v)
         client.set_model_version_tag(name, mv_version, SIGNATURE_TAG, json.dumps(identity["signature"]))
         champ = previous = _champion(client, name)
-        if identity["new_task"]:  # the champion is of another task: not a baseline (recorded below)
+        if identity["new_task"]:  # the champion is of another task: not a baseline, never re-scored
             champ = None
         champ_value, champ_source, champ_pred = (None, "not compared (gate.max_regression is null)", None) \
             if params.gate.max_regression is None and params.gate.max_slice_regression is None \
             else champion_figure(client, name, champ, root, params)
         decision = thresholds
-        for check in champion_checks(root, params, figures, gate, champ_value, champ_source, champ_pred,
+        if identity["new_task"]:
+            changed = "; ".join(differences(identity["signature"], identity["champion_signature"]))
+            checks = [Check(CHAMPION_CHECK, True, None, params.gate.max_regression,
+                            f"{CHAMPION_CHECK}: skipped: champion v{previous.version} is of another task ({changed}); "
+                            f"--new-task: {new_task_reason}", skipped=True)]
+        else:
+            checks = champion_checks(root, params, figures, gate, champ_value, champ_source, champ_pred,
                                      str(champ.version) if champ is not None else None,
-                                     f"models:/{name}/{champ.version}" if champ is not None else None):
+                                     f"models:/{name}/{champ.version}" if champ is not None else None)
+        for check in checks:
             decision = decision.with_check(check)
         promotion = decide_promotion(decision)
         for k, v in {"gate_passed": str(decision.passed).lower(), "gate_reasons": "; ".join(decision.reasons)[:4000],
@@ -230,8 +237,8 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
         client.update_model_version(name, mv_version, description=describe(figures, decision))
         client.set_registered_model_alias(name, CHALLENGER, mv_version)
         if promotion.promote:
-            kind, why = ("new_task", f"new task replaces champion v{previous.version} ({'; '.join(differences(identity['signature'], identity['champion_signature']))}): {new_task_reason}") \
-                if identity["new_task"] else ("auto_promote", promotion.reason)
+            kind, why = ("auto_promote", promotion.reason) if not identity["new_task"] else (
+                "new_task", f"new task replaces champion v{previous.version} ({changed}): {new_task_reason}")
             move_champion(client, name, mv_version, kind=kind, reason=why, user=f"pipeline {flow_run_id or 'local'}")
             if previous is not None:
                 client.set_model_version_tag(name, mv_version, "previous_champion", str(previous.version))

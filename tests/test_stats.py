@@ -141,3 +141,35 @@ def test_task_signature_differences_name_both_label_sets():
     assert differences(theirs, dict(theirs)) == []
     pair = {**theirs, "input_columns": ["sentence1", "sentence2"], "text_pair": True}
     assert differences(pair, theirs)[0].startswith("inputs ['sentence1', 'sentence2'] (this run)")
+
+
+def test_task_identity_against_a_real_registry(tmp_path):
+    """A champion of another label set stops the run with both label sets named, unless --new-task."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from distillery.config import params_from_dict
+    from tasks.task_identity import SIGNATURE_TAG, TaskMismatch, check_task_identity
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("distillery-student")
+    mv = client.create_model_version("distillery-student", str(tmp_path), run_id=None)
+    client.set_model_version_tag("distillery-student", mv.version, SIGNATURE_TAG, json.dumps(
+        {"labels": ["negative", "neutral", "positive"], "input_columns": ["text"], "text_pair": False}))
+    client.set_registered_model_alias("distillery-student", "champion", mv.version)
+    params = params_from_dict(tiny_params())
+    vdir = tmp_path / params.paths.validated_dir
+    vdir.mkdir(parents=True)
+    (vdir / "labels.json").write_text(json.dumps({"labels": ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]}))
+    with pytest.raises(TaskMismatch) as info:
+        check_task_identity(tmp_path, params, client, None)
+    msg = str(info.value)
+    assert "this run's task differs from champion v1's" in msg
+    assert "labels ['ABBR', 'DESC', 'ENTY', 'HUM', 'LOC', 'NUM'] (this run) vs ['negative', 'neutral', 'positive']" in msg
+    assert "set a new register.model_name" in msg and '--new-task --reason "..."' in msg
+    ok = check_task_identity(tmp_path, params, client, "question types replace sentiment")
+    assert ok["new_task"] is True and ok["champion"] == "1"
+    (vdir / "labels.json").write_text(json.dumps({"labels": ["negative", "neutral", "positive"]}))
+    assert check_task_identity(tmp_path, params, client, None)["new_task"] is False
