@@ -134,7 +134,8 @@ def cmd_run(args) -> int:
 
     quiet_user_errors_on_console()
     if args.new_task and not args.reason:
-        raise ConfigError("--new-task needs --reason \"...\": replacing a champion of another task is recorded with why")
+        raise ConfigError("--new-task needs --reason \"...\": replacing a champion of another task is "
+                          "recorded with why")
     result = pipeline(project_dir=str(root), new_task_reason=args.reason if args.new_task else None)
     from distillery.report import print_run_summary
 

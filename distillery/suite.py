@@ -102,4 +102,5 @@ def score_suite(suite: Suite, predicted: list[str]) -> dict:
 def regressions(candidate: dict, champion: dict) -> list[str]:
     """Ids the champion passes and the candidate fails (both scored on the same suite)."""
     champ_pass = {r["id"] for r in champion["examples"] + champion["invariance"] if r["passed"]}
-    return [r["id"] for r in candidate["examples"] + candidate["invariance"] if not r["passed"] and r["id"] in champ_pass]
+    rows = candidate["examples"] + candidate["invariance"]
+    return [r["id"] for r in rows if not r["passed"] and r["id"] in champ_pass]
