@@ -127,15 +127,15 @@ def prepare_params(root: Path, params_file: str | None, overrides: list[str]) ->
 
 
 def cmd_run(args) -> int:
+    if args.new_task and not args.reason:
+        raise ConfigError("--new-task needs --reason \"...\": replacing a champion of another task is "
+                          "recorded with why")
     root = Path(args.project_dir).resolve()
     configure_environment(root)
     prepare_params(root, args.params, args.set or [])
     from flows.pipeline import pipeline
 
     quiet_user_errors_on_console()
-    if args.new_task and not args.reason:
-        raise ConfigError("--new-task needs --reason \"...\": replacing a champion of another task is "
-                          "recorded with why")
     result = pipeline(project_dir=str(root), new_task_reason=args.reason if args.new_task else None)
     from distillery.report import print_run_summary
 
