@@ -47,6 +47,29 @@ def positive_f1(confusion: list[list[int]], positive: int) -> float:
     return 2.0 * tp / (predicted + actual) if predicted + actual else 0.0
 
 
+def paired_intervals(rows: dict[str, dict], gold, *, confidence: float, resamples: int, seed: int) -> dict:
+    """{model: {vs_A, vs_B}}: each model's accuracy difference to A and to B on the same dev sentences,
+    with its paired bootstrap interval and McNemar's test (distillery.stats); models measured
+    without per-row predictions (results of older versions) are left out."""
+    from distillery.stats import paired_comparison
+
+    out: dict[str, dict] = {}
+    for key, row in rows.items():
+        if row.get("predictions") is None:
+            continue
+        out[key] = {f"vs_{ref}": paired_comparison(row["predictions"], rows[ref]["predictions"], gold,
+                                                   confidence=confidence, resamples=resamples, seed=seed).to_dict()
+                    for ref in ("A", "B") if rows.get(ref, {}).get("predictions") is not None}
+    return out
+
+
+def _delta(ratio: dict, paired: dict | None) -> str:
+    """Accuracy difference in points, with its paired interval when the results carry one."""
+    if not paired:
+        return f"{ratio['accuracy_delta_pts']:+.1f}"
+    return f"{100 * paired['difference']:+.1f} [{100 * paired['ci_low']:+.1f}, {100 * paired['ci_high']:+.1f}]"
+
+
 def _target(name, what, value, op, threshold):
     met = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
     return {"name": name, "target": what, "value": value, "op": op, "threshold": threshold, "met": met}
@@ -99,7 +122,7 @@ def _model_table(results: dict) -> str:
             + "| size MB | params | p50 ms | p95 ms | batch-32 /s | peak RSS MB "
             "| size ÷ A | size ÷ B | p50 ÷ A | p50 ÷ B | Δacc vs A | Δacc vs B |\n"
             "|---|---|--:|--:|" + ("--:|" if f1 else "") + "--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
-    lines = []
+    lines, paired = [], results.get("paired", {})
     for key in ROW_ORDER:
         if key not in results["models"]:
             continue
@@ -111,8 +134,15 @@ def _model_table(results: dict) -> str:
             f"| {r['throughput_sps']:.0f} | {_f(r.get('peak_rss_mb'), '{:.0f}')} "
             f"| {_f(ra['size_x_smaller'], '{:.1f}x')} | {_f(rb['size_x_smaller'], '{:.1f}x')} "
             f"| {_f(ra['p50_x_lower'], '{:.1f}x')} | {_f(rb['p50_x_lower'], '{:.1f}x')} "
-            f"| {ra['accuracy_delta_pts']:+.1f} | {rb['accuracy_delta_pts']:+.1f} |")
-    return head + "\n".join(lines) + "\n"
+            f"| {_delta(ra, paired.get(key, {}).get('vs_A'))} | {_delta(rb, paired.get(key, {}).get('vs_B'))} |")
+    note = ""
+    if paired:
+        any_ = next(iter(next(iter(paired.values())).values()), None)
+        if any_:
+            note = (f"\nΔacc: points, with the {any_['confidence']:.0%} paired bootstrap interval on the same dev "
+                    f"sentences ({any_['resamples']} resamples, seed {any_['seed']}; one sentence is "
+                    f"{100 / any_['n']:.3f} points): an interval that holds 0 is a difference within noise.\n")
+    return head + "\n".join(lines) + "\n" + note
 
 
 def _pipeline_table(p: dict) -> str:

@@ -151,7 +151,10 @@ def measure_models(ctx, work: Path) -> tuple[list, dict, dict, dict]:
                               runtime=spec.kind, model_dir=str(spec.model_dir),
                               weights_file=str(spec.size_file) if spec.size_file else None)
     sizes = {"train_rows": len(train_set), "eval_rows": len(texts)}
-    return specs, rows, built, sizes
+    g = ctx.params.gate  # the pipeline's own interval settings
+    paired = report.paired_intervals(rows, eval_set.labels, confidence=g.confidence,
+                                     resamples=g.bootstrap_resamples, seed=ctx.params.base.seed)
+    return specs, rows, built, {**sizes, "paired": paired}
 
 
 def run_benchmark(data_dir: str | Path, *, quick: bool = False, overrides: list[str] | None = None,
@@ -177,6 +180,7 @@ def run_benchmark(data_dir: str | Path, *, quick: bool = False, overrides: list[
         first, walls, rerun, other_share = run_pipeline(work)
         ctx = stage_context(work)  # the bench project's params; seeds; torch threads
         specs, rows, built, sizes = measure_models(ctx, work)
+    paired = sizes.pop("paired")
     p = ctx.params
     reports = {s: read_json(report_path(work, p, s)) for s in STAGES if report_path(work, p, s).exists()}
     pipeline = pipeline_timing.pipeline_figures(first, walls, reports,
@@ -193,7 +197,8 @@ def run_benchmark(data_dir: str | Path, *, quick: bool = False, overrides: list[
                     "throughput_batch_size": p.measure.throughput_batch_size, "order": [s.key for s in specs],
                     "memory": "fresh process per model; peak RSS (VmHWM reset after load) while scoring every "
                               "eval sentence at the throughput batch size; see bench/memory.py"},
-        work_dir=str(work), models=rows, built=built, ratios=report.all_ratios(rows), pipeline=pipeline)
+        work_dir=str(work), models=rows, built=built, ratios=report.all_ratios(rows), paired=paired,
+        pipeline=pipeline)
     results["targets"] = report.evaluate_targets(rows, pipeline, benchmark)
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     write_outputs(results, out, update_readme)

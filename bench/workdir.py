@@ -122,6 +122,7 @@ def make_work_project(work: Path, raw: dict, *, reuse: bool, note: str) -> bool:
     work.mkdir(parents=True, exist_ok=True)
     (work / MARKER).write_text("created by distillery bench; deleted and rebuilt by the next run\n")
     shutil.copy(REPO / "dvc.yaml", work / "dvc.yaml")
+    shutil.copy(REPO / "must_pass.yaml", work / "must_pass.yaml")  # gate.suite: a dep of evaluate
     (work / PARAMS_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
     (work / ".gitignore").write_text(GITIGNORE)
     # A commit is needed for the registry's lineage tags (and by `dvc exp`); DVC itself is

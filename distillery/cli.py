@@ -54,7 +54,9 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     for mod, name in (("tasks.promotion", "PromotionError"), ("distillery.data", "DataError"), ("distillery.validation", "ValidationFailed"),
                       ("distillery.modeling", "ModelLoadError"), ("flows.pipeline", "StageFailed"),
                       ("distillery.html_report", "ReportError"), ("distillery.browser", "BrowserError"),
-                      ("distillery.interrupts", "LockHeld")):
+                      ("distillery.interrupts", "LockHeld"),
+                      ("distillery.slices", "SliceError"), ("distillery.suite", "SuiteError"),
+                      ("tasks.task_identity", "TaskMismatch")):
         module = sys.modules.get(mod)
         if module is not None and hasattr(module, name):
             errors.append(getattr(module, name))
@@ -129,6 +131,9 @@ def prepare_params(root: Path, params_file: str | None, overrides: list[str]) ->
 
 
 def cmd_run(args) -> int:
+    if args.new_task and not args.reason:
+        raise ConfigError("--new-task needs --reason \"...\": replacing a champion of another task is "
+                          "recorded with why")
     root = Path(args.project_dir).resolve()
     configure_environment(root)
     prepare_params(root, args.params, args.set or [])
@@ -136,7 +141,7 @@ def cmd_run(args) -> int:
 
     quiet_user_errors_on_console()
     with own_prefect_api():
-        result = pipeline(project_dir=str(root))
+        result = pipeline(project_dir=str(root), new_task_reason=args.reason if args.new_task else None)
     from distillery.report import print_run_summary
 
     print_run_summary(result)
@@ -456,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--params", help=f"params file to run with (default: {PARAMS_FILE})")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a param, e.g. --set distill.temperature=3 (repeatable)")
+    run.add_argument("--new-task", action="store_true",
+                     help="the data's task (labels, inputs) differs from the champion's on purpose: replace it "
+                          "(needs --reason; recorded in the champion history)")
+    run.add_argument("--reason", help="why (with --new-task)")
     run.set_defaults(func=cmd_run)
     sweep = sub.add_parser("sweep", help="try the student configurations of params.yaml's `sweep` in parallel on "
                                          "Dask; write the Pareto front and the best one's params file")

@@ -249,6 +249,34 @@ class MeasureConfig(_Section):
     throughput_batch_size: int = Field(32, ge=1, le=65536)
 
 
+class SliceConfig(_Section):
+    """A named subset of the eval rows: exactly one of `label`, `column` (+ `values`), `tokens`."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    label: list[str | int] | None = None        # rows whose gold label is one of these
+    column: str | None = None                   # a column of the eval file ...
+    values: list[str | int | float] | None = None  # ... holding one of these values
+    tokens: list[int | None] | None = None      # [min, max): text length in the teacher's tokens; null = open
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        kinds = [k for k in ("label", "column", "tokens") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"slice {self.name!r}: set exactly one of label, column (with values), tokens; "
+                             f"got {kinds or 'none'}")
+        if (self.column is None) != (self.values is None):
+            raise ValueError(f"slice {self.name!r}: column and values go together")
+        if self.values is not None and not self.values or self.label is not None and not self.label:
+            raise ValueError(f"slice {self.name!r}: an empty list selects no rows")
+        if self.tokens is not None:
+            lo, hi = (self.tokens + [None, None])[:2] if len(self.tokens) <= 2 else (None, None)
+            if len(self.tokens) != 2 or (lo is not None and lo < 0) or (
+                    lo is not None and hi is not None and hi <= lo):
+                raise ValueError(f"slice {self.name!r}: tokens must be [min, max) with 0 <= min < max "
+                                 f"(null = open), got {self.tokens}")
+        return self
+
+
 class GateConfig(_Section):
     metric: Literal["accuracy", "macro_f1"] = "accuracy"
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
@@ -260,8 +288,28 @@ class GateConfig(_Section):
     max_latency_p95_ms: float | None = Field(None, gt=0.0)
     max_ece: float | None = Field(None, ge=0.0, le=1.0)
     # How far `metric` may fall below the champion's (re-scored on the current eval data);
-    # 0.0 = not worse; None = no comparison. Checked at registration, when the champion is known.
-    max_regression: float | None = Field(0.0, ge=0.0, le=1.0)
+    # None = no comparison. Checked at registration, when the champion is known. Under
+    # champion_rule non_inferiority it is a margin: the lower bound of the paired bootstrap
+    # interval of (candidate - champion) at `confidence` must lie above -max_regression;
+    # under `point` the point difference must.
+    max_regression: float | None = Field(0.02, ge=0.0, le=1.0)
+    champion_rule: Literal["non_inferiority", "point"] = "non_inferiority"
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)          # of every paired interval
+    bootstrap_resamples: int = Field(1000, ge=100, le=1_000_000)  # seeded by base.seed
+    min_fidelity: float | None = Field(None, ge=0.0, le=1.0)  # share of eval rows on the teacher's label
+    slices: list[SliceConfig] = Field(default_factory=list)
+    min_slice_accuracy: float | None = Field(None, ge=0.0, le=1.0)   # on every slice
+    max_slice_regression: float | None = Field(None, ge=0.0, le=1.0)  # vs the champion on each slice (CI)
+    suite: str = Field("must_pass.yaml", min_length=1)  # must-pass examples (YAML; a DVC dep of evaluate)
+
+    @field_validator("slices")
+    @classmethod
+    def _slice_names(cls, v):
+        names = [s.name for s in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"slice names must be unique; repeated: {dup}")
+        return v
 
 
 class RegisterConfig(_Section):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from distillery.config import GateConfig
+from distillery.stats import PairedComparison
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class Check:
     threshold: float | None
     reason: str
     skipped: bool = False  # not checked (the reason says why); a skipped check does not block
+    rule: str | None = None  # for comparisons: which rule decided (non_inferiority | point)
+    comparison: dict | None = None  # the paired statistics behind it (distillery.stats.PairedComparison)
 
     @property
     def status(self) -> str:
@@ -97,8 +100,31 @@ CHAMPION_CHECK = "regression_vs_champion"
 _TOLERANCE_EPS = 1e-9
 
 
+def comparison_check(name: str, comparison: PairedComparison, margin: float, rule: str, against: str) -> Check:
+    """Non-inferiority (or the point rule) of a paired comparison, candidate - baseline, with `margin`.
+
+    observed = how far the candidate may fall behind: the interval's upper end of (baseline -
+    candidate) under non_inferiority, the point regression under `point`; passes when it is
+    below `margin` (non_inferiority: strictly, as the CI lower bound must lie above -margin).
+    """
+    c = comparison
+    if rule == "non_inferiority":
+        observed = -c.ci_low
+        ok = c.ci_low > -margin
+        test = f"CI lower bound {c.ci_low:+.4f} > -{margin:.4f} required"
+    else:
+        observed = c.baseline - c.candidate
+        ok = observed <= margin + _TOLERANCE_EPS
+        test = f"regression {observed:.4f} <= {margin:.4f} required"
+    return Check(name, ok, observed, float(margin),
+                 f"{name}: {c.metric} {c.candidate:.4f} vs {against} {c.baseline:.4f}: {c.describe()}; "
+                 f"{rule.replace('_', '-')} rule: {test}: {'ok' if ok else 'FAILED'}",
+                 rule=rule, comparison=c.to_dict())
+
+
 def champion_check(metric: str, candidate: float, champion: float | None, max_regression: float | None,
-                   champion_version: str | None = None, source: str = "") -> Check:
+                   champion_version: str | None = None, source: str = "",
+                   comparison: PairedComparison | None = None, rule: str = "point") -> Check:
     """No regression against the champion (`champion_version`, None when there is none) beyond a tolerance.
 
     observed = champion's `metric` - candidate's `metric` (how far the candidate falls behind;
@@ -115,13 +141,76 @@ def champion_check(metric: str, candidate: float, champion: float | None, max_re
     if champion is None:  # a champion we cannot score is not evidence that the candidate is not worse
         return Check(CHAMPION_CHECK, False, None, float(max_regression),
                      f"{CHAMPION_CHECK}: champion v{champion_version} could not be scored ({source}): FAILED")
+    if comparison is not None:  # per-row predictions of both: the paired test decides
+        via = f", {source}" if source else ""
+        return comparison_check(CHAMPION_CHECK, comparison, float(max_regression), rule,
+                                f"champion v{champion_version}{via}")
+    if rule == "non_inferiority":  # only figures, no rows: an interval cannot be formed, and we say so
+        source = f"{source}; no per-row predictions, point rule used" if source else "point rule used"
     regression = float(champion) - float(candidate)
     ok = regression <= max_regression + _TOLERANCE_EPS
     via = f", {source}" if source else ""
     return Check(CHAMPION_CHECK, ok, regression, float(max_regression),
                  f"{CHAMPION_CHECK}: {metric} {candidate:.4f} vs champion v{champion_version} {champion:.4f}"
                  f"{via}: regression {regression:.4f} <= {max_regression:.4f} required: "
-                 f"{'ok' if ok else 'FAILED'}")
+                 f"{'ok' if ok else 'FAILED'}", rule="point")
+
+
+FIDELITY_CHECK = "fidelity_to_teacher"
+SLICE_ACCURACY, SLICE_VS_CHAMPION = "slice_accuracy", "slice_vs_champion"
+
+
+def fidelity_check(fidelity: float, min_fidelity: float | None) -> list[Check]:
+    """Share of eval rows on which the final model predicts the teacher's label (None = not checked)."""
+    if min_fidelity is None:
+        return []
+    return [_check(FIDELITY_CHECK, fidelity, min_fidelity, fidelity >= min_fidelity, ".4f", ">=")]
+
+
+def slice_accuracy_checks(slices: dict[str, dict], min_accuracy: float | None) -> list[Check]:
+    """One check per slice (`slices`: name -> figures with `accuracy` and `rows`)."""
+    if min_accuracy is None:
+        return []
+    return [_check(f"{SLICE_ACCURACY}:{name}", f["accuracy"], min_accuracy, f["accuracy"] >= min_accuracy,
+                   ".4f", ">=") for name, f in slices.items()]
+
+
+def slice_champion_checks(comparisons: dict[str, PairedComparison], max_regression: float | None,
+                          champion_version: str) -> list[Check]:
+    """No slice worse than the champion on that slice by more than `max_regression`, tested on the
+    slice's own paired interval (non-inferiority: its lower bound must lie above -max_regression)."""
+    if max_regression is None:
+        return []
+    return [comparison_check(f"{SLICE_VS_CHAMPION}:{name}", c, max_regression, "non_inferiority",
+                             f"champion v{champion_version} on slice {name!r}") for name, c in comparisons.items()]
+
+
+SUITE_CHECK, SUITE_VS_CHAMPION = "must_pass_suite", "must_pass_vs_champion"
+
+
+def suite_check(result: dict | None) -> list[Check]:
+    """How many must-pass examples and invariance groups the model passes (reported; what blocks is a
+    regression against the champion, `suite_champion_check`)."""
+    if result is None or result["total"] == 0:
+        return []
+    failing = f"; failing: {', '.join(result['failed_ids'])}" if result["failed_ids"] else ""
+    return [Check(SUITE_CHECK, True, float(result["passed"]), float(result["total"]),
+                  f"{SUITE_CHECK}: {result['passed']} of {result['total']} pass{failing} (reported; a regression "
+                  "against the champion fails the gate)")]
+
+
+def suite_champion_check(regressed: list[str] | None, champion_version: str | None) -> list[Check]:
+    """Fails when an example (or invariance group) the champion passes fails now, naming each."""
+    if regressed is None:
+        return []
+    if champion_version is None:
+        return [Check(SUITE_VS_CHAMPION, True, None, 0.0, f"{SUITE_VS_CHAMPION}: skipped: no champion yet",
+                      skipped=True)]
+    ok = not regressed
+    named = f": {', '.join(regressed)}" if regressed else ""
+    return [Check(SUITE_VS_CHAMPION, ok, float(len(regressed)), 0.0,
+                  f"{SUITE_VS_CHAMPION}: {len(regressed)} must-pass example(s) champion v{champion_version} passes "
+                  f"and this model fails{named}: {'ok' if ok else 'FAILED'}")]
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,69 @@ def _gate_section(gate: dict | None, source: str) -> str:
                      row_classes=[f"row-{r['status']}" for r in rows], table_id="gate"))
 
 
+def _interval_plot(comparisons: list[dict]) -> str:
+    """A forest plot as inline SVG: each difference as a dot, its interval as a bar, zero as a line."""
+    if not comparisons:
+        return ""
+    lo = min(min(c["ci_low"], c["difference"]) for c in comparisons + [{"ci_low": -0.01, "difference": 0}])
+    hi = max(max(c["ci_high"], c["difference"]) for c in comparisons + [{"ci_high": 0.01, "difference": 0}])
+    pad = (hi - lo) * 0.1
+    lo, hi = lo - pad, hi + pad
+    w, left, row = 640, 260, 26
+
+    def x(v: float) -> float:
+        return left + (v - lo) / (hi - lo) * (w - left - 20)
+
+    parts = [f'<line x1="{x(0):.1f}" y1="4" x2="{x(0):.1f}" y2="{row * len(comparisons) + 4}" stroke="#888" '
+             'stroke-dasharray="4 3"/>']
+    for i, c in enumerate(comparisons):
+        y = row * i + row / 2 + 4
+        color = "#c62828" if c.get("passed") is False else "#1565c0"
+        parts.append(f'<text x="4" y="{y + 4:.1f}" font-size="12">{_e(c["label"])}</text>'
+                     f'<line x1="{x(c["ci_low"]):.1f}" y1="{y:.1f}" x2="{x(c["ci_high"]):.1f}" y2="{y:.1f}" '
+                     f'stroke="{color}" stroke-width="3"/><circle cx="{x(c["difference"]):.1f}" cy="{y:.1f}" r="4" '
+                     f'fill="{color}"><title>{_e(c["label"])}: {c["difference"]:+.4f} '
+                     f'[{c["ci_low"]:+.4f}, {c["ci_high"]:+.4f}]</title></circle>')
+    height = row * len(comparisons) + 24
+    parts.append(f'<text x="{x(lo):.1f}" y="{height - 4}" font-size="11">{lo:+.3f}</text>'
+                 f'<text x="{x(0) - 4:.1f}" y="{height - 4}" font-size="11">0</text>'
+                 f'<text x="{x(hi) - 40:.1f}" y="{height - 4}" font-size="11">{hi:+.3f}</text>')
+    return (f'<svg id="plot-differences" role="img" aria-label="paired differences and their intervals" '
+            f'width="{w}" height="{height}" xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg>')
+
+
+def _comparison_section(comparisons: list[dict]) -> str:
+    if not comparisons:
+        return ""
+    cells = [[_e(c["label"]), _e(c["metric"]), f"{c['difference']:+.4f}",
+              f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]", _e(c["n"]),
+              f"{c['mcnemar']['only_candidate']} / {c['mcnemar']['only_baseline']}", f"{c['mcnemar']['p_value']:.3g}"]
+             for c in comparisons]
+    conf = round(comparisons[0]["confidence"] * 100, 2)
+    return ("<h2>Paired comparisons (same eval rows)</h2>"
+            f"<p class=\"note\">Difference in the metric with its {conf:g}% paired bootstrap interval "
+            f"({comparisons[0]['resamples']} resamples, seed {comparisons[0]['seed']}) and McNemar's exact test "
+            "on the rows only one model gets right.</p>" + _interval_plot(comparisons)
+            + _table(["comparison", "metric", "difference", "interval", "rows", "only new / only other right",
+                      "McNemar p"], cells, numeric={2, 4, 6}, table_id="comparisons",
+                     row_classes=["row-fail" if c.get("passed") is False else "" for c in comparisons]))
+
+
+def _slice_section(slices: dict | None) -> str:
+    if not slices or not any(slices.get("stages", {}).values()):
+        return ""
+    stages = [s for s, f in slices["stages"].items() if f]
+    names = list(slices["stages"][stages[-1]])
+    failed = set(slices.get("failed", []))
+    cells = [[_e(n) + (" " + _verdict(False, no="failed") if n in failed else ""),
+              _e(slices["stages"][stages[-1]][n]["rows"]),
+              *(f"{slices['stages'][s][n]['accuracy']:.4f}" if n in slices["stages"][s] else "-" for s in stages)]
+             for n in names]
+    return ("<h2>Slices</h2>" + _table(["slice", "rows", *(f"{s} accuracy" for s in stages)], cells,
+                                       numeric=set(range(1, len(stages) + 2)), table_id="slices",
+                                       row_classes=["row-fail" if n in failed else "" for n in names]))
+
+
 def _confusion_table(cm: dict) -> str:
     labels, matrix = cm["labels"], cm["matrix"]
     if len(matrix) != len(labels) or any(len(r) != len(labels) for r in matrix):
@@ -177,6 +240,8 @@ def render_report(data: dict) -> str:
         _headline(data),
         _stage_section(data["stages"]),
         _gate_section(data.get("gate"), data.get("gate_source", "")),
+        _comparison_section(data.get("comparisons", [])),
+        _slice_section(data.get("slices")),
         _plots_section(data["points"]),
         _confusion_section(data["confusion"]),
         _validation_section(data.get("validation"), data.get("length_shift")),

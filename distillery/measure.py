@@ -63,6 +63,8 @@ def classification_metrics(logits: np.ndarray, gold: np.ndarray, n_classes: int)
         "per_class_recall": recall.tolist(),
         "ece": expected_calibration_error(logits, gold) if len(gold) else 0.0,
         "confusion_matrix": cm.tolist(),
+        # Per eval row, in eval order: what paired comparisons, fidelity and slices are computed from.
+        "predictions": pred.tolist(),
     }
 
 

@@ -148,12 +148,31 @@ def publish_validation(report: dict, shift: dict | None) -> None:
                              description="Data validation: failed checks, files, rows")
 
 
+def gate_inputs_before_training(root: Path, params, client, new_task_reason: str | None) -> None:
+    """What the gate will need, checked before any training: the champion is of this run's task
+    (or --new-task says why not), every slice selects eval rows, the must-pass suite is usable."""
+    from distillery.slices import SliceError
+    from distillery.suite import SuiteError
+    from tasks.task_identity import TaskMismatch, check_slices, check_suite, check_task_identity
+
+    try:
+        identity = check_task_identity(root, params, client, new_task_reason)
+        rows = check_slices(root, params)
+        check_suite(root, params)
+    except (TaskMismatch, SliceError, SuiteError) as exc:
+        raise StageFailed(f"not started: {exc}") from None
+    if identity["new_task"]:
+        print(f"task: new task replaces champion v{identity['champion']}: {new_task_reason}")
+    if rows:
+        print("slices: " + ", ".join(f"{k} {n} eval rows" for k, n in rows.items()))
+
+
 @task(name="register", retries=2, retry_delay_seconds=5)
-def register(root: str, parent_run_id: str, flow_run_id: str | None) -> dict:
+def register(root: str, parent_run_id: str, flow_run_id: str | None, new_task_reason: str | None = None) -> dict:
     params = load_params(Path(root) / "params.yaml")
     client = tracking.client_for(Path(root), params)
     exp_id = tracking.experiment_id(client, Path(root), params)
-    return register_model(Path(root), params, client, exp_id, parent_run_id, flow_run_id)
+    return register_model(Path(root), params, client, exp_id, parent_run_id, flow_run_id, new_task_reason)
 
 
 def publish_report(root: Path, params, client, parent_run_id: str) -> str:
@@ -168,10 +187,19 @@ def publish_report(root: Path, params, client, parent_run_id: str) -> str:
 
 
 def stage_markdown(table: list[dict], gate: dict, registration: dict | None) -> str:
-    head = "| stage | accuracy | macro-F1 | size MB | params | p50 ms | p95 ms | samples/s |\n|---|---|---|---|---|---|---|---|\n"
+    head = ("| stage | accuracy | macro-F1 | size MB | params | p50 ms | p95 ms | samples/s | vs teacher (CI) | "
+            "fidelity |\n|---|---|---|---|---|---|---|---|---|---|\n")
+
+    def vs(r):
+        c = r.get("vs_teacher")
+        return "-" if not c else f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+
     rows = "".join(
         f"| {r['stage']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['size_mb']:.2f} | {r['params']:,} | "
-        f"{r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} | {r['throughput_sps']:.1f} |\n" for r in table)
+        f"{r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} | {r['throughput_sps']:.1f} | {vs(r)} | "
+        f"{r['fidelity']:.4f} |\n" if "fidelity" in r else
+        f"| {r['stage']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['size_mb']:.2f} | {r['params']:,} | "
+        f"{r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} | {r['throughput_sps']:.1f} | - | - |\n" for r in table)
     verdict = "PASSED" if gate["passed"] else "FAILED"
     checks = "| check | observed | threshold | result | detail |\n|---|---|---|---|---|\n" + "".join(
         f"| {r['name']} | {r['observed']} | {r['threshold']} | {r['status']} | {r['detail']} |\n"
@@ -184,7 +212,7 @@ def stage_markdown(table: list[dict], gate: dict, registration: dict | None) -> 
 
 
 @flow(name="distillery-pipeline", log_prints=True)
-def pipeline(project_dir: str = ".") -> dict:
+def pipeline(project_dir: str = ".", new_task_reason: str | None = None) -> dict:
     """Run every stage (DVC skips unchanged ones), track in MLflow, gate, register."""
     root = Path(project_dir).resolve()
     params = load_params(root / "params.yaml")
@@ -214,6 +242,7 @@ def pipeline(project_dir: str = ".") -> dict:
                     client.set_tag(parent, "length_shift", f"{shift['status']}: {shift['reason']}"[:4000])
                     if shift["status"] == "failed":
                         raise StageFailed(f"stage 'validate' failed: text length shift {shift['reason']}")
+                    gate_inputs_before_training(root, params, client, new_task_reason)
                 status = "FINISHED"
             finally:  # a failed stage is logged too, with whatever report it left
                 report_file = report_path(root, params, stage)
@@ -231,7 +260,7 @@ def pipeline(project_dir: str = ".") -> dict:
         tracking.log_gate_checks(client, parent, thresholds["checks"])
         check_stage_inputs(root, params, "register", [params.paths.validated_dir])  # it re-scores the champion on eval
         with deferred():  # a registry write is one transaction: a signal waits for its end (seconds)
-            registration = register(str(root), parent, str(fr_id) if fr_id else None)
+            registration = register(str(root), parent, str(fr_id) if fr_id else None, new_task_reason)
         # The full decision: the thresholds plus the champion comparison made at registration.
         gate = registration["decision"]
         logged = {c["name"] for c in thresholds["checks"]}

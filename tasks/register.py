@@ -18,10 +18,12 @@ from importlib.metadata import version as pkg_version
 from pathlib import Path
 
 from distillery.config import Params
-from distillery.gate import CHAMPION_CHECK, Check, GateDecision, champion_check, decide_promotion
+from distillery.gate import CHAMPION_CHECK, Check, GateDecision, decide_promotion
 from distillery.measure import FIGURES
 from tasks.common import read_json, report_path, write_json_atomic
 from distillery.serving_input import MAX_ROWS_KEY
+from tasks.evaluate import champion_checks
+from tasks.task_identity import SIGNATURE_TAG, check_task_identity, differences
 from tasks.validate import profile_tag
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -158,21 +160,24 @@ def rescore_champion(client, name: str, version: str, root: Path, params: Params
     pred = np.array([index.get(p, len(labels)) for p in predicted])
     onehot = np.eye(len(labels) + 1)[pred][:, : len(labels)]
     onehot[pred == len(labels)] = -1.0
-    return classification_metrics(onehot, eval_set.labels, len(labels))
+    figures = classification_metrics(onehot, eval_set.labels, len(labels))
+    figures["predictions"] = np.where(pred == len(labels), -1, pred).tolist()  # -1: a label this task lacks
+    return figures
 
 
-def champion_figure(client, name: str, champ, root: Path, params: Params) -> tuple[float | None, str]:
-    """The champion's gate metric and where it came from: re-scored through its registered pyfunc
-    on the current eval data, or (if that fails) the figure recorded when it was registered."""
+def champion_figure(client, name: str, champ, root: Path, params: Params) -> tuple[float | None, str, list | None]:
+    """The champion's gate metric, where it came from, and its per-row eval predictions (for the
+    paired comparison): re-scored through its registered pyfunc on the current eval data, or (if
+    that fails) the figure recorded when it was registered (no predictions then)."""
     metric = params.gate.metric
     if champ is None:
-        return None, "no champion yet"
+        return None, "no champion yet", None
     rescored = rescore_champion(client, name, str(champ.version), root, params)
     if rescored is not None:
-        return float(rescored[metric]), "re-scored on the current eval data"
+        return float(rescored[metric]), "re-scored on the current eval data", rescored["predictions"]
     if f"metric.{metric}" in champ.tags:
-        return float(champ.tags[f"metric.{metric}"]), "recorded figure (could not re-score)"
-    return None, "champion could not be scored"
+        return float(champ.tags[f"metric.{metric}"]), "recorded figure (could not re-score)", None
+    return None, "champion could not be scored", None
 
 
 def recorded_decision(version, thresholds: GateDecision) -> dict:
@@ -187,7 +192,7 @@ def recorded_decision(version, thresholds: GateDecision) -> dict:
 
 
 def register_model(root: Path, params: Params, client, exp_id: str, parent_run_id: str,
-                   flow_run_id: str | None) -> dict:
+                   flow_run_id: str | None, new_task_reason: str | None = None) -> dict:
     """Register the final model, decide its promotion and write the decision record.
 
     Returns the record also written to reports/promotion.json (not a DVC output: it is the
@@ -206,6 +211,8 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
     base = {"model_name": name, "metric": metric, "candidate_value": float(figures[metric]),
             "flow_run_id": flow_run_id, "decided_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     with registry_lock(client.tracking_uri):
+        # A champion of another task is never compared with nor replaced, unless --new-task says so.
+        identity = check_task_identity(root, params, client, new_task_reason)
         existing = _find_same_model(client, name, md5)
         if existing is not None:
             # Nothing changed since this exact model was registered: no duplicate version, and its
@@ -236,12 +243,25 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
                 **{f"metric.{k}": str(figures[k]) for k in FIGURES}}
         for k, v in tags.items():
             client.set_model_version_tag(name, mv_version, k, v)
-        champ = _champion(client, name)
-        champ_value, champ_source = (None, "not compared (gate.max_regression is null)") \
-            if params.gate.max_regression is None else champion_figure(client, name, champ, root, params)
-        decision = thresholds.with_check(champion_check(
-            metric, float(figures[metric]), champ_value, params.gate.max_regression,
-            str(champ.version) if champ is not None else None, champ_source))
+        client.set_model_version_tag(name, mv_version, SIGNATURE_TAG, json.dumps(identity["signature"]))
+        champ = previous = _champion(client, name)
+        if identity["new_task"]:  # the champion is of another task: not a baseline, never re-scored
+            champ = None
+        champ_value, champ_source, champ_pred = (None, "not compared (gate.max_regression is null)", None) \
+            if params.gate.max_regression is None and params.gate.max_slice_regression is None \
+            else champion_figure(client, name, champ, root, params)
+        decision = thresholds
+        if identity["new_task"]:
+            changed = "; ".join(differences(identity["signature"], identity["champion_signature"]))
+            checks = [Check(CHAMPION_CHECK, True, None, params.gate.max_regression,
+                            f"{CHAMPION_CHECK}: skipped: champion v{previous.version} is of another task ({changed}); "
+                            f"--new-task: {new_task_reason}", skipped=True)]
+        else:
+            checks = champion_checks(root, params, figures, gate, champ_value, champ_source, champ_pred,
+                                     str(champ.version) if champ is not None else None,
+                                     f"models:/{name}/{champ.version}" if champ is not None else None)
+        for check in checks:
+            decision = decision.with_check(check)
         promotion = decide_promotion(decision)
         for k, v in {"gate_passed": str(decision.passed).lower(), "gate_reasons": "; ".join(decision.reasons)[:4000],
                      DECISION_TAG: json.dumps(decision.to_dict(), sort_keys=True)}.items():
@@ -249,17 +269,18 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
         client.update_model_version(name, mv_version, description=describe(figures, decision))
         client.set_registered_model_alias(name, CHALLENGER, mv_version)
         if promotion.promote:
-            move_champion(client, name, mv_version, kind="auto_promote", reason=promotion.reason,
-                          user=f"pipeline {flow_run_id or 'local'}")
-            if champ is not None:
-                client.set_model_version_tag(name, mv_version, "previous_champion", str(champ.version))
+            kind, why = ("auto_promote", promotion.reason) if not identity["new_task"] else (
+                "new_task", f"new task replaces champion v{previous.version} ({changed}): {new_task_reason}")
+            move_champion(client, name, mv_version, kind=kind, reason=why, user=f"pipeline {flow_run_id or 'local'}")
+            if previous is not None:
+                client.set_model_version_tag(name, mv_version, "previous_champion", str(previous.version))
         client.set_model_version_tag(name, mv_version, "promotion", promotion.reason)
         record = {**base, "version": mv_version, "new_version": True, "promoted": promotion.promote,
                   "aliases": [CHALLENGER] + ([CHAMPION] if promotion.promote else []),
                   "reason": promotion.reason, "model_uri": info.model_uri,
                   "champion": None if champ is None else {"version": str(champ.version), "value": champ_value,
                                                            "source": champ_source},
-                  "decision": decision.to_dict()}
+                  "decision": decision.to_dict(), "task": identity}
         client.log_dict(run.info.run_id, record, "promotion.json")
         client.set_terminated(run.info.run_id)
     write_json_atomic(report_path(root, params, PROMOTION_REPORT), record)

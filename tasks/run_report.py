@@ -166,6 +166,7 @@ def gather(root: Path, params: Params, client, parent_run_id: str) -> dict:
     validation = None
     if "validate" in children and report_path(root, params, "validate").exists():
         validation = read_json(report_path(root, params, "validate"))
+    comparisons, slices = _paired(root, params, gate)
     started = dt.datetime.fromtimestamp(parent.info.start_time / 1000, dt.timezone.utc)
     return {
         "title": f"Distillery run {parent.info.run_name}",
@@ -176,7 +177,26 @@ def gather(root: Path, params: Params, client, parent_run_id: str) -> dict:
         "stages": stages, "points": points, "gate": gate, "gate_source": gate_source,
         "confusion": _confusion(root, params, reports), "validation": validation,
         "length_shift": tags.get("length_shift"), "lineage": _lineage(client, root, params, parent, record),
+        "comparisons": comparisons, "slices": slices,
     }
+
+
+def _paired(root: Path, params: Params, gate: dict | None) -> tuple[list[dict], dict]:
+    """Paired comparisons (each stage vs the teacher; the final model vs the champion, overall and per
+    slice) and the per-slice figures of every stage with the slices the gate failed, from this run's files."""
+    path = report_path(root, params, "evaluate")
+    summary = read_json(path) if path.exists() else {}
+    comparisons = [{"label": f"{r['stage']} - teacher", **r["vs_teacher"]}
+                   for r in summary.get("table", []) if "vs_teacher" in r]
+    failed = set()
+    for c in (gate or {}).get("checks", []):
+        if c.get("comparison"):
+            comparisons.append({"label": c["name"].replace("regression_vs_", "final - ").replace(
+                "slice_vs_champion:", "final - champion, slice "), "passed": c["passed"], **c["comparison"]})
+        if c["name"].startswith(("slice_accuracy:", "slice_vs_champion:")) and not c["passed"]:
+            failed.add(c["name"].split(":", 1)[1])
+    stages = {r["stage"]: r.get("slices", {}) for r in summary.get("table", [])}
+    return comparisons, {"stages": stages, "failed": sorted(failed)}
 
 
 def write_run_report(root: Path, params: Params, client, parent_run_id: str, log: bool = True) -> dict:

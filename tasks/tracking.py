@@ -192,4 +192,18 @@ def log_gate_checks(client, run_id: str, checks: list[dict]) -> None:
     # metric names and runs compare column by column across retrainings.
     metrics = [Metric(f"gate.{c['name']}.observed", float("nan") if c["observed"] is None else float(c["observed"]),
                       ts, 0) for c in checks]
+    # Paired comparisons (the champion's always, NaN before there is one): the difference, its
+    # interval and McNemar's p; and which rule decided.
+    for c in checks:
+        comp = c.get("comparison")
+        if comp is None and c["name"] != "regression_vs_champion":
+            continue
+        values = {"difference": None, "ci_low": None, "ci_high": None} if comp is None else comp
+        for k in ("difference", "ci_low", "ci_high"):
+            metrics.append(Metric(f"gate.{c['name']}.{k}", float("nan") if values[k] is None else float(values[k]),
+                                  ts, 0))
+        metrics.append(Metric(f"gate.{c['name']}.mcnemar_p",
+                              float("nan") if comp is None else float(comp["mcnemar"]["p_value"]), ts, 0))
+        if c.get("rule"):
+            tags.append(RunTag(f"gate.{c['name']}.rule", c["rule"]))
     client.log_batch(run_id, metrics=metrics, tags=tags)

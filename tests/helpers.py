@@ -95,6 +95,7 @@ def make_project(dest: Path, params: dict, teacher_texts: list[str], **teacher) 
     options), git and DVC initialised."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
+    shutil.copy(ROOT / "must_pass.yaml", dest / "must_pass.yaml")  # gate.suite: a dep of evaluate
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     make_tiny_teacher(dest / "teacher_src", teacher_texts, **teacher)
     (dest / ".gitignore").write_text("/data/\n/models/\n/reports/\n/mlruns/\n/.prefect/\n/teacher_src/\n")

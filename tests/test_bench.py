@@ -50,6 +50,14 @@ def test_bench_quick_produces_every_row_figure_and_output(sst2_dir, prefect_harn
             ratios = results["ratios"][key][ref]
             assert all(v is not None and math.isfinite(v) for v in ratios.values()), (key, ref, ratios)
     assert results["ratios"]["A"]["vs_A"]["size_x_smaller"] == pytest.approx(1.0)
+    # Each model's accuracy difference to A and to B on the same dev rows, with its paired interval.
+    for key in ROWS:
+        for ref in ("A", "B"):
+            paired = results["paired"][key][f"vs_{ref}"]
+            assert paired["difference"] == pytest.approx(results["models"][key]["accuracy"]
+                                                         - results["models"][ref]["accuracy"])
+            assert paired["ci_low"] <= paired["difference"] <= paired["ci_high"] and paired["n"] == 40
+    assert results["paired"]["A"]["vs_A"]["ci_low"] == results["paired"]["A"]["vs_A"]["ci_high"] == 0.0
     rows = results["models"]
     assert rows["B"]["size_mb"] < rows["A"]["size_mb"] and rows["C"]["size_mb"] < rows["A"]["size_mb"]
     assert rows["B"]["params"] == rows["A"]["params"] == rows["C"]["params"]
@@ -76,7 +84,7 @@ def test_bench_quick_produces_every_row_figure_and_output(sst2_dir, prefect_harn
     assert set(saved["models"]) == set(results["models"]) and saved["git"]["git_commit"]
     assert saved["versions"]["torch"] and saved["machine"]["cpu_count"]
     md = open(files["markdown"]).read()
-    assert "Produced by `pytest`" in md and "Quick mode" in md
+    assert "Produced by `pytest`" in md and "Quick mode" in md and "paired bootstrap interval" in md
     for key in ROWS:
         assert f"| {key} |" in md
     for plot in ("latency", "size"):

@@ -102,3 +102,23 @@ def test_write_sample_keeps_the_header_and_whole_lines(data_dir, tmp_path):
     assert lines == sorted(lines, key=original.index)  # file order kept
     assert write_sample(data_dir / "train.tsv", tmp_path / "x.tsv", 10, seed=42).read_text() == out.read_text()
     assert write_sample(data_dir / "train.tsv", tmp_path / "y.tsv", None, seed=42) == data_dir / "train.tsv"
+
+
+def test_paired_intervals_to_a_and_b_and_their_table_cells():
+    from bench.report import _delta, paired_intervals
+
+    gold = [0, 1] * 50
+    a = list(gold)                         # A right on all 100
+    b = [1 - g if i < 2 else g for i, g in enumerate(gold)]   # B wrong on 2
+    e = [1 - g if i < 4 else g for i, g in enumerate(gold)]   # E wrong on 4 (the 2 of B's among them)
+    rows = {"A": {**row(1.0, 90, 18), "predictions": a}, "B": {**row(0.98, 22, 6), "predictions": b},
+            "E": {**row(0.96, 5, 1), "predictions": e}, "old": row(0.5, 1, 1)}
+    paired = paired_intervals(rows, gold, confidence=0.95, resamples=500, seed=0)
+    assert "old" not in paired  # measured without per-row predictions: no interval
+    assert paired["A"]["vs_A"]["ci_low"] == paired["A"]["vs_A"]["ci_high"] == 0.0
+    vs_b = paired["E"]["vs_B"]
+    assert vs_b["difference"] == pytest.approx(-0.02) and vs_b["ci_low"] <= -0.02 <= vs_b["ci_high"] <= 0.0
+    assert (vs_b["mcnemar"]["only_candidate"], vs_b["mcnemar"]["only_baseline"]) == (0, 2)
+    ra = all_ratios({k: v for k, v in rows.items() if k != "old"})["E"]["vs_A"]
+    assert _delta(ra, None) == "-4.0"
+    assert _delta(ra, paired["E"]["vs_A"]).startswith("-4.0 [")

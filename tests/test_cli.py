@@ -25,3 +25,11 @@ def test_user_errors_are_printed_once():
     assert f.filter(bug) is True and bug.exc_info is not None  # a real bug keeps its traceback
     plain = record("validate: ran")
     assert f.filter(plain) is True and plain.getMessage() == "validate: ran"
+
+
+def test_new_task_needs_a_reason(tmp_path, capsys):
+    from distillery.cli import main
+
+    assert main(["--project-dir", str(tmp_path), "run", "--new-task"]) == 2
+    err = capsys.readouterr().err
+    assert "--new-task needs --reason" in err and "Traceback" not in err

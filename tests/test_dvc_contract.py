@@ -46,5 +46,6 @@ def test_every_stage_input_is_produced_upstream_or_is_user_data(dvc_stages):
         io = importlib.import_module(f"tasks.{name}").io(params)
         for dep in io.deps:
             assert any(dep == o or dep.startswith(o + "/") for o in produced) or dep in (
-                params.data.train_path, params.data.eval_path), f"{name} reads {dep}, which no earlier stage writes"
+                params.data.train_path, params.data.eval_path, params.gate.suite), \
+                f"{name} reads {dep}, which no earlier stage writes"
         produced.update(io.outs + io.metrics)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -145,7 +146,18 @@ def test_first_run_trains_every_stage_and_registers_champion(project):
     champ_check = checks_by_name(result["gate"])[CHAMPION_CHECK]
     assert champ_check["status"] == "skipped" and champ_check["observed"] is None
     assert champ_check["reason"] == f"{CHAMPION_CHECK}: skipped: no champion yet"
-    assert champ_check["threshold"] == 0.0  # gate.max_regression in the shipped params
+    assert champ_check["threshold"] == 0.02  # gate.max_regression in the shipped params
+    # Each stage against the teacher, paired on the same eval rows, and the fidelity to it.
+    summary = yaml.safe_load((project / "reports/evaluate.json").read_text())
+    rows = {r["stage"]: r for r in summary["table"]}
+    assert "vs_teacher" not in rows["teacher"] and rows["teacher"]["fidelity"] == 1.0
+    for stage in ("distill", "prune", "quantize"):
+        vs = rows[stage]["vs_teacher"]
+        assert vs["ci_low"] <= vs["difference"] <= vs["ci_high"] and vs["n"] == len(reports[stage]["predictions"])
+        assert vs["difference"] == pytest.approx(reports[stage]["accuracy"] - reports["teacher"]["accuracy"])
+        agree = np.mean(np.array(reports[stage]["predictions"]) == np.array(reports["teacher"]["predictions"]))
+        assert rows[stage]["fidelity"] == pytest.approx(agree)
+    assert gate["fidelity"] == rows["quantize"]["fidelity"]
     assert [c["name"] for c in result["gate"]["checks"]] == [c["name"] for c in gate["checks"]] + [CHAMPION_CHECK]
     record = promotion_record(project)
     assert record == reg and record["champion"] is None
@@ -168,6 +180,7 @@ def test_first_run_trains_every_stage_and_registers_champion(project):
     assert parent.data.tags[f"gate.{CHAMPION_CHECK}"] == "skipped"
     # Nothing was observed: NaN, so the metric names are the same in every run (see below).
     assert math.isnan(parent.data.metrics[f"gate.{CHAMPION_CHECK}.observed"])
+    assert math.isnan(parent.data.metrics[f"gate.{CHAMPION_CHECK}.ci_low"])
     assert parent.data.metrics["quantize.accuracy"] == pytest.approx(reports["quantize"]["accuracy"])
     children = c.search_runs([parent.info.experiment_id],
                              filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -179,7 +192,8 @@ def test_first_run_trains_every_stage_and_registers_champion(project):
 
     markdown = prefect_artifact_markdown(result["flow_run_id"])
     assert "| quantize |" in markdown and "## Gate: PASSED" in markdown and "version 1" in markdown
-    assert f"| {CHAMPION_CHECK} | - | 0 | skipped | no champion yet |" in markdown
+    assert f"| {CHAMPION_CHECK} | - | 0.02 | skipped | no champion yet |" in markdown
+    assert "| vs teacher (CI) | fidelity |" in markdown
     validation = prefect_artifact_markdown(result["flow_run_id"], "distillery-validation")
     assert validation.startswith("# Data validation: PASSED") and "no champion yet" in validation
     validate_run = next(r for r in children if r.info.run_name == "validate")
@@ -285,8 +299,10 @@ def test_better_challenger_is_promoted_over_the_champion_rescored_on_the_current
     assert reg["candidate_value"] > reg["champion"]["value"] + 0.3
     check = checks_by_name(result["gate"])[CHAMPION_CHECK]
     assert check["status"] == "pass"
-    assert check["observed"] == pytest.approx(reg["champion"]["value"] - reg["candidate_value"])
-    assert f"vs champion v1 {reg['champion']['value']:.4f}" in check["reason"]
+    # Non-inferiority on the paired interval: observed is how far behind the interval's low end reaches.
+    assert check["rule"] == "non_inferiority" and check["observed"] == pytest.approx(-check["comparison"]["ci_low"])
+    assert check["comparison"]["difference"] == pytest.approx(reg["candidate_value"] - reg["champion"]["value"])
+    assert f"vs champion v1, re-scored on the current eval data {reg['champion']['value']:.4f}" in check["reason"]
     assert reg["reason"].startswith("every check passed: champion moves to this version")
     assert versions(project) == {"1": set(), "2": {"challenger", "champion"}}
     from tasks.promotion import history
@@ -298,6 +314,8 @@ def test_better_challenger_is_promoted_over_the_champion_rescored_on_the_current
     parent = c.get_run(result["mlflow_run_id"])
     assert parent.data.tags[f"gate.{CHAMPION_CHECK}"] == "pass" and parent.data.tags["promoted"] == "true"
     assert parent.data.metrics[f"gate.{CHAMPION_CHECK}.observed"] == pytest.approx(check["observed"])
+    assert parent.data.metrics[f"gate.{CHAMPION_CHECK}.ci_low"] == pytest.approx(check["comparison"]["ci_low"])
+    assert parent.data.tags[f"gate.{CHAMPION_CHECK}.rule"] == "non_inferiority"
 
 
 def test_every_run_logs_the_same_metric_names(project):
@@ -367,9 +385,14 @@ def test_worse_challenger_is_kept_by_the_champion_comparison_with_the_reason(pro
     check = checks_by_name(decision)[CHAMPION_CHECK]
     champion_value, candidate = reg["champion"]["value"], reg["candidate_value"]
     assert candidate < champion_value - 0.3  # shifted labels cannot beat chance on the true ones
-    assert check["observed"] == pytest.approx(champion_value - candidate) and check["threshold"] == 0.0
-    expected = (f"{CHAMPION_CHECK}: accuracy {candidate:.4f} vs champion v2 {champion_value:.4f}, re-scored on the "
-                f"current eval data: regression {champion_value - candidate:.4f} <= 0.0000 required: FAILED")
+    comp = check["comparison"]
+    assert check["observed"] == pytest.approx(-comp["ci_low"]) and check["threshold"] == 0.02
+    assert comp["difference"] == pytest.approx(candidate - champion_value) and comp["ci_high"] < -0.02
+    expected = (f"{CHAMPION_CHECK}: accuracy {candidate:.4f} vs champion v2, re-scored on the current eval data "
+                f"{champion_value:.4f}: accuracy difference {comp['difference']:+.4f} (95% CI [{comp['ci_low']:+.4f}, "
+                f"{comp['ci_high']:+.4f}], n={comp['n']}; McNemar exact p={comp['mcnemar']['p_value']:.3g} on "
+                f"{comp['mcnemar']['only_candidate']}+{comp['mcnemar']['only_baseline']} discordant rows); "
+                f"non-inferiority rule: CI lower bound {comp['ci_low']:+.4f} > -0.0200 required: FAILED")
     assert check["reason"] == expected
     assert reg["reason"] == f"kept as challenger, failed: {expected}"
     assert promotion_record(project) == reg
@@ -450,7 +473,7 @@ def test_status_command_shows_champion_challenger_and_gate_decisions(project):
     assert "champion 2, challenger 4" in out.stdout
     assert "Last gate decision: FAILED (version 4" in out.stdout
     # The champion comparison's row: check, observed regression, threshold, result.
-    assert re.search(rf"│ {CHAMPION_CHECK}\s+│\s+[\d.]+\s+│\s+0\s+│ fail", out.stdout), out.stdout
+    assert re.search(rf"│ {CHAMPION_CHECK}\s+│\s+[\d.]+\s+│\s+0.02\s+│ fail", out.stdout), out.stdout
     assert "vs champion v2" in out.stdout
     for line in ("v4: gate FAILED; kept as challenger, failed: regression_vs_champion",
                  "v3: gate FAILED; kept as challenger, failed: size_mb", "v2: gate passed; every check passed"):

@@ -82,3 +82,29 @@ def test_missing_chromium_is_an_error_that_says_how_to_install_it(tmp_path, monk
     with pytest.raises(BrowserError, match=r"Chromium not found at .*no-chromium: install Debian's `chromium`"):
         open_page(tmp_path / "p.html")
 
+
+
+def test_paired_comparisons_are_plotted_and_failing_slices_marked():
+    import numpy as np
+
+    from distillery.stats import paired_comparison
+
+    gold = np.array([0, 1] * 20)
+    teacher = gold.copy()
+    final = gold.copy()
+    final[:6] = 1 - final[:6]
+    vs_teacher = paired_comparison(final, teacher, gold, resamples=200, seed=0).to_dict()
+    data = {**failed_validation_run(), "comparisons": [
+        {"label": "quantize - teacher", **vs_teacher},
+        {"label": "final - champion, slice short", "passed": False, **vs_teacher}],
+        "slices": {"stages": {"teacher": {"short": {"rows": 6, "accuracy": 1.0}},
+                              "quantize": {"short": {"rows": 6, "accuracy": 0.0}, "long": {"rows": 34, "accuracy": 1.0}}},
+                   "failed": ["short"]}}
+    html = render_report(data)
+    assert 'id="plot-differences"' in html and html.count("<circle") == 2
+    assert f"{vs_teacher['difference']:+.4f}" in html and f"[{vs_teacher['ci_low']:+.4f}, " in html
+    assert 'id="comparisons"' in html and "95% paired bootstrap interval (200 resamples, seed 0)" in html
+    slices = html[html.index('id="slices"'):]
+    assert 'class="row-fail"><td class="">short <span class="verdict fail">failed</span>' in slices
+    assert "<th>teacher accuracy</th><th>quantize accuracy</th>" in slices
+    assert external_refs(html) == []

@@ -1,0 +1,145 @@
+"""The defensible gate, end to end (real DVC, Prefect, MLflow; a random-init tiny BERT).
+
+Two models of the same quality by construction, trained on learnable cue data (see
+`make_cue_dataset`) with one class's labels merged into `neutral`:
+- A never predicts `positive` (its positives are labelled neutral),
+- B never predicts `negative`.
+The eval rows hold 30 negatives, 26 positives and 64 neutrals, so B is about 4 rows (0.033)
+worse than A overall: a difference well inside its paired interval. In order:
+
+1. A is registered (first champion).
+2. B, under the strict point rule (max_regression 0): refused, the record says the point rule decided.
+3. B' (B quantized per tensor: a new model file, the same behaviour), under non-inferiority with a
+   0.25 margin: promoted; the record carries the interval and says non-inferiority decided.
+4. A' (A quantized per tensor) against champion B': better on average, but on the `positives`
+   slice it gets nothing right where B' gets them all: it stays challenger, the slice named.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from distillery.cli import configure_environment
+from tests.helpers import CUE_WORDS, _FILLER, make_project, tiny_params
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+NAME = "distillery-student"
+COUNTS = {"negative": 30, "positive": 26, "neutral": 64}
+COMMON = ["teacher.epochs=20", "teacher.learning_rate=0.003", "distill.epochs=3",
+          "validate.length_shift.fail_psi=null", "gate.bootstrap_resamples=2000"]
+
+
+def cue_rows(counts: dict[str, int], rng: random.Random, seen: set) -> pd.DataFrame:
+    rows = []
+    for label, n in counts.items():
+        while sum(r[1] == label for r in rows) < n:
+            words = [rng.choice(_FILLER) for _ in range(4)]
+            words.insert(rng.randrange(len(words) + 1), CUE_WORDS[label])
+            text = " ".join(words)
+            if text not in seen:
+                seen.add(text)
+                rows.append((text, label))
+    return pd.DataFrame(rows, columns=["text", "label"]).sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_harness):
+    rng, seen = random.Random(1), set()
+    evals = cue_rows(COUNTS, rng, seen)
+    train = cue_rows({"negative": 40, "positive": 40, "neutral": 40}, rng, seen)
+    root = tmp_path_factory.mktemp("gate_e2e")
+    # Each model still sees all three labels (validation wants every class in train): one row keeps it.
+    blind_pos = train.assign(label=train.label.replace({"positive": "neutral"}))
+    blind_pos.loc[blind_pos.index[0], "label"] = "positive"
+    blind_neg = train.assign(label=train.label.replace({"negative": "neutral"}))
+    blind_neg.loc[blind_neg.index[0], "label"] = "negative"
+    params = tiny_params(data={"train_path": "a_train.csv", "eval_path": "eval.csv"},
+                         validate={"suite": {**tiny_params()["validate"]["suite"], "max_class_share": 0.95,
+                                             "min_class_rows": 1}})
+    root = make_project(root, params, [*train.text, *evals.text])
+    blind_pos.to_csv(root / "a_train.csv", index=False)
+    blind_neg.to_csv(root / "b_train.csv", index=False)
+    evals.to_csv(root / "eval.csv", index=False)
+    configure_environment(root)
+    return root
+
+
+def run_flow(root: Path, overrides: list[str]) -> dict:
+    from distillery.cli import prepare_params
+    from flows.pipeline import pipeline
+
+    prepare_params(root, None, COMMON + overrides)
+    return pipeline(project_dir=str(root))
+
+
+def checks(decision: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in decision["checks"]}
+
+
+def aliases(root: Path) -> dict[str, set]:
+    from mlflow import MlflowClient
+
+    from tasks.register import aliases_by_version
+
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    return aliases_by_version(MlflowClient(tracking_uri=uri, registry_uri=uri), NAME)
+
+
+def test_first_model_becomes_champion(project):
+    reg = run_flow(project, [])["registration"]
+    assert reg["version"] == "1" and reg["promoted"] is True
+    assert reg["task"]["signature"] == {"labels": ["negative", "neutral", "positive"], "input_columns": ["text"],
+                                        "text_pair": False}
+
+
+def test_equivalent_challenger_is_refused_by_the_strict_point_rule(project):
+    reg = run_flow(project, ["data.train_path=b_train.csv", "gate.champion_rule=point",
+                             "gate.max_regression=0.0"])["registration"]
+    check = checks(reg["decision"])["regression_vs_champion"]
+    comp = check["comparison"]
+    assert reg["version"] == "2" and reg["promoted"] is False and check["rule"] == "point"
+    # B is a few rows worse: the point rule refuses what the interval cannot tell from zero.
+    assert -0.1 < comp["difference"] < 0 and comp["ci_low"] < 0 < comp["ci_high"]
+    assert comp["mcnemar"]["p_value"] > 0.05 and comp["mcnemar"]["only_baseline"] >= 20
+    assert "point rule: regression" in check["reason"] and check["reason"].endswith("FAILED")
+    assert aliases(project)["1"] == {"champion"}
+
+
+def test_equivalent_challenger_is_promoted_under_non_inferiority(project):
+    reg = run_flow(project, ["data.train_path=b_train.csv", "quantize.per_channel=false",
+                             "gate.champion_rule=non_inferiority", "gate.max_regression=0.25"])["registration"]
+    check = checks(reg["decision"])["regression_vs_champion"]
+    comp = check["comparison"]
+    assert reg["version"] == "3" and reg["promoted"] is True, reg["reason"]
+    assert check["rule"] == "non_inferiority" and comp["difference"] < 0 and -0.25 < comp["ci_low"] < 0
+    assert comp["confidence"] == 0.95 and comp["resamples"] == 2000 and comp["n"] == sum(COUNTS.values())
+    assert "non-inferiority rule: CI lower bound" in check["reason"] and check["reason"].endswith("ok")
+    assert aliases(project)["3"] == {"challenger", "champion"}
+
+
+def test_better_on_average_but_worse_on_a_slice_stays_challenger_with_the_slice_named(project):
+    result = run_flow(project, ["data.train_path=a_train.csv", "quantize.per_channel=false",
+                                "gate.max_regression=0.25", "gate.max_slice_regression=0.1",
+                                "gate.slices=[{name: positives, label: [positive]}, {name: neutrals, label: [neutral]}]"])
+    reg = result["registration"]
+    by_name = checks(reg["decision"])
+    overall, slice_check = by_name["regression_vs_champion"], by_name["slice_vs_champion:positives"]
+    assert reg["version"] == "4" and reg["promoted"] is False
+    assert overall["passed"] and overall["comparison"]["difference"] > 0  # better on average
+    assert not slice_check["passed"] and slice_check["comparison"]["difference"] < -0.5
+    assert by_name["slice_vs_champion:neutrals"]["passed"]  # both right on every neutral row: [0, 0]
+    assert "slice_vs_champion:positives" in reg["reason"] and "on slice 'positives'" in reg["reason"]
+    assert aliases(project)["3"] == {"champion"} and aliases(project)["4"] == {"challenger"}
+    # The slice figures of every stage, and the page marks the failing slice.
+    summary = json.loads((project / "reports/evaluate.json").read_text())
+    final = next(r for r in summary["table"] if r["stage"] == "quantize")
+    assert final["slices"]["positives"]["rows"] == COUNTS["positive"]
+    html = (project / "reports/index.html").read_text()
+    assert 'id="slices"' in html and 'id="plot-differences"' in html and "positives" in html
