@@ -25,7 +25,8 @@ class TaskMismatch(RuntimeError):
 def run_signature(root: Path, params: Params) -> dict:
     """The task this run trains for, from the validated data and the model's input columns."""
     labels = json.loads((Path(root) / params.paths.validated_dir / "labels.json").read_text())["labels"]
-    columns = list(getattr(params.data, "input_columns", None) or ["text"])
+    # The served model's input columns (distillery.json `input_columns`): one text, or a pair.
+    columns = ["text", "text_pair"] if params.data.text_pair_column else ["text"]
     return {"labels": [str(x) for x in labels], "input_columns": columns, "text_pair": len(columns) == 2}
 
 
