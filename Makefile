@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test install chromium bench bench-mrpc ui clean
+.PHONY: run test install chromium images-tools image serving-image bench bench-mrpc ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,21 @@ chromium:
 	  echo "make: installing Debian's chromium package"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-test: $(STAMP) chromium
+# Container images (Dockerfile): built with buildah/podman from a Debian base made here from Debian's
+# packages when no container registry can be reached (docker/build-image.sh); docker works too.
+IMAGE         ?= distillery
+SERVING_IMAGE ?= distillery-serving
+images-tools:
+	@command -v buildah >/dev/null && command -v podman >/dev/null && command -v debootstrap >/dev/null || \
+	  { test "$$(id -u)" = 0 || { echo "make: buildah, podman and debootstrap are missing; as root: apt-get install -y buildah podman debootstrap"; exit 1; }; \
+	  echo "make: installing Debian's buildah, podman and debootstrap packages"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q buildah podman debootstrap; }
+image:
+	docker/build-image.sh pipeline $(IMAGE)
+serving-image:
+	docker/build-image.sh serving $(SERVING_IMAGE)
+
+test: $(STAMP) chromium images-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The SST-2 benchmark (bench/): the pipeline on real data against its alternatives; about 40 minutes
