@@ -51,7 +51,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
     for mod, name in (("tasks.promotion", "PromotionError"), ("distillery.data", "DataError"), ("distillery.validation", "ValidationFailed"),
                       ("distillery.modeling", "ModelLoadError"), ("flows.pipeline", "StageFailed"),
-                      ("distillery.html_report", "ReportError"), ("distillery.browser", "BrowserError")):
+                      ("distillery.html_report", "ReportError"), ("distillery.browser", "BrowserError"),
+                      ("tasks.storage", "RemoteError")):
         module = sys.modules.get(mod)
         if module is not None and hasattr(module, name):
             errors.append(getattr(module, name))
@@ -136,6 +137,18 @@ def cmd_run(args) -> int:
     from distillery.report import print_run_summary
 
     print_run_summary(result)
+    return 0
+
+
+def cmd_pull(args) -> int:
+    """A fresh clone gets every stage output of dvc.lock from the remote: `distillery run` then trains nothing."""
+    root = Path(args.project_dir).resolve()
+    configure_environment(root)
+    from tasks.storage import pull_outputs
+
+    got = pull_outputs(root, args.remote or load_params(root / PARAMS_FILE, check_files=False).remote.name)
+    print(f"dvc pull: {got['fetched']} file(s) fetched from remote {got['remote']!r} ({got['url']}); "
+          f"{got['added']} added, {got['modified']} modified in the workspace")
     return 0
 
 
@@ -413,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a param, e.g. --set distill.temperature=3 (repeatable)")
     run.set_defaults(func=cmd_run)
+    pull = sub.add_parser("pull", help="restore data, models and reports from the DVC remote (a fresh clone then "
+                                       "trains nothing)")
+    pull.add_argument("--remote", help="DVC remote name (default: remote.name, else DVC's default remote)")
+    pull.set_defaults(func=cmd_pull)
     sweep = sub.add_parser("sweep", help="try the student configurations of params.yaml's `sweep` in parallel on "
                                          "Dask; write the Pareto front and the best one's params file")
     sweep.add_argument("--address", help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a "

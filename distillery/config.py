@@ -258,6 +258,14 @@ class RegisterConfig(_Section):
     model_name: str = Field("distillery-student", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
 
 
+class RemoteConfig(_Section):
+    """What the flow does with the DVC remote. The remote itself (URL, type, credentials) lives in
+    DVC's config (`.dvc/config`), deliberately not under `paths`: it is outside the project."""
+
+    push: bool = True                 # push the run's DVC outputs after a successful run
+    name: str | None = Field(None, min_length=1)  # which DVC remote; null = DVC's default (core.remote)
+
+
 # What a sweep may vary: the sections of the stages a member runs (distill, prune, quantize).
 SWEEP_SECTIONS = ("student", "distill", "prune", "quantize")
 # These shape the soft targets, which every member shares (the soft_targets stage's params).
@@ -314,6 +322,7 @@ class Params(_Section):
     gate: GateConfig = GateConfig()
     register: RegisterConfig = RegisterConfig()
     sweep: SweepConfig = SweepConfig()
+    remote: RemoteConfig = RemoteConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
