@@ -208,7 +208,14 @@ def cmd_stage(args) -> int:
         module = importlib.import_module(f"tasks.{args.name}")
         for p in remove_stage_leftovers(root, module.io(params)):
             print(f"{args.name}: removed {p.relative_to(root)}, left by an interrupted run")
-        module.run(stage_context(root, uses_torch=getattr(module, "USES_TORCH", True)))
+        ctx = stage_context(root, uses_torch=getattr(module, "USES_TORCH", True))
+        st = params.soft_targets
+        if args.name == "soft_targets" and (st.workers or st.address):  # its chunks as tasks on Dask
+            from flows.soft_targets import dask_compute
+
+            module.run(ctx, compute=dask_compute(st, shared_prefect_api))
+        else:
+            module.run(ctx)
         return 0
     except BaseException as exc:
         expected = isinstance(exc, expected_errors())

@@ -258,6 +258,15 @@ class RegisterConfig(_Section):
     model_name: str = Field("distillery-student", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
 
 
+class SoftTargetsConfig(_Section):
+    """How the soft_targets stage computes the teachers' logits (not what: none of this changes them
+    beyond float noise, so none is a DVC param of the stage)."""
+
+    chunk_rows: int = Field(2048, ge=1, le=1 << 20)   # rows per chunk: one task and one Parquet file each
+    workers: int = Field(2, ge=0, le=1024)  # Dask LocalCluster worker processes; 0 = in this process, no Dask
+    address: str | None = Field(None, min_length=1)  # an existing Dask scheduler (then `workers` is unused)
+
+
 class RemoteConfig(_Section):
     """What the flow does with the DVC remote. The remote itself (URL, type, credentials) lives in
     DVC's config (`.dvc/config`), deliberately not under `paths`: it is outside the project."""
@@ -322,6 +331,7 @@ class Params(_Section):
     gate: GateConfig = GateConfig()
     register: RegisterConfig = RegisterConfig()
     sweep: SweepConfig = SweepConfig()
+    soft_targets: SoftTargetsConfig = SoftTargetsConfig()
     remote: RemoteConfig = RemoteConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
