@@ -106,6 +106,7 @@ def test_chunk_identity_follows_its_content(project):
     from tasks.soft_targets import plan_chunks
 
     p = load_params(project / "params.yaml")
+    p = p.model_copy(update={"soft_targets": p.soft_targets.model_copy(update={"chunk_rows": CHUNK_ROWS})})
     texts = [f"text {i}" for i in range(40)]
     base = [s["out"] for s in plan_chunks(Path("t"), "a" * 32, texts, project / "x" / "texts.parquet", p)]
     assert len(base) == 3 and len(set(base)) == 3
