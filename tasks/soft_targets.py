@@ -10,14 +10,16 @@ main teacher's hidden states). Extra teachers are identified by path in params.y
 
 The logits are computed in chunks of `soft_targets.chunk_rows` rows, each a task (on Dask when
 the CLI passes `compute`, see flows/soft_targets.py; else in this process) that writes its own
-Parquet file to `<logits_dir>-chunks/`, named by what determines its content (the teacher's md5,
-the rows, max_length). A killed run leaves its finished chunks there; the next run computes only
-the missing ones. The chunk folder is a cache, not a DVC output: the stage's output is unchanged.
+Parquet file in `<logits_dir>/chunks/`, named by what determines its content (the teacher's md5,
+the rows, max_length). The folder is `persist` in dvc.yaml, so a killed run leaves its finished
+chunks there and the next run computes only the missing ones; distill and prune still read the
+fused `logits.npy` beside them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -30,7 +32,7 @@ from tasks.common import StageContext, StageIO, report_rel, write_report
 
 SET_FILE = "distill_set.parquet"
 LOGITS_FILE = "logits.npy"
-CHUNKS_SUFFIX = "-chunks"          # <logits_dir>-chunks: the chunk cache (not a DVC output)
+CHUNKS_DIR = "chunks"              # <logits_dir>/chunks: one Parquet file per chunk (kept: dvc.yaml `persist`)
 CHUNK_TEXTS = "texts.parquet"      # the rows to score, one row group per chunk
 CHUNK_FORMAT = "1"                 # part of every chunk's identity: bump when the file layout changes
 
@@ -90,7 +92,7 @@ def run(ctx: StageContext, compute: Callable[[list[dict]], object] | None = None
     teachers = [(ctx.path(p.paths.teacher_dir), d.teacher_weight)] + [(ctx.path(t.path), t.weight) for t in d.teachers]
     all_logits, info = [], []
     start = time.perf_counter()
-    cache = ctx.path(p.paths.logits_dir + CHUNKS_SUFFIX)
+    cache = ctx.path(p.paths.logits_dir) / CHUNKS_DIR
     texts_file = write_chunk_texts(all_texts, cache, p.soft_targets.chunk_rows)
     specs_by_teacher = []
     for model_dir, weight in teachers:
@@ -112,6 +114,7 @@ def run(ctx: StageContext, compute: Callable[[list[dict]], object] | None = None
         all_logits.append(torch.from_numpy(logits))
         entry["train_accuracy"] = float((logits[: len(y)].argmax(1) == y).mean()) if len(y) else 0.0
     prune_chunks(cache, every)
+    (cache / CHUNK_TEXTS).unlink()  # the rows are in SET_FILE too
     fused = (fuse_soft_targets(all_logits, [w for _, w in teachers], d.temperature) if len(teachers) > 1
              else all_logits[0]).numpy()
     logits_seconds = time.perf_counter() - start
@@ -123,6 +126,7 @@ def run(ctx: StageContext, compute: Callable[[list[dict]], object] | None = None
     tmp.mkdir()
     save_split(TextDataset(all_texts, all_labels), tmp / SET_FILE)
     np.save(tmp / LOGITS_FILE, fused.astype(np.float32), allow_pickle=False)
+    os.replace(cache, tmp / CHUNKS_DIR)  # the chunks move with the set (a kill right here costs them)
     replace_dir(tmp, out)
     fused_agree = float((fused[: len(y)].argmax(1) == y).mean()) if len(y) else 0.0
     report = {"rows": len(all_texts), "train_rows": len(texts), "augmented_rows": len(aug),

@@ -53,7 +53,7 @@ def logits(root: Path) -> np.ndarray:
 
 
 def chunk_files(root: Path) -> list[Path]:
-    return sorted(p for p in (root / "data" / "teacher_logits-chunks").glob("*.parquet") if p.name != "texts.parquet")
+    return sorted(p for p in (root / "data" / "teacher_logits" / "chunks").glob("*.parquet") if p.name != "texts.parquet")
 
 
 def test_dask_chunks_match_one_process_and_resume(project):
@@ -94,7 +94,7 @@ def test_dask_chunks_match_one_process_and_resume(project):
         soft_targets.run(stage_context(project), compute=stops_after_three)
     survivors = {f: f.stat().st_mtime_ns for f in chunk_files(project)}
     assert len(survivors) == 3
-    assert not list((project / "data" / "teacher_logits-chunks").glob(".*"))  # no half-written chunk
+    assert not list((project / "data" / "teacher_logits" / "chunks").glob(".*"))  # no half-written chunk
     resumed = run_stage(project, "soft_targets")
     assert resumed["chunks_computed"] == resumed["chunks"] - 3
     assert all(f.stat().st_mtime_ns == t for f, t in survivors.items())  # not recomputed
