@@ -145,8 +145,9 @@ def _teacher_labels(model_dir: Path) -> list:
     return read_labels(model_dir)
 
 
-def write_chunk_texts(texts: list[str], cache: Path, chunk_rows: int) -> Path:
-    """The rows to score as Parquet, one row group per chunk: a worker reads only its own rows."""
+def write_chunk_texts(texts: list, cache: Path, chunk_rows: int) -> Path:
+    """The rows to score as Parquet, one row group per chunk: a worker reads only its own rows.
+    Rows are strings, or (text, text_pair) tuples (then a `text_pair` column too)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -155,7 +156,11 @@ def write_chunk_texts(texts: list[str], cache: Path, chunk_rows: int) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     for left in cache.glob(".*.tmp"):  # what a killed writer left
         left.unlink(missing_ok=True)
-    table = pa.table({"text": pa.array(list(texts), pa.string())})
+    pairs = bool(len(texts)) and isinstance(texts[0], tuple)
+    columns = {"text": pa.array([t[0] for t in texts] if pairs else list(texts), pa.string())}
+    if pairs:
+        columns["text_pair"] = pa.array([t[1] for t in texts], pa.string())
+    table = pa.table(columns)
     return write_atomically(cache / CHUNK_TEXTS, lambda tmp: pq.write_table(table, tmp, row_group_size=max(chunk_rows, 1)))
 
 
@@ -167,8 +172,10 @@ def plan_chunks(model_dir: Path, teacher_md5: str, texts: list[str], texts_file:
     for group, start in enumerate(range(0, n, size)):
         h = hashlib.md5(f"{CHUNK_FORMAT}\0{teacher_md5}\0{p.data.max_length}\0{start}\0".encode())
         for t in texts[start:start + size]:
-            h.update(t.encode())
-            h.update(b"\0")
+            for part in (t if isinstance(t, tuple) else (t,)):
+                h.update(part.encode())
+                h.update(b"\0")
+            h.update(b"\1")
         specs.append({"model_dir": str(model_dir), "teacher_md5": teacher_md5, "texts_file": str(texts_file),
                       "row_group": group, "start": start, "rows": min(size, n - start),
                       "max_length": p.data.max_length, "threads": p.base.threads,
@@ -193,8 +200,10 @@ def compute_chunk(spec: dict) -> str:
 
         torch.set_num_threads(spec["threads"])
         _LOADED[key] = _classifier(Path(spec["model_dir"]), spec["max_length"], spec["threads"])[0]
-    texts = pq.ParquetFile(spec["texts_file"]).read_row_group(spec["row_group"], columns=["text"])
-    texts = texts.column("text").to_pylist()
+    group = pq.ParquetFile(spec["texts_file"]).read_row_group(spec["row_group"])
+    texts = group.column("text").to_pylist()
+    if "text_pair" in group.column_names:
+        texts = list(zip(texts, group.column("text_pair").to_pylist()))
     if len(texts) != spec["rows"]:
         raise RuntimeError(f"{spec['texts_file']}: row group {spec['row_group']} has {len(texts)} rows, "
                            f"expected {spec['rows']} (rewritten during the run?)")
