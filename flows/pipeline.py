@@ -209,6 +209,12 @@ def pipeline(project_dir: str = ".") -> dict:
     ran: dict[str, bool] = {}
     in_flow = os.environ.get(IN_FLOW_ENV)
     os.environ[IN_FLOW_ENV] = "1"  # stages leave their expected errors to this flow to report, once
+    api_env = os.environ.get("PREFECT_API_URL")
+    if api_env is None:  # a stage that runs a flow of its own (soft_targets on Dask) reports to this API,
+        from prefect.client.orchestration import get_client  # rather than start a server of its own
+
+        with get_client(sync_client=True) as prefect_client:
+            os.environ["PREFECT_API_URL"] = str(prefect_client.api_url)
     try:
         for stage in STAGES:
             io = importlib.import_module(f"tasks.{stage}").io(params)
@@ -263,6 +269,8 @@ def pipeline(project_dir: str = ".") -> dict:
         client.set_terminated(parent, status="FAILED")
         raise
     finally:
+        if api_env is None:
+            os.environ.pop("PREFECT_API_URL", None)
         if in_flow is None:
             os.environ.pop(IN_FLOW_ENV, None)
         else:
