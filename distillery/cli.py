@@ -56,7 +56,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
                       ("distillery.html_report", "ReportError"), ("distillery.browser", "BrowserError"),
                       ("distillery.interrupts", "LockHeld"),
                       ("distillery.slices", "SliceError"), ("distillery.suite", "SuiteError"),
-                      ("tasks.task_identity", "TaskMismatch")):
+                      ("tasks.task_identity", "TaskMismatch"), ("tasks.storage", "RemoteError")):
         module = sys.modules.get(mod)
         if module is not None and hasattr(module, name):
             errors.append(getattr(module, name))
@@ -177,6 +177,18 @@ def _detached_prefect_server():
     return DetachedServer()
 
 
+def cmd_pull(args) -> int:
+    """A fresh clone gets every stage output of dvc.lock from the remote: `distillery run` then trains nothing."""
+    root = Path(args.project_dir).resolve()
+    configure_environment(root)
+    from tasks.storage import pull_outputs
+
+    got = pull_outputs(root, args.remote or load_params(root / PARAMS_FILE, check_files=False).remote.name)
+    print(f"dvc pull: {got['fetched']} file(s) fetched from remote {got['remote']!r} ({got['url']}); "
+          f"{got['added']} added, {got['modified']} modified in the workspace")
+    return 0
+
+
 @contextlib.contextmanager
 def own_prefect_api():
     """With no PREFECT_API_URL set, this process's temporary Prefect API (see
@@ -240,7 +252,14 @@ def cmd_stage(args) -> int:
         module = importlib.import_module(f"tasks.{args.name}")
         for p in remove_stage_leftovers(root, module.io(params)):
             print(f"{args.name}: removed {p.relative_to(root)}, left by an interrupted run")
-        module.run(stage_context(root, uses_torch=getattr(module, "USES_TORCH", True)))
+        ctx = stage_context(root, uses_torch=getattr(module, "USES_TORCH", True))
+        st = params.soft_targets
+        if args.name == "soft_targets" and (st.workers or st.address):  # its chunks as tasks on Dask
+            from flows.soft_targets import dask_compute
+
+            module.run(ctx, compute=dask_compute(st, own_prefect_api))
+        else:
+            module.run(ctx)
         return 0
     except BaseException as exc:
         from distillery.interrupts import Interrupted
@@ -466,6 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "(needs --reason; recorded in the champion history)")
     run.add_argument("--reason", help="why (with --new-task)")
     run.set_defaults(func=cmd_run)
+    pull = sub.add_parser("pull", help="restore data, models and reports from the DVC remote (a fresh clone then "
+                                       "trains nothing)")
+    pull.add_argument("--remote", help="DVC remote name (default: remote.name, else DVC's default remote)")
+    pull.set_defaults(func=cmd_pull)
     sweep = sub.add_parser("sweep", help="try the student configurations of params.yaml's `sweep` in parallel on "
                                          "Dask; write the Pareto front and the best one's params file")
     sweep.add_argument("--address", help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: a "

@@ -319,6 +319,23 @@ class RegisterConfig(_Section):
     max_rows_per_request: int = Field(10_000, ge=1, le=1_000_000)  # the served pyfunc refuses larger requests
 
 
+class SoftTargetsConfig(_Section):
+    """How the soft_targets stage computes the teachers' logits (not what: none of this changes them
+    beyond float noise, so none is a DVC param of the stage)."""
+
+    chunk_rows: int = Field(2048, ge=1, le=1 << 20)   # rows per chunk: one task and one Parquet file each
+    workers: int = Field(0, ge=0, le=1024)  # Dask LocalCluster worker processes; 0 = in this process, no Dask
+    address: str | None = Field(None, min_length=1)  # an existing Dask scheduler (then `workers` is unused)
+
+
+class RemoteConfig(_Section):
+    """What the flow does with the DVC remote. The remote itself (URL, type, credentials) lives in
+    DVC's config (`.dvc/config`), deliberately not under `paths`: it is outside the project."""
+
+    push: bool = True                 # push the run's DVC outputs after a successful run
+    name: str | None = Field(None, min_length=1)  # which DVC remote; null = DVC's default (core.remote)
+
+
 # What a sweep may vary: the sections of the stages a member runs (distill, prune, quantize).
 SWEEP_SECTIONS = ("student", "distill", "prune", "quantize")
 # These shape the soft targets, which every member shares (the soft_targets stage's params).
@@ -375,6 +392,8 @@ class Params(_Section):
     gate: GateConfig = GateConfig()
     register: RegisterConfig = RegisterConfig()
     sweep: SweepConfig = SweepConfig()
+    soft_targets: SoftTargetsConfig = SoftTargetsConfig()
+    remote: RemoteConfig = RemoteConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

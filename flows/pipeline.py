@@ -31,6 +31,7 @@ from tasks import tracking
 from tasks.common import STAGES, read_json, report_path
 from tasks.register import register_model
 from tasks.run_report import markdown_link, write_run_report
+from tasks.storage import RemoteError, describe_remote, push_outputs
 from tasks.validate import length_shift
 
 STAGE_ERRORS_DIR = "errors"
@@ -175,6 +176,33 @@ def register(root: str, parent_run_id: str, flow_run_id: str | None, new_task_re
     return register_model(Path(root), params, client, exp_id, parent_run_id, flow_run_id, new_task_reason)
 
 
+@task(name="push", retries=2, retry_delay_seconds=5)
+def push(root: str, remote: str | None) -> dict:
+    """The run's DVC outputs to the remote (I/O: retried), so another clone can `distillery pull` them."""
+    return push_outputs(Path(root), remote)
+
+
+def push_to_remote(root: Path, params, client, parent_run_id: str) -> dict | None:
+    """After a successful run: push, unless `remote.push` is off. No remote configured is said
+    loudly (a warning, the run stands); a push that fails fails the run, naming the remote."""
+    if not params.remote.push:
+        return None
+    if params.remote.name is None and describe_remote(root, None) is None:
+        get_run_logger().warning("dvc push: skipped: no DVC remote configured (remote.push is on): add one with "
+                                 "`dvc remote add -d NAME URL`, or set remote.push: false")
+        client.set_tag(parent_run_id, "dvc_push", "skipped: no remote configured")
+        return None
+    try:
+        pushed = push(str(root), params.remote.name)
+    except RemoteError as exc:
+        client.set_tag(parent_run_id, "dvc_push", f"failed: {exc}"[:4000])
+        raise RemoteError(f"{exc}. The run itself succeeded and is registered; push it later with "
+                          "`dvc push` once the remote is reachable") from None
+    print(f"dvc push: {pushed['files']} file(s) to remote {pushed['remote']!r} ({pushed['url']})")
+    client.set_tag(parent_run_id, "dvc_push", f"{pushed['files']} file(s) to {pushed['remote']} ({pushed['url']})")
+    return pushed
+
+
 def publish_report(root: Path, params, client, parent_run_id: str) -> str:
     """Write the run report (reports/index.html), log it to the parent run, and return the markdown
     that links it. A report that cannot be written does not change the run's outcome: it is said here."""
@@ -228,6 +256,12 @@ def pipeline(project_dir: str = ".", new_task_reason: str | None = None) -> dict
     ran: dict[str, bool] = {}
     in_flow = os.environ.get(IN_FLOW_ENV)
     os.environ[IN_FLOW_ENV] = "1"  # stages leave their expected errors to this flow to report, once
+    api_env = os.environ.get("PREFECT_API_URL")
+    if api_env is None:  # a stage that runs a flow of its own (soft_targets on Dask) reports to this API,
+        from prefect.client.orchestration import get_client  # rather than start a server of its own
+
+        with get_client(sync_client=True) as prefect_client:
+            os.environ["PREFECT_API_URL"] = str(prefect_client.api_url)
     try:
         for stage in STAGES:
             io = importlib.import_module(f"tasks.{stage}").io(params)
@@ -291,9 +325,12 @@ def pipeline(project_dir: str = ".", new_task_reason: str | None = None) -> dict
         client.set_terminated(parent, status="KILLED" if stopped else "FAILED")
         raise
     finally:
+        if api_env is None:
+            os.environ.pop("PREFECT_API_URL", None)
         if in_flow is None:
             os.environ.pop(IN_FLOW_ENV, None)
         else:
             os.environ[IN_FLOW_ENV] = in_flow
-    return {"ran": ran, "table": summary["table"], "gate": gate, "registration": registration,
+    pushed = push_to_remote(root, params, client, parent)
+    return {"ran": ran, "pushed": pushed, "table": summary["table"], "gate": gate, "registration": registration,
             "mlflow_run_id": parent, "flow_run_id": str(fr_id) if fr_id else None}

@@ -42,6 +42,7 @@ def tiny_params(**overrides) -> dict:
     raw["teacher"].update(model="teacher_src", epochs=2, batch_size=8, learning_rate=1e-3)
     raw["student"]["layers"] = [0, 2]
     raw["distill"].update(epochs=1, batch_size=8, learning_rate=1e-3)
+    raw["soft_targets"]["workers"] = 0  # in process: a Dask cluster per run costs more than a few dozen rows
     raw["prune"].update(importance_batches=2, recovery_epochs=1)
     raw["quantize"]["opset"] = 18
     raw["measure"].update(latency_samples=5, warmup=1, throughput_batch_size=8)

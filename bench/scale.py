@@ -1,0 +1,159 @@
+"""Cost growth: each stage's wall time and peak RSS at growing training-set sizes, and how they grow.
+
+    python -m bench.scale --data ../shared/data/sst2 [--rows 10000 40000 160000] [--set KEY=VALUE ...]
+
+Per size N, a fresh bench project (bench/workdir.py, the SST-2 profile): min(N, 67,349) SST-2 training
+rows; past that, teacher-labelled augmentation (`augment.copies`, Tang et al. 2019) with
+`distill.max_train_rows` = N / (copies + 1), so the distillation set holds about N rows. Every stage
+runs as `distillery stage NAME` (the command DVC runs), in order, in a fresh process: its wall time and
+its own peak RSS (ru_maxrss from wait4, so neither this process nor another stage counts) are recorded.
+soft_targets runs in-process (`soft_targets.workers: 0`) for the memory figures; at the middle size it
+runs again on a 2-worker LocalCluster for the speed-up. The teacher fine-tune is capped by the profile
+(`teacher.max_train_rows`), so its time should not grow. Fits: time ~ rows^k (least squares in log-log)
+and RSS(largest) / RSS(smallest) per stage. Targets (issue 18): k <= 1.1, RSS ratio <= 1.5, speed-up
+>= 1.6. Writes bench/results/<date>-scale.{json,md,png}. Hours on 2 cores at the default sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.workdir import build_params, make_work_project, prepare_data
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("validate", "teacher", "soft_targets", "distill", "prune", "quantize", "evaluate")
+TARGETS = {"k": 1.1, "rss_ratio": 1.5, "speedup": 1.6}
+
+
+def size_params(raw: dict, bench: dict, rows: int, available: int) -> None:
+    """Point the bench params at about `rows` distillation rows: SST-2 first, then augmentation."""
+    real = min(rows, available)
+    copies = math.ceil(rows / real) - 1
+    bench["train_rows"] = real if real < available else None
+    raw["augment"]["copies"] = copies
+    raw["distill"]["max_train_rows"] = rows // (copies + 1) if copies else real
+    raw.setdefault("soft_targets", {})["workers"] = 0
+
+
+def run_stage(work: Path, stage: str, log) -> dict:
+    """One stage in a fresh process: wall seconds and that process's peak RSS (MB = 10^6 bytes)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "distillery.cli", "--project-dir", str(work), "stage", stage],
+                            stdout=log, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"stage {stage} failed in {work} (exit {proc.returncode}); see {log.name}")
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss * 1024 / 1e6}
+
+
+def growth(rows: list[int], values: list[float]) -> float:
+    """k in value ~ rows^k, least squares on log-log."""
+    return float(np.polyfit(np.log(rows), np.log(values), 1)[0])
+
+
+def summarize(results: dict[int, dict[str, dict]]) -> dict[str, dict]:
+    sizes = sorted(results)
+    out = {}
+    for stage in STAGES:
+        secs = [results[n][stage]["seconds"] for n in sizes]
+        rss = [results[n][stage]["peak_rss_mb"] for n in sizes]
+        out[stage] = {"k": growth(sizes, secs), "rss_ratio": rss[-1] / rss[0]}
+    return out
+
+
+def markdown(results: dict, fits: dict, speedup: dict | None) -> str:
+    sizes = sorted(results)
+    head = "| stage | " + " | ".join(f"{n:,} rows: s / MB" for n in sizes) + " | k (time ~ rows^k) | RSS ratio |\n"
+    head += "|---" * (len(sizes) + 3) + "|\n"
+    rows = "".join(f"| {s} | " + " | ".join(f"{results[n][s]['seconds']:.1f} / {results[n][s]['peak_rss_mb']:.0f}"
+                                           for n in sizes)
+                   + f" | {fits[s]['k']:.2f} | {fits[s]['rss_ratio']:.2f} |\n" for s in STAGES)
+    text = f"# Cost growth, {dt.date.today()}\n\n{head}{rows}\nTargets: k <= {TARGETS['k']}, RSS ratio <= " \
+           f"{TARGETS['rss_ratio']}, soft_targets speed-up on 2 workers >= {TARGETS['speedup']}.\n"
+    if speedup:
+        text += (f"\nsoft_targets at {speedup['rows']:,} rows: one process {speedup['one_process_s']:.1f} s, "
+                 f"2-worker LocalCluster {speedup['dask_s']:.1f} s: {speedup['speedup']:.2f}x\n")
+    return text
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(results)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for stage in STAGES:
+        a.plot(sizes, [results[n][stage]["seconds"] for n in sizes], marker="o", label=stage)
+        b.plot(sizes, [results[n][stage]["peak_rss_mb"] for n in sizes], marker="o", label=stage)
+    for ax, label in ((a, "wall time (s)"), (b, "peak RSS (MB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("distillation rows")
+        ax.set_ylabel(label)
+    a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, type=Path, help="folder with SST-2's train.tsv and dev.tsv")
+    ap.add_argument("--rows", type=int, nargs="+", default=[10_000, 40_000, 160_000])
+    ap.add_argument("--work-dir", type=Path, default=REPO / "bench" / "work" / "scale")
+    ap.add_argument("--out-dir", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a param")
+    args = ap.parse_args(argv)
+    if len(args.rows) < 2:
+        ap.error("--rows: at least two sizes, to fit a growth")
+    available = sum(1 for _ in (args.data / "train.tsv").open("rb")) - 1
+    results: dict[int, dict] = {}
+    speedup = None
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    for i, rows in enumerate(sorted(args.rows)):
+        raw, bench, _ = build_params(args.data.resolve(), False, args.set)
+        size_params(raw, bench, rows, available)
+        work = args.work_dir / f"rows-{rows}"
+        prepare_data(raw, bench, args.work_dir / f"rows-{rows}-data")
+        make_work_project(work, raw, reuse=False, note=f"scale bench {rows} rows")
+        with (args.work_dir / f"rows-{rows}.log").open("w") as log:
+            results[rows] = {s: run_stage(work, s, log) for s in STAGES}
+            print(json.dumps({"rows": rows, **results[rows]}), flush=True)
+            if i == len(args.rows) // 2:  # the speed-up of the Dask path, at the middle size
+                import yaml
+
+                params = yaml.safe_load((work / "params.yaml").read_text())
+                params["soft_targets"]["workers"] = 2
+                (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+                shutil.rmtree(work / raw["paths"]["logits_dir"], ignore_errors=True)
+                dask = run_stage(work, "soft_targets", log)
+                speedup = {"rows": rows, "one_process_s": results[rows]["soft_targets"]["seconds"],
+                           "dask_s": dask["seconds"]}
+                speedup["speedup"] = speedup["one_process_s"] / speedup["dask_s"]
+    fits = summarize(results)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.out_dir / f"{dt.date.today()}-scale"
+    Path(f"{stem}.json").write_text(json.dumps({"results": {str(k): v for k, v in results.items()}, "fits": fits,
+                                                "speedup": speedup, "targets": TARGETS}, indent=2) + "\n")
+    Path(f"{stem}.md").write_text(markdown(results, fits, speedup))
+    plot(results, Path(f"{stem}.png"))
+    print(Path(f"{stem}.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

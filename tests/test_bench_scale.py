@@ -1,0 +1,30 @@
+"""bench/scale.py's arithmetic (the benchmark itself is not a test: hours on 2 cores). ~1 s."""
+
+import math
+
+import pytest
+
+from bench.scale import STAGES, growth, markdown, size_params, summarize
+
+
+def test_sizes_past_the_real_rows_come_from_augmentation():
+    for rows, expect_copies, expect_train in ((10_000, 0, 10_000), (67_349, 0, 67_349), (160_000, 2, 53_333)):
+        raw, bench = {"augment": {}, "distill": {}}, {}
+        size_params(raw, bench, rows, available=67_349)
+        assert raw["augment"]["copies"] == expect_copies
+        assert raw["distill"]["max_train_rows"] == expect_train
+        assert raw["distill"]["max_train_rows"] * (expect_copies + 1) == pytest.approx(rows, abs=2)
+        assert raw["soft_targets"]["workers"] == 0
+
+
+def test_growth_exponent_and_memory_ratio():
+    sizes = [10_000, 40_000, 160_000]
+    assert growth(sizes, [2.0 * n for n in sizes]) == pytest.approx(1.0)
+    assert growth(sizes, [3.0 * n ** 2 for n in sizes]) == pytest.approx(2.0)
+    results = {n: {s: {"seconds": n / 1000, "peak_rss_mb": 500 + (n / 1000 if s == "distill" else 0)}
+                   for s in STAGES} for n in sizes}
+    fits = summarize(results)
+    assert fits["teacher"]["k"] == pytest.approx(1.0) and fits["teacher"]["rss_ratio"] == pytest.approx(1.0)
+    assert fits["distill"]["rss_ratio"] == pytest.approx(660 / 510)
+    text = markdown(results, fits, {"rows": 40_000, "one_process_s": 10.0, "dask_s": 6.0, "speedup": 10 / 6})
+    assert "1.67x" in text and "160,000 rows" in text and not math.isnan(fits["prune"]["k"])
