@@ -257,6 +257,8 @@ class RegisterConfig(_Section):
     tracking_uri: str | None = None
     experiment: str = Field("distillery", min_length=1)
     model_name: str = Field("distillery-student", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    retries: int = Field(4, ge=1, le=20)                 # attempts at registering while the store is unreachable
+    retry_backoff_s: float = Field(5.0, ge=0.0, le=600.0)  # wait before the 2nd attempt; doubles after each
 
 
 # What a sweep may vary: the sections of the stages a member runs (distill, prune, quantize).

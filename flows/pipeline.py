@@ -129,12 +129,20 @@ def publish_validation(report: dict, shift: dict | None) -> None:
                              description="Data validation: failed checks, files, rows")
 
 
-@task(name="register", retries=2, retry_delay_seconds=5)
+@task(name="register")
 def register(root: str, parent_run_id: str, flow_run_id: str | None) -> dict:
+    """Retried only when the store cannot be reached (register.retries, doubling waits); a request the
+    store refuses fails at once. A retry settles its own interrupted attempt first (see register_model)."""
     params = load_params(Path(root) / "params.yaml")
-    client = tracking.client_for(Path(root), params)
-    exp_id = tracking.experiment_id(client, Path(root), params)
-    return register_model(Path(root), params, client, exp_id, parent_run_id, flow_run_id)
+    cfg = params.register
+
+    def attempt() -> dict:
+        client = tracking.client_for(Path(root), params)
+        exp_id = tracking.experiment_id(client, Path(root), params)
+        return register_model(Path(root), params, client, exp_id, parent_run_id, flow_run_id)
+
+    return tracking.with_store_retries(attempt, tracking.tracking_uri(Path(root), params), cfg.retries,
+                                       cfg.retry_backoff_s, "registration")
 
 
 def publish_report(root: Path, params, client, parent_run_id: str) -> str:
