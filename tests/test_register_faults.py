@@ -21,7 +21,6 @@ import pytest
 from tasks.register import REGISTER_STEPS
 from tests.helpers import copy_project
 
-pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 NAME = "distillery-student"
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +108,7 @@ def check_invariants(state: dict, where: str) -> None:
         assert after["from"] == before["version"], f"{where}: champion history broken: {moves}"
 
 
+@pytest.mark.slow
 def test_register_killed_at_each_write_recovers_and_registers_exactly_once(finished, tmp_path):
     root = finished
     plan: list[tuple[str, str | None]] = [("base", None)]
@@ -165,3 +165,24 @@ def test_register_killed_at_each_write_recovers_and_registers_exactly_once(finis
 
 if __name__ == "__main__":  # the driver: python -m tests.test_register_faults ROOT PLAN_JSON
     print(json.dumps(drive(Path(sys.argv[1]), [tuple(p) for p in json.loads(sys.argv[2])])))
+
+
+def test_a_champion_move_cut_short_is_finished_once(tmp_path):
+    """The alias moved but the kill came before the champion stack and history were written:
+    finishing the move writes them once, from the right predecessor; repeating it writes nothing."""
+    from mlflow import MlflowClient
+
+    from tasks.promotion import STACK_TAG, _read_tag, ensure_champion, history, move_champion
+
+    uri = f"sqlite:///{tmp_path / 'r.db'}"
+    c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    c.create_registered_model(NAME)
+    for _ in range(2):
+        c.create_model_version(NAME, source=str(tmp_path))
+    move_champion(c, NAME, "1", kind="auto_promote", reason="first")
+    c.set_registered_model_alias(NAME, "champion", "2")  # ... and killed here
+    entry = ensure_champion(c, NAME, "2", kind="auto_promote", reason="recovered")
+    assert entry["from"] == "1" and _read_tag(c, NAME, STACK_TAG) == ["1", "2"]
+    assert [(m["from"], m["version"]) for m in history(c, NAME)] == [(None, "1"), ("1", "2")]
+    assert ensure_champion(c, NAME, "2", kind="auto_promote", reason="again") is None
+    assert len(history(c, NAME)) == 2

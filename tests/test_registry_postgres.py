@@ -80,6 +80,21 @@ def postgres():
         shutil.rmtree(base, ignore_errors=True)
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """End a server started in its own process group (it and its workers): SIGTERM, then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+    proc.wait(timeout=30)
+
+
 def register_here(root: Path) -> None:
     """One pipeline's register step (what the flow's register task runs), for the child processes."""
     from distillery.config import load_params
@@ -151,8 +166,7 @@ def test_four_pipelines_register_at_once_on_a_postgres_backed_server(postgres, f
         assert [m["version"] for m in moves] == [r["version"] for r in sorted(records, key=lambda r: int(r["version"]))
                                                  if r["promoted"]]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_group(server)
 
 
 if __name__ == "__main__":  # one pipeline's register step: python -m tests.test_registry_postgres PROJECT
