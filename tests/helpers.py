@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -153,3 +155,18 @@ def copy_project(src: Path, dest: Path) -> Path:
     """A finished project copied (its links kept as links), to change without touching the original."""
     shutil.copytree(src, dest, symlinks=True)
     return dest
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """End a server started in its own process group (it and its workers): SIGTERM, then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+    proc.wait(timeout=30)

@@ -186,3 +186,24 @@ def test_a_champion_move_cut_short_is_finished_once(tmp_path):
     assert [(m["from"], m["version"]) for m in history(c, NAME)] == [(None, "1"), ("1", "2")]
     assert ensure_champion(c, NAME, "2", kind="auto_promote", reason="again") is None
     assert len(history(c, NAME)) == 2
+
+
+@pytest.mark.slow
+def test_distillery_status_settles_interrupted_registrations(finished):
+    """`distillery status`, not only the next run, completes a decided pending version and
+    abandons an undecided one, and shows what it did."""
+    root = finished
+    plan = [("base", None), ("decided", "after_challenger")]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    out = subprocess.run([sys.executable, "-m", "tests.test_register_faults", str(root), json.dumps(plan)],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [0, -9], out.stdout[-3000:] + out.stderr[-3000:]
+    assert snapshot(root)["versions"]["2"]["registration"] == "pending"
+    status = subprocess.run([str(BIN / "distillery"), "--project-dir", str(root), "status"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert status.returncode == 0, status.stdout[-3000:] + status.stderr[-3000:]
+    assert "version 2 of an interrupted registration completed" in status.stdout
+    state = snapshot(root)
+    assert state["versions"]["2"]["registration"] == "complete"
+    check_invariants(state, "after distillery status")
+    assert "challenger" in state["aliases"]["2"]

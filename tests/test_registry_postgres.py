@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import copy_project, free_port, wait_for_http
+from tests.helpers import copy_project, free_port, stop_group, wait_for_http
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -78,21 +78,6 @@ def postgres():
                 except ProcessLookupError:
                     break
         shutil.rmtree(base, ignore_errors=True)
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """End a server started in its own process group (it and its workers): SIGTERM, then SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            continue
-        except ProcessLookupError:
-            return
-    proc.wait(timeout=30)
 
 
 def register_here(root: Path) -> None:

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import copy_project, free_port, wait_for_http
-from tests.test_registry_postgres import stop_group
+from tests.helpers import copy_project, free_port, stop_group, wait_for_http
 
 BIN = Path(sys.executable).parent
 NAME = "distillery-student"
