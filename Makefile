@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test install chromium images-tools image serving-image bench bench-mrpc ui clean
+.PHONY: run test install chromium postgresql images-tools image serving-image bench bench-mrpc ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,7 +48,16 @@ image:
 serving-image:
 	docker/build-image.sh serving $(SERVING_IMAGE)
 
-test: $(STAMP) chromium images-tools
+
+# The multi-user registry test runs an `mlflow server` on PostgreSQL (Debian's package; started by the
+# test in a temp dir as the `postgres` user, on a loopback port).
+PG_INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+postgresql:
+	@test -n "$(PG_INITDB)" || { test "$$(id -u)" = 0 || { echo "make: PostgreSQL is missing; as root: apt-get install -y postgresql"; exit 1; }; \
+	  echo "make: installing Debian's postgresql package"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; }
+
+test: $(STAMP) chromium postgresql images-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The SST-2 benchmark (bench/): the pipeline on real data against its alternatives; about 40 minutes

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from distillery.code_deps import link_code
 from distillery.config import PARAMS_FILE, ConfigError, Params, apply_overrides, params_from_dict, read_raw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ BENCHMARKS = {
 }
 MARKER = ".distillery-bench"  # only a folder holding this file is ever deleted by the benchmark
 BENCH_KEYS = {"train_rows": None, "eval_rows": None}
-GITIGNORE = "/data/\n/models/\n/reports/\n/mlruns/\n/.prefect/\n/baselines/\n/logs/\n" + f"/{MARKER}\n"
+GITIGNORE = "/data/\n/models/\n/reports/\n/mlruns/\n/.prefect/\n/baselines/\n/logs/\n/distillery\n/tasks\n" + f"/{MARKER}\n"
 
 
 def merge_profile(raw: dict, profile: dict) -> dict:
@@ -117,12 +118,14 @@ def make_work_project(work: Path, raw: dict, *, reuse: bool, note: str) -> bool:
                               "refusing to delete it: choose another --work-dir")
         if reuse:
             (work / PARAMS_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
+            link_code(work)
             return False
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     (work / MARKER).write_text("created by distillery bench; deleted and rebuilt by the next run\n")
     shutil.copy(REPO / "dvc.yaml", work / "dvc.yaml")
     shutil.copy(REPO / "must_pass.yaml", work / "must_pass.yaml")  # gate.suite: a dep of evaluate
+    link_code(work)  # dvc.yaml's code deps: the code that runs
     (work / PARAMS_FILE).write_text(yaml.safe_dump(raw, sort_keys=False))
     (work / ".gitignore").write_text(GITIGNORE)
     # A commit is needed for the registry's lineage tags (and by `dvc exp`); DVC itself is

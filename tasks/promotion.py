@@ -75,6 +75,31 @@ def move_champion(client, name: str, version: str, *, kind: str, reason: str, us
     return entry
 
 
+def ensure_champion(client, name: str, version: str, *, kind: str, reason: str, user: str | None = None) -> dict | None:
+    """`move_champion`, made safe to repeat after a kill part-way through it (alias, stack, history
+    are three writes): whatever of the move is already recorded is not recorded twice. Returns the
+    history entry written, or None when the move was complete already."""
+    version = str(version)
+    stack = _read_tag(client, name, STACK_TAG)
+    moves = _read_tag(client, name, HISTORY_TAG)
+    current = current_champion(client, name)
+    if current != version:
+        return move_champion(client, name, version, kind=kind, reason=reason, user=user)
+    # The alias moved; finish the stack and the history the kill left unwritten.
+    if moves and moves[-1].get("version") == version:
+        return None
+    previous = stack[-2] if stack and stack[-1] == version and len(stack) > 1 else (
+        stack[-1] if stack and stack[-1] != version else None)
+    if not stack or stack[-1] != version:
+        stack.append(version)
+        _write_tag(client, name, STACK_TAG, stack)
+    entry = {"kind": kind, "version": version, "from": previous, "reason": reason,
+             "by": user or getpass.getuser(), "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    _write_tag(client, name, HISTORY_TAG, moves + [entry])
+    client.set_model_version_tag(name, version, "champion_since", entry["at"])
+    return entry
+
+
 def promote(tracking_uri: str, client, name: str, version: str, *, force: bool = False, reason: str | None = None) -> dict:
     """`distillery promote VERSION`: refuses a version that failed its gate unless forced with a reason."""
     from mlflow.exceptions import MlflowException
@@ -84,6 +109,10 @@ def promote(tracking_uri: str, client, name: str, version: str, *, force: bool =
             mv = client.get_model_version(name, str(version))
         except MlflowException:
             raise PromotionError(f"{name} has no version {version}") from None
+        state = mv.tags.get("registration")
+        if state in ("pending", "abandoned"):
+            raise PromotionError(f"version {version}'s registration is {state}: it has no recorded decision "
+                                 "(`distillery status` completes or abandons interrupted registrations)")
         passed = mv.tags.get("gate_passed") == "true"
         if not passed and not force:
             raise PromotionError(

@@ -13,6 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+import signal
 import subprocess
 from importlib.metadata import version as pkg_version
 from pathlib import Path
@@ -129,7 +131,7 @@ def _find_same_model(client, name: str, md5: str):
         versions = client.search_model_versions(f"name='{name}'")
     except MlflowException:
         return None
-    same = [v for v in versions if v.tags.get("model_md5") == md5]
+    same = [v for v in versions if v.tags.get("model_md5") == md5 and v.tags.get(REGISTRATION_TAG) != ABANDONED]
     return max(same, key=lambda v: int(v.version)) if same else None
 
 
@@ -191,6 +193,109 @@ def recorded_decision(version, thresholds: GateDecision) -> dict:
                                        skipped=True)).to_dict()
 
 
+# Registration is a transaction on the registry, which has none: the version is created with its
+# lineage and a `registration=pending` marker in one call; the decision is recorded next, then the
+# aliases move, and the marker is cleared last. A registration killed in between leaves a pending
+# version that the next registration (or `distillery status`) completes from its recorded decision,
+# or marks abandoned when no decision was recorded; no alias ever points at an undecided version.
+REGISTRATION_TAG = "registration"
+PENDING, ABANDONED = "pending", "abandoned"
+PENDING_BY_TAG = "registration_pending_by"  # {"pid", "host", "at"}: who is registering it
+STALE_AFTER_S = 3600  # a pending version of another machine is taken as orphaned after this
+FAULT_ENV = "DISTILLERY_FAULT"  # tests only: "register:<step>" SIGKILLs this process at that step
+REGISTER_STEPS = ("after_log_model", "after_create", "after_decision", "after_challenger", "after_champion",
+                  "after_clear")
+
+
+def fault_point(step: str) -> None:
+    """Deterministic fault injection for the tests: die here, as a kill -9 would, if asked to."""
+    if os.environ.get(FAULT_ENV) == f"register:{step}":
+        print(f"register: {FAULT_ENV} asks for a kill {step}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _orphaned(version) -> bool:
+    """Is the process that left this version pending gone? (Caller holds the registry lock, which
+    every registration on this machine holds throughout; another machine's is judged by age.)"""
+    import socket
+
+    import psutil
+
+    try:
+        by = json.loads(version.tags.get(PENDING_BY_TAG, "{}"))
+    except json.JSONDecodeError:
+        by = {}
+    if by.get("host") == socket.gethostname():
+        try:
+            alive = psutil.Process(int(by.get("pid", 0))).create_time() <= float(by.get("started", 0)) + 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+            alive = False
+        return not alive or int(by.get("pid", 0)) == os.getpid()
+    created = dt.datetime.fromisoformat(by["at"]) if by.get("at") else None
+    return created is None or (dt.datetime.now(dt.timezone.utc) - created).total_seconds() > STALE_AFTER_S
+
+
+def pending_versions(client, name: str) -> list:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return []
+    return sorted((v for v in versions if v.tags.get(REGISTRATION_TAG) == PENDING), key=lambda v: int(v.version))
+
+
+def recover_pending(client, name: str, *, orphaned_only: bool = True) -> list[dict]:
+    """Complete or abandon the registrations a killed process left pending. Caller holds the lock.
+
+    A version whose decision was recorded gets the aliases that decision gives it (idempotently:
+    a move already made is not made twice), then its marker is cleared. One without a recorded
+    decision is tagged abandoned, loses any alias, and is never promoted or reused."""
+    from tasks.promotion import ensure_champion
+
+    done = []
+    for v in pending_versions(client, name):
+        if orphaned_only and not _orphaned(v):
+            continue
+        version = str(v.version)
+        raw = v.tags.get(DECISION_TAG)
+        if raw and v.tags.get("promotion_decided") == "true":
+            promote = v.tags.get("promote") == "true"
+            client.set_registered_model_alias(name, CHALLENGER, version)
+            if promote:
+                ensure_champion(client, name, version, kind="auto_promote", reason=v.tags.get("promotion", ""),
+                                user=f"recovery of pipeline {v.tags.get('prefect_flow_run_id', 'local')}")
+            client.set_model_version_tag(name, version, REGISTRATION_TAG, "complete")
+            done.append({"version": version, "outcome": "completed", "promoted": promote})
+        else:
+            for alias in aliases_by_version(client, name).get(version, set()):
+                client.delete_registered_model_alias(name, alias)
+            client.set_model_version_tag(name, version, REGISTRATION_TAG, ABANDONED)
+            client.set_model_version_tag(name, version, "abandoned_reason",
+                                         "registration interrupted before its decision was recorded")
+            done.append({"version": version, "outcome": ABANDONED, "promoted": False})
+        print(f"register: version {version} of an interrupted registration {done[-1]['outcome']}")
+    return done
+
+
+def recover_if_idle(client, name: str, wait_s: float = 5.0) -> list[dict] | None:
+    """`distillery status`: settle interrupted registrations, unless a registration holds the lock
+    now (then None: nothing is touched)."""
+    from filelock import Timeout
+
+    from tasks.promotion import registry_lock
+
+    lock = registry_lock(client.tracking_uri)
+    try:
+        lock.acquire(timeout=wait_s)
+    except Timeout:
+        return None
+    try:
+        return recover_pending(client, name)
+    finally:
+        lock.release()
+
+
 def register_model(root: Path, params: Params, client, exp_id: str, parent_run_id: str,
                    flow_run_id: str | None, new_task_reason: str | None = None) -> dict:
     """Register the final model, decide its promotion and write the decision record.
@@ -198,9 +303,12 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
     Returns the record also written to reports/promotion.json (not a DVC output: it is the
     registry's own record, and rewriting the evaluate stage's gate.json would make DVC re-run it).
     """
-    import mlflow
+    import socket
 
-    from tasks.promotion import move_champion, registry_lock
+    import mlflow
+    import psutil
+
+    from tasks.promotion import ensure_champion, registry_lock
 
     name, metric = params.register.model_name, params.gate.metric
     qdir = Path(root) / params.paths.quantized_dir
@@ -211,6 +319,7 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
     base = {"model_name": name, "metric": metric, "candidate_value": float(figures[metric]),
             "flow_run_id": flow_run_id, "decided_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     with registry_lock(client.tracking_uri):
+        recovered = recover_pending(client, name)
         # A champion of another task is never compared with nor replaced, unless --new-task says so.
         identity = check_task_identity(root, params, client, new_task_reason)
         existing = _find_same_model(client, name, md5)
@@ -219,7 +328,7 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
             # recorded decision stands.
             aliases = sorted(aliases_by_version(client, name).get(str(existing.version), set()))
             record = {**base, "version": str(existing.version), "new_version": False, "aliases": aliases,
-                      "promoted": CHAMPION in aliases, "champion": None,
+                      "promoted": CHAMPION in aliases, "champion": None, "recovered": recovered,
                       "reason": f"model unchanged: identical to version {existing.version}, nothing registered",
                       "decision": recorded_decision(existing, thresholds)}
             write_json_atomic(report_path(root, params, PROMOTION_REPORT), record)
@@ -235,24 +344,30 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
                 # Outputs: label + class probabilities; the pyfunc checks its input itself
                 # (one text column, or both columns of a sentence-pair model).
                 input_example=input_example(qdir), signature=output_signature(qdir),
-                model_config={MAX_ROWS_KEY: params.register.max_rows_per_request},
-                registered_model_name=name, await_registration_for=60)
-        mv_version = str(info.registered_model_version)
-        # model_md5 first: a retried task then finds this version instead of registering it twice.
-        tags = {**lineage_tags(root, params, flow_run_id), "model_md5": md5,
+                model_config={MAX_ROWS_KEY: params.register.max_rows_per_request})
+        fault_point("after_log_model")
+        # 1. The version, its lineage and the pending marker in one call: no version without lineage.
+        me = psutil.Process()
+        pending_by = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": me.create_time(),
+                                 "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        tags = {REGISTRATION_TAG: PENDING, PENDING_BY_TAG: pending_by,
+                **lineage_tags(root, params, flow_run_id), "model_md5": md5,
+                SIGNATURE_TAG: json.dumps(identity["signature"]),
                 **{f"metric.{k}": str(figures[k]) for k in FIGURES}}
-        for k, v in tags.items():
-            client.set_model_version_tag(name, mv_version, k, v)
-        client.set_model_version_tag(name, mv_version, SIGNATURE_TAG, json.dumps(identity["signature"]))
+        mv = mlflow.register_model(info.model_uri, name, await_registration_for=60, tags=tags)
+        mv_version = str(mv.version)
+        fault_point("after_create")
+        # 2. The decision, recorded before any alias moves.
         champ = previous = _champion(client, name)
+        changed = ""
         if identity["new_task"]:  # the champion is of another task: not a baseline, never re-scored
             champ = None
+            changed = "; ".join(differences(identity["signature"], identity["champion_signature"]))
         champ_value, champ_source, champ_pred = (None, "not compared (gate.max_regression is null)", None) \
             if params.gate.max_regression is None and params.gate.max_slice_regression is None \
             else champion_figure(client, name, champ, root, params)
         decision = thresholds
         if identity["new_task"]:
-            changed = "; ".join(differences(identity["signature"], identity["champion_signature"]))
             checks = [Check(CHAMPION_CHECK, True, None, params.gate.max_regression,
                             f"{CHAMPION_CHECK}: skipped: champion v{previous.version} is of another task ({changed}); "
                             f"--new-task: {new_task_reason}", skipped=True)]
@@ -263,21 +378,30 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
         for check in checks:
             decision = decision.with_check(check)
         promotion = decide_promotion(decision)
-        for k, v in {"gate_passed": str(decision.passed).lower(), "gate_reasons": "; ".join(decision.reasons)[:4000],
-                     DECISION_TAG: json.dumps(decision.to_dict(), sort_keys=True)}.items():
-            client.set_model_version_tag(name, mv_version, k, v)
         client.update_model_version(name, mv_version, description=describe(figures, decision))
+        decided = {"gate_passed": str(decision.passed).lower(), "gate_reasons": "; ".join(decision.reasons)[:4000],
+                   DECISION_TAG: json.dumps(decision.to_dict(), sort_keys=True),
+                   "promotion": promotion.reason, "promote": str(promotion.promote).lower()}
+        if promotion.promote and previous is not None:
+            decided["previous_champion"] = str(previous.version)
+        for k, v in decided.items():
+            client.set_model_version_tag(name, mv_version, k, v)
+        client.set_model_version_tag(name, mv_version, "promotion_decided", "true")  # the decision is complete
+        fault_point("after_decision")
+        # 3. The aliases, from the recorded decision.
         client.set_registered_model_alias(name, CHALLENGER, mv_version)
+        fault_point("after_challenger")
         if promotion.promote:
             kind, why = ("auto_promote", promotion.reason) if not identity["new_task"] else (
                 "new_task", f"new task replaces champion v{previous.version} ({changed}): {new_task_reason}")
-            move_champion(client, name, mv_version, kind=kind, reason=why, user=f"pipeline {flow_run_id or 'local'}")
-            if previous is not None:
-                client.set_model_version_tag(name, mv_version, "previous_champion", str(previous.version))
-        client.set_model_version_tag(name, mv_version, "promotion", promotion.reason)
+            ensure_champion(client, name, mv_version, kind=kind, reason=why, user=f"pipeline {flow_run_id or 'local'}")
+        fault_point("after_champion")
+        # 4. Done: the marker goes last.
+        client.set_model_version_tag(name, mv_version, REGISTRATION_TAG, "complete")
+        fault_point("after_clear")
         record = {**base, "version": mv_version, "new_version": True, "promoted": promotion.promote,
                   "aliases": [CHALLENGER] + ([CHAMPION] if promotion.promote else []),
-                  "reason": promotion.reason, "model_uri": info.model_uri,
+                  "reason": promotion.reason, "model_uri": f"models:/{name}/{mv_version}", "recovered": recovered,
                   "champion": None if champ is None else {"version": str(champ.version), "value": champ_value,
                                                            "source": champ_source},
                   "decision": decision.to_dict(), "task": identity}
@@ -307,6 +431,7 @@ def registry_status(client, name: str) -> dict:
     for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
         rows.append({"version": str(v.version), "aliases": sorted(aliases.get(str(v.version), set())),
                      "gate_passed": v.tags.get("gate_passed"), "promotion": v.tags.get("promotion", ""),
+                     "registration": v.tags.get(REGISTRATION_TAG, "complete"),
                      **{k: v.tags.get(f"metric.{k}") for k in FIGURES}})
     by_alias = {a: r["version"] for r in rows for a in r["aliases"]}
     return {"model_name": name, "champion": by_alias.get(CHAMPION), "challenger": by_alias.get(CHALLENGER),

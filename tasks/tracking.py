@@ -34,6 +34,7 @@ def client_for(root: Path, params: Params):
     from mlflow import MlflowClient
 
     uri = tracking_uri(root, params)
+    bound_http_retries(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if not uri.startswith("sqlite:///"):
@@ -207,3 +208,63 @@ def log_gate_checks(client, run_id: str, checks: list[dict]) -> None:
         if c.get("rule"):
             tags.append(RunTag(f"gate.{c['name']}.rule", c["rule"]))
     client.log_batch(run_id, metrics=metrics, tags=tags)
+
+
+class RegistryUnavailable(RuntimeError):
+    """The MLflow tracking server could not be reached, after bounded retries; the message names it."""
+
+
+# How a refused or dropped connection reads once MLflow has wrapped it (it re-raises as a plain
+# MlflowException, the requests error kept only as context).
+_CONNECTION_SIGNS = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection",
+                     "Connection aborted", "RemoteDisconnected", "Connection reset", "ConnectionError")
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """A store that is down or restarting (worth retrying), as opposed to a request it refused
+    (a validation or permission error: retrying cannot help)."""
+    import requests
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (requests.exceptions.ConnectionError, ConnectionError)):
+            return True
+        if type(exc).__name__ == "MlflowException" and any(s in str(exc) for s in _CONNECTION_SIGNS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def bound_http_retries(uri: str) -> None:
+    """MLflow retries each HTTP request 7 times with doubling waits (about 4 minutes); Distillery
+    retries whole registry steps instead (`with_store_retries`), so each request gives up sooner.
+    An explicit MLFLOW_HTTP_REQUEST_* setting wins."""
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+
+
+def with_store_retries(fn, uri: str, attempts: int, backoff_s: float, what: str):
+    """Run `fn` (safe to repeat: registration recovers its own interrupted attempt), retrying only
+    on connection errors, waiting backoff_s, 2*backoff_s, ... in between; then a clear failure."""
+    import time
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            short = " ".join(str(exc).split())[:300]
+            if attempt >= attempts:
+                raise RegistryUnavailable(
+                    f"MLflow tracking server {uri} unreachable: {what} failed {attempts} time(s), last: {short}. "
+                    "The models and reports are on disk; run again once the server is back "
+                    "(the registration is then completed exactly once)") from exc
+            delay = backoff_s * 2 ** (attempt - 1)
+            print(f"registry: {uri} unreachable during {what} (attempt {attempt}/{attempts}); "
+                  f"retrying in {delay:.0f} s: {short}")
+            time.sleep(delay)
+    raise AssertionError("unreachable")

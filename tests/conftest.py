@@ -43,3 +43,30 @@ def prefect_harness(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def finished_project(tmp_path_factory):
+    """A tiny project after a complete `dvc repro` (models and reports on disk, nothing registered),
+    with its own copy of the code (first on PYTHONPATH when a test wants the copy to run). Tests copy
+    it (`copy_project`) rather than change it: one pipeline run for all of them."""
+    import shutil
+    import subprocess
+    import sys
+
+    from distillery.code_deps import PACKAGES
+    from distillery.demo_data import make_demo_dataset
+    from tests.helpers import ROOT, make_project, tiny_params
+
+    params = tiny_params()
+    train, eval_ = make_demo_dataset(params["data"]["demo_rows"], params["base"]["seed"])
+    root = tmp_path_factory.mktemp("finished") / "p"
+    for pkg in PACKAGES:  # a copy instead of make_project's links: tests may edit it
+        shutil.copytree(ROOT / pkg, root / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    root = make_project(root, params, list(train.text) + list(eval_.text))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run(["dvc", "init", "-q"], cwd=root, check=True, env=env)
+    done = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return root

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import yaml
+
+from distillery.code_deps import link_code
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -99,7 +103,9 @@ def make_project(dest: Path, params: dict, teacher_texts: list[str], **teacher) 
     shutil.copy(ROOT / "must_pass.yaml", dest / "must_pass.yaml")  # gate.suite: a dep of evaluate
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     make_tiny_teacher(dest / "teacher_src", teacher_texts, **teacher)
-    (dest / ".gitignore").write_text("/data/\n/models/\n/reports/\n/mlruns/\n/.prefect/\n/teacher_src/\n")
+    link_code(dest)  # dvc.yaml's code deps: the code that runs
+    (dest / ".gitignore").write_text("/data/\n/models/\n/reports/\n/mlruns/\n/.prefect/\n/teacher_src/\n"
+                                     "/distillery\n/tasks\n")
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "init"]):
         subprocess.run(cmd, cwd=dest, check=True)
@@ -145,3 +151,24 @@ def external_refs(html: str) -> list[str]:
     what a self-contained page must not have."""
     refs = re.findall(r"""(?:\bsrc|\bhref)\s*=\s*["']?([^"'\s>]*)|url\(\s*["']?([^"')\s]*)""", html, re.I)
     return [r for pair in refs for r in pair if r and not r.startswith(("data:", "#"))]
+
+
+def copy_project(src: Path, dest: Path) -> Path:
+    """A finished project copied (its links kept as links), to change without touching the original."""
+    shutil.copytree(src, dest, symlinks=True)
+    return dest
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """End a server started in its own process group (it and its workers): SIGTERM, then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+    proc.wait(timeout=30)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from distillery.code_deps import is_code_dep
 from distillery.config import load_params
 from tasks.common import STAGES
 
@@ -31,7 +32,8 @@ def test_declared_io_matches_dvc_yaml(dvc_stages, stage):
     params = load_params(ROOT / "params.yaml", check_files=False)
     io = importlib.import_module(f"tasks.{stage}").io(params)
     st = dvc_stages[stage]
-    file_deps = [str(d.def_path) for d in st.deps if type(d).__name__ != "ParamsDependency"]
+    file_deps = [str(d.def_path) for d in st.deps if type(d).__name__ != "ParamsDependency"
+                 and not is_code_dep(str(d.def_path))]  # code deps: tests/test_code_deps.py
     param_deps = [p for d in st.deps if type(d).__name__ == "ParamsDependency" for p in d.params]
     assert file_deps == io.deps
     assert [str(o.def_path) for o in st.outs] == io.outs + io.metrics

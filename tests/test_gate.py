@@ -7,6 +7,8 @@ from distillery.gate import CHAMPION_CHECK, GateDecision, champion_check, decide
 
 TEACHER = {"accuracy": 0.90, "size_mb": 90.0, "latency_p50_ms": 20.0}
 GOOD = {"accuracy": 0.88, "size_mb": 5.0, "latency_p50_ms": 2.0}
+# GateConfig's defaults are params.yaml's thresholds; OFF switches those off for tests of single checks.
+OFF = dict(min_accuracy=None, min_retention=None, max_size_mb=None, max_latency_p50_ms=None)
 CFG = GateConfig(min_accuracy=0.8, min_retention=0.95, max_size_mb=10.0, max_latency_p50_ms=5.0)
 
 
@@ -35,7 +37,7 @@ def test_boundary_values_pass():
 
 def test_null_thresholds_are_not_checked():
     d = evaluate_gate({"accuracy": 0.1, "size_mb": 1e9, "latency_p50_ms": 1e9}, TEACHER,
-                      GateConfig(min_accuracy=0.05))
+                      GateConfig(**{**OFF, "min_accuracy": 0.05}))
     assert d.passed and [c.name for c in d.checks] == ["accuracy"]
 
 
@@ -103,7 +105,7 @@ def test_decision_with_skipped_champion_check_round_trips_and_reports_status():
 
 def test_optional_checks_macro_f1_weakest_class_p95_and_calibration():
     cand = {**GOOD, "macro_f1": 0.86, "per_class_recall": [0.95, 0.40, 0.90], "latency_p95_ms": 9.0, "ece": 0.08}
-    cfg = GateConfig(min_macro_f1=0.85, min_class_recall=0.5, max_latency_p95_ms=10.0, max_ece=0.05)
+    cfg = GateConfig(**OFF, min_macro_f1=0.85, min_class_recall=0.5, max_latency_p95_ms=10.0, max_ece=0.05)
     d = evaluate_gate(cand, TEACHER, cfg)
     by_name = {c.name: c for c in d.checks}
     assert set(by_name) == {"macro_f1", "min_class_recall", "latency_p95_ms", "ece"}

@@ -8,7 +8,8 @@ from distillery.report import gate_rows, print_run_summary, print_status
 
 FIGURES = {"accuracy": 0.80, "macro_f1": 0.79, "size_mb": 5.0, "params": 1000, "latency_p50_ms": 2.0,
            "latency_p95_ms": 3.0, "throughput_sps": 100.0}
-DECISION = evaluate_gate(FIGURES, {"accuracy": 0.85}, GateConfig(min_accuracy=0.6, max_size_mb=10.0)).with_check(
+DECISION = evaluate_gate(FIGURES, {"accuracy": 0.85}, GateConfig(min_accuracy=0.6, max_size_mb=10.0, min_retention=None,
+                                                                     max_latency_p50_ms=None)).with_check(
     champion_check("accuracy", 0.80, 0.85, 0.01, "3", "re-scored on the current eval data")).to_dict()
 
 
