@@ -189,7 +189,7 @@ def test_bilstm_student_over_the_teacher_word_embeddings(family):
     from distillery.student import build_student
 
     name, model, tok, batches = family
-    cfg = StudentConfig(architecture="bilstm", bilstm={"hidden_size": 8, "classifier_hidden": 8})
+    cfg = StudentConfig(architecture="bilstm", trim_vocabulary=False, bilstm={"hidden_size": 8, "classifier_hidden": 8})
     built = build_student(model, tok, cfg, TEXTS, 32, seed=0)
     width = model.get_input_embeddings().weight.shape[1]  # ELECTRA: its embedding_size
     assert built.model.embeddings.weight.shape == (len(tok), width)
