@@ -87,7 +87,7 @@ RUN --mount=type=secret,id=pipcert \
 # stays in the image: /app/distillery, /app/tasks and /app/flows are links to /opt/distillery, so
 # a newer image runs (and DVC hashes) the newer code over the same volume.
 WORKDIR /app
-COPY params.yaml dvc.yaml .dvcignore .gitignore ./
+COPY params.yaml dvc.yaml must_pass.yaml .dvcignore .gitignore ./
 COPY .dvc/config .dvc/.gitignore ./.dvc/
 RUN ln -s /opt/distillery/distillery /opt/distillery/tasks /opt/distillery/flows . \
  && mkdir -p mlruns && git init -q && git add -A \

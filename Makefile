@@ -14,7 +14,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: run test install chromium postgresql images-tools image serving-image bench bench-mrpc ui clean
+.PHONY: run test test-fast install chromium postgresql images-tools image serving-image bench bench-mrpc ui clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ postgresql:
 
 test: $(STAMP) chromium postgresql images-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast loop while changing code: unit and stage tests, no real pipelines (`slow`): ~1.5 minutes.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # The SST-2 benchmark (bench/): the pipeline on real data against its alternatives; about 40 minutes
 # on 2 cores. Writes bench/results/<date>-sst2.* and the README's benchmark section.
