@@ -60,6 +60,23 @@ def output_signature(model_dir: Path):
         [ColSpec("string", "label")] + [ColSpec("double", f"prob_{label}") for label in labels]))
 
 
+def log_served_model(model_dir: Path, max_rows_per_request: int | None):
+    """Log `model_dir` (an int8 ONNX model directory) as the served pyfunc, in the active MLflow run:
+    tasks/pyfunc_model.py with the directory as its `model_dir` artifact and the `distillery` package
+    as its code, so loading needs only the serving dependencies. Returns MLflow's ModelInfo."""
+    import mlflow
+
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+        artifacts={"model_dir": str(model_dir)},
+        code_paths=[str(Path(__file__).resolve().parents[1] / "distillery")],
+        pip_requirements=[f"{p}=={pkg_version(p)}" for p in SERVING_PACKAGES],
+        # Outputs: label + class probabilities; the pyfunc checks its input itself
+        # (one text column, or both columns of a sentence-pair model).
+        input_example=input_example(model_dir), signature=output_signature(model_dir),
+        model_config={MAX_ROWS_KEY: max_rows_per_request})
+
+
 def git_lineage(root: Path) -> dict:
     def git(*args):
         r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
@@ -336,15 +353,7 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
         run = client.create_run(exp_id, run_name="register", tags={"mlflow.parentRunId": parent_run_id,
                                                                    "distillery.stage": "register"})
         with mlflow.start_run(run_id=run.info.run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                artifacts={"model_dir": str(qdir)},
-                code_paths=[str(Path(__file__).resolve().parents[1] / "distillery")],
-                pip_requirements=[f"{p}=={pkg_version(p)}" for p in SERVING_PACKAGES],
-                # Outputs: label + class probabilities; the pyfunc checks its input itself
-                # (one text column, or both columns of a sentence-pair model).
-                input_example=input_example(qdir), signature=output_signature(qdir),
-                model_config={MAX_ROWS_KEY: params.register.max_rows_per_request})
+            info = log_served_model(qdir, params.register.max_rows_per_request)
         fault_point("after_log_model")
         # 1. The version, its lineage and the pending marker in one call: no version without lineage.
         me = psutil.Process()

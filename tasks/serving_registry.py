@@ -71,24 +71,17 @@ def register_model_dir(client, experiment_id: str, name: str, model_dir: Path, *
     pyfunc of tasks/pyfunc_model.py with the directory as its `model_dir` artifact). For the serving
     tests and benchmark, and for a model built outside the pipeline; the pipeline registers through
     tasks/register.py, which also decides the gate. Returns the version."""
-    from importlib.metadata import version as pkg_version
-
     import mlflow
 
     from tasks.promotion import registry_lock
-    from tasks.register import INPUT_EXAMPLE, SERVING_PACKAGES
+    from tasks.register import log_served_model
 
     with registry_lock(client.tracking_uri):
         mlflow.set_tracking_uri(client.tracking_uri)
         mlflow.set_registry_uri(client.tracking_uri)
         with mlflow.start_run(experiment_id=experiment_id, run_name="register_model_dir"):
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-                artifacts={"model_dir": str(model_dir)},
-                code_paths=[str(Path(__file__).resolve().parents[1] / "distillery")],
-                pip_requirements=[f"{p}=={pkg_version(p)}" for p in SERVING_PACKAGES],
-                input_example=INPUT_EXAMPLE, registered_model_name=name, await_registration_for=60)
-        version = str(info.registered_model_version)
+            info = log_served_model(Path(model_dir), None)
+        version = str(mlflow.register_model(info.model_uri, name, await_registration_for=60).version)
         for k, v in {"gate_passed": str(gate_passed).lower(), **(tags or {})}.items():
             client.set_model_version_tag(name, version, k, v)
     return version
