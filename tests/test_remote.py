@@ -31,6 +31,7 @@ def tracked_files(root: Path) -> dict[str, bytes]:
 def test_second_clone_pulls_and_trains_nothing(tmp_path, prefect_harness):
     """Cost: one tiny pipeline run plus a no-change run (~60-90 s on 2 shared cores)."""
     from distillery.cli import configure_environment, main
+    from distillery.code_deps import link_code
     from distillery.demo_data import make_demo_dataset
     from flows.pipeline import pipeline
 
@@ -45,6 +46,7 @@ def test_second_clone_pulls_and_trains_nothing(tmp_path, prefect_harness):
 
     first = tmp_path / "first"
     sh(tmp_path, "git", "clone", "-q", str(origin), str(first))
+    link_code(first)  # dvc.yaml's code deps (a real project's clone holds its code; this one links it)
     configure_environment(first)
     result = pipeline(project_dir=str(first))
     assert all(result["ran"].values())
@@ -55,6 +57,7 @@ def test_second_clone_pulls_and_trains_nothing(tmp_path, prefect_harness):
 
     second = tmp_path / "second"
     sh(tmp_path, "git", "clone", "-q", str(first), str(second))
+    link_code(second)
     assert not (second / "models").exists()
     assert main(["--project-dir", str(second), "pull"]) == 0
     produced = tracked_files(first)
