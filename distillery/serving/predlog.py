@@ -51,11 +51,26 @@ def input_hash(row: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps(list(row), ensure_ascii=False).encode()).hexdigest()[:32]
 
 
+def _retry_locked(step, seconds: float = 30.0):
+    """Run `step()`, retrying while SQLite says "database is locked". Switching a new file to WAL
+    (and creating its tables) needs a lock that SQLite's busy handler does not wait for, so two
+    processes opening one fresh log at once would otherwise fail at once."""
+    deadline, wait = time.monotonic() + seconds, 0.01
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(wait)
+            wait = min(wait * 2, 0.5)
+
+
 def connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=30000")
+    _retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
+    conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 
 
@@ -63,7 +78,7 @@ def open_log_db(path: str | Path) -> sqlite3.Connection:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = connect(path)
-    conn.executescript(SCHEMA)
+    _retry_locked(lambda: conn.executescript(SCHEMA))
     return conn
 
 
