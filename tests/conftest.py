@@ -12,26 +12,24 @@ SST2_DIR = Path(__file__).resolve().parents[2] / "shared/data/sst2"
 MRPC_DIR = Path(__file__).resolve().parents[2] / "shared/data/mrpc"
 
 
-@pytest.fixture(scope="session")
-def sst2_dir() -> Path:
-    """The SST-2 folder; skipped in a user's clone, a failure where CI requires shared data."""
-    if not (SST2_DIR / "dev.tsv").is_file() or not (SST2_DIR / "train.tsv").is_file():
-        reason = f"SST-2 data not found at {SST2_DIR} (it sits beside the checkout in ../shared/data/sst2)"
+def shared_dataset(folder: Path, name: str) -> Path:
+    """A folder of ../shared/data; skipped in a user's clone, a failure where CI requires shared data."""
+    if not (folder / "dev.tsv").is_file() or not (folder / "train.tsv").is_file():
+        reason = f"{name} data not found at {folder} (it sits beside the checkout in ../shared/data/{folder.name})"
         if os.environ.get("DISTILLERY_REQUIRE_SHARED_DATA") == "1":
             pytest.fail(f"{reason}; DISTILLERY_REQUIRE_SHARED_DATA=1 requires it")
         pytest.skip(reason)
-    return SST2_DIR
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sst2_dir() -> Path:
+    return shared_dataset(SST2_DIR, "SST-2")
 
 
 @pytest.fixture(scope="session")
 def mrpc_dir() -> Path:
-    """The GLUE MRPC folder; skipped in a user's clone, a failure where CI requires shared data."""
-    if not (MRPC_DIR / "dev.tsv").is_file() or not (MRPC_DIR / "train.tsv").is_file():
-        reason = f"MRPC data not found at {MRPC_DIR} (it sits beside the checkout in ../shared/data/mrpc)"
-        if os.environ.get("DISTILLERY_REQUIRE_SHARED_DATA") == "1":
-            pytest.fail(f"{reason}; DISTILLERY_REQUIRE_SHARED_DATA=1 requires it")
-        pytest.skip(reason)
-    return MRPC_DIR
+    return shared_dataset(MRPC_DIR, "MRPC")
 
 
 @pytest.fixture(scope="session")

@@ -61,6 +61,17 @@ _FILLER = ("the a this that room food phone book seat staff screen battery servi
            "was is felt looked").split()
 
 
+def cue_text(label: str, rng, seen: set) -> str:
+    """A new text (not in `seen`, added to it): four filler words and the label's cue word."""
+    while True:
+        words = [rng.choice(_FILLER) for _ in range(4)]
+        words.insert(rng.randrange(len(words) + 1), CUE_WORDS[label])
+        text = " ".join(words)
+        if text not in seen:
+            seen.add(text)
+            return text
+
+
 def make_cue_dataset(n_rows: int = 90, eval_rows: int = 30, seed: int = 0):
     """Rows a tiny random-init BERT can fit in a few epochs: each text holds the one cue word of
     its class among filler words; classes are balanced. Returns (train, eval) DataFrames.
@@ -79,12 +90,7 @@ def make_cue_dataset(n_rows: int = 90, eval_rows: int = 30, seed: int = 0):
     labels = list(CUE_WORDS)
     while len(rows) < n_rows:
         label = labels[len(rows) % len(labels)]
-        words = [rng.choice(_FILLER) for _ in range(4)]
-        words.insert(rng.randrange(len(words) + 1), CUE_WORDS[label])
-        text = " ".join(words)
-        if text not in seen:
-            seen.add(text)
-            rows.append((text, label))
+        rows.append((cue_text(label, rng, seen), label))
     frame = pd.DataFrame(rows, columns=["text", "label"])
     return frame.iloc[: n_rows - eval_rows].reset_index(drop=True), frame.iloc[n_rows - eval_rows:].reset_index(drop=True)
 

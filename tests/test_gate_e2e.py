@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 
 from distillery.cli import configure_environment
-from tests.helpers import CUE_WORDS, _FILLER, make_project, tiny_params
+from tests.helpers import cue_text, make_project, tiny_params
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -37,15 +37,7 @@ COMMON = ["teacher.epochs=20", "teacher.learning_rate=0.003", "distill.epochs=3"
 
 
 def cue_rows(counts: dict[str, int], rng: random.Random, seen: set) -> pd.DataFrame:
-    rows = []
-    for label, n in counts.items():
-        while sum(r[1] == label for r in rows) < n:
-            words = [rng.choice(_FILLER) for _ in range(4)]
-            words.insert(rng.randrange(len(words) + 1), CUE_WORDS[label])
-            text = " ".join(words)
-            if text not in seen:
-                seen.add(text)
-                rows.append((text, label))
+    rows = [(cue_text(label, rng, seen), label) for label, n in counts.items() for _ in range(n)]
     return pd.DataFrame(rows, columns=["text", "label"]).sample(frac=1.0, random_state=0).reset_index(drop=True)
 
 
