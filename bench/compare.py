@@ -7,6 +7,8 @@ sentences at the throughput batch size first (accuracy, macro-F1; also the warm-
 batch-1 latency over every sentence in file order at its real length (no padding; after
 `measure.warmup` untimed sentences; tokenization included), then batch-32 throughput
 (after one untimed batch). Models are loaded one at a time and freed before the next.
+Then the rows in ONE_THREAD (the teacher, its int8 export and the final model) are timed once
+more at batch 1 with one thread (PyTorch and ONNX Runtime), the cheapest serving set-up.
 Peak memory comes from a fresh process per model (bench/memory.py), after all timings.
 """
 
@@ -24,9 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from distillery.config import Params
-from distillery.measure import measure_predictor
+from distillery.measure import latency_ms, measure_predictor
 
 REPO = Path(__file__).resolve().parents[1]
+ONE_THREAD = ("A", "B", "E-quantize")  # rows whose batch-1 latency is also measured at 1 thread
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,19 @@ def measure_all(specs: list[ModelSpec], texts: list[str], gold: np.ndarray, n_cl
               f"p50 {figures['latency_p50_ms']:7.2f} ms  {figures['throughput_sps']:8.1f}/s")
         del predictor
         gc.collect()
+    torch.set_num_threads(1)
+    try:
+        for spec in (s for s in specs if s.key in ONE_THREAD):
+            predictor = load_predictor(spec, 1, params.data.max_length)
+            with OtherCpu() as other:
+                p50, p95 = latency_ms(predictor, texts, len(texts), params.measure.warmup)
+            rows[spec.key].update(latency_p50_ms_1_thread=p50, latency_p95_ms_1_thread=p95,
+                                  other_cpu_share_1_thread=other.share)
+            print(f"bench: {spec.key:<10} 1 thread: p50 {p50:7.2f} ms")
+            del predictor
+            gc.collect()
+    finally:
+        torch.set_num_threads(params.base.threads)
     return rows
 
 

@@ -77,8 +77,10 @@ def test_bench_quick_produces_every_row_figure_and_output(sst2_dir, prefect_harn
     assert pipe["register_seconds"] > 0
 
     targets = {t["name"]: t for t in results["targets"]}
-    assert len(targets) == 10 and all(t["value"] is not None and t["met"] in (True, False)
+    assert len(targets) == 13 and all(t["value"] is not None and t["met"] in (True, False)
                                       for t in targets.values())
+    for key in ("A", "B", "E-quantize"):  # timed once more at 1 thread
+        assert rows[key]["latency_p50_ms_1_thread"] > 0
 
     files = results["files"]
     saved = json.loads(open(files["json"]).read())

@@ -18,19 +18,35 @@ PIPELINE = {"fresh_run": True, "wall_seconds": 30 * 60.0, "non_compute_share": 0
 
 
 def test_targets_compare_the_final_model_with_a_b_and_d():
-    rows = {"A": row(0.900, 90.0, 18.0), "B": row(0.896, 24.0, 6.0), "D": row(0.880, 60.0, 4.0),
-            "E-quantize": row(0.887, 6.0, 2.0)}
+    rows = {"A": row(0.900, 90.0, 18.0), "B": row(0.894, 24.0, 6.0), "D": row(0.880, 60.0, 4.0),
+            "E-quantize": row(0.896, 3.6, 2.0)}
+    for key, p50 in (("A", 30.0), ("B", 8.0), ("E-quantize", 2.5)):
+        rows[key]["latency_p50_ms_1_thread"] = p50
     t = {x["name"]: x for x in evaluate_targets(rows, PIPELINE)}
-    assert t["accuracy_retention_vs_A"]["value"] == pytest.approx(0.887 / 0.900)
-    assert t["accuracy_retention_vs_A"]["met"] is True            # 98.56% >= 98.5%
-    assert t["size_x_smaller_vs_A"]["met"] is True                # 15x
-    assert t["size_x_smaller_vs_B"]["value"] == pytest.approx(4.0) and t["size_x_smaller_vs_B"]["met"] is True
-    assert t["p50_x_lower_vs_A"]["met"] is True                   # 9x
-    assert t["p50_x_lower_vs_B"]["value"] == pytest.approx(3.0)
-    assert t["accuracy_pts_vs_B"]["value"] == pytest.approx(-0.9) and t["accuracy_pts_vs_B"]["met"] is True
-    assert t["accuracy_pts_vs_D"]["value"] == pytest.approx(0.7) and t["accuracy_pts_vs_D"]["met"] is False
+    assert t["accuracy"]["value"] == pytest.approx(89.6) and t["accuracy"]["met"] is True
+    assert t["accuracy_retention_vs_A"]["value"] == pytest.approx(0.896 / 0.900)
+    assert t["accuracy_retention_vs_A"]["met"] is True            # 99.56% >= 99.5%
+    assert t["size_x_smaller_vs_A"]["value"] == pytest.approx(25.0) and t["size_x_smaller_vs_A"]["met"] is True
+    assert t["size_x_smaller_vs_B"]["value"] == pytest.approx(24 / 3.6) and t["size_x_smaller_vs_B"]["met"] is True
+    assert t["p50_x_lower_vs_A"]["met"] is True                   # 9x >= 8x
+    assert t["p50_x_lower_vs_B"]["value"] == pytest.approx(3.0) and t["p50_x_lower_vs_B"]["met"] is False
+    assert t["p50_x_lower_vs_A_1_thread"]["value"] == pytest.approx(12.0)
+    assert t["p50_x_lower_vs_B_1_thread"]["value"] == pytest.approx(3.2) and t["p50_x_lower_vs_B_1_thread"]["met"] is False
+    assert t["accuracy_pts_vs_B"]["value"] == pytest.approx(0.2) and t["accuracy_pts_vs_B"]["met"] is True
+    assert t["accuracy_pts_vs_D"]["value"] == pytest.approx(1.6) and t["accuracy_pts_vs_D"]["met"] is True
     assert t["pipeline_minutes"]["met"] is True and t["non_compute_share"]["met"] is True
     assert t["rerun_seconds"]["met"] is False                     # 31 s > 30 s
+
+
+def test_the_bar_is_issue_19s_raised_one():
+    # The first SST-2 report's final model (86.0%, 20x / 5x smaller, -1.0 point vs B) misses it.
+    rows = {"A": row(0.8681, 90.9, 15.5), "B": row(0.8704, 23.0, 2.45), "D": row(0.8394, 21.7, 4.6),
+            "E-quantize": row(0.8601, 4.6, 0.62)}
+    t = {x["name"]: x for x in evaluate_targets(rows, PIPELINE)}
+    missed = {name for name, x in t.items() if x["met"] is False}
+    assert {"accuracy", "accuracy_retention_vs_A", "size_x_smaller_vs_A", "size_x_smaller_vs_B",
+            "accuracy_pts_vs_B"} <= missed
+    assert t["p50_x_lower_vs_A_1_thread"]["met"] is None          # not measured: not judged
 
 
 def test_pipeline_targets_are_not_judged_on_a_reused_project():
