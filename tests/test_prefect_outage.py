@@ -154,7 +154,7 @@ def test_serve_survives_a_prefect_server_outage(finished_project, tmp_path):
         assert {"git_commit", "params_hash", "model_md5", "gate_decision"} <= set(mv.tags)
         assert "champion" in mv.aliases
         history = json.loads(client.get_registered_model(NAME).tags["champion_history"])
-        assert [h["version"] for h in history] == [mv.version]
+        assert [h["version"] for h in history] == [str(mv.version)]
     finally:
         for proc in procs.procs:
             stop_group(proc)
