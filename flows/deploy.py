@@ -140,11 +140,113 @@ def watch(root: Path, interval: float) -> None:
         time.sleep(0.5)  # let the events client send what it holds
 
 
-def serve(root: Path, watch_interval: float) -> None:
+def server_error(timeout_s: float = 10.0) -> Exception | None:
+    """None when the Prefect API answers its health check now, else the error (one try: no retries)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_REQUEST_TIMEOUT, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0, PREFECT_API_REQUEST_TIMEOUT: timeout_s}):
+        with get_client(sync_client=True) as client:
+            return client.api_healthcheck()
+
+
+class ServerWatch(threading.Thread):
+    """Says in serve's log when the Prefect server stops answering and when it answers again.
+
+    The runner itself only logs failed polls (after its client's retries, about a minute each)."""
+
+    def __init__(self, url: str, interval: float, stop: threading.Event):
+        super().__init__(name="prefect-server-watch", daemon=True)
+        self.url, self.interval, self.stop, self.down_since = url, interval, stop, None
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.check()
+
+    def check(self) -> bool:
+        error = server_error()
+        if error is not None and self.down_since is None:
+            self.down_since = time.monotonic()
+            print(f"serve: the Prefect server at {self.url} does not answer ({error or type(error).__name__}): "
+                  "no run starts until it is back; scheduled runs wait, a run in flight keeps going while its "
+                  "retries last, one that dies meanwhile is marked Crashed once the server is back", flush=True)
+        elif error is None and self.down_since is not None:
+            print(f"serve: the Prefect server at {self.url} answers again after "
+                  f"{time.monotonic() - self.down_since:.0f} s: serving resumes", flush=True)
+            self.down_since = None
+        return error is None
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The runner stopped because the server was unreachable: its poll loop gave up ("Service
+    exceeded error threshold") or a request found no server (httpx transport errors)."""
+    import httpx
+
+    return server_error() is not None or any(
+        isinstance(e, httpx.TransportError) or "exceeded error threshold" in str(e) for e in _leaves(exc))
+
+
+def crash_orphaned_runs(root: Path, why: str) -> list[str]:
+    """Runs of this deployment that a runner left unfinished (Pending / Running / Cancelling, and
+    their subflow runs), marked Crashed with why. Call only when no run of this process is alive:
+    the runs of one project's deployment are served by one `distillery serve`."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
+                                                FlowRunFilterParentFlowRunId, FlowRunFilterState,
+                                                FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    unfinished = FlowRunFilterState(type=FlowRunFilterStateType(
+        any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]))
+    crashed = []
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(f"{FLOW_NAME}/{deployment_name(root)}")
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+                                     flow_run_filter=FlowRunFilter(state=unfinished))
+        for run in runs:
+            subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                state=unfinished, parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])))
+            for fr in [*subflows, run]:
+                client.set_flow_run_state(fr.id, Crashed(message=why), force=True)
+                crashed.append(f"{fr.name} ({fr.id})")
+    return crashed
+
+
+def wait_for_server(watch: ServerWatch, stop: threading.Event) -> None:
+    """Until the server answers and the old runner's run processes have ended."""
+    while not watch.check() or _live_children():
+        stop.wait(watch.interval)
+
+
+def _live_children() -> list[int]:
+    """This process's live descendants (a run's process that outlived its runner), zombies left out."""
+    import psutil
+
+    live = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                live.append(child.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return live
+
+
+def serve(root: Path, watch_interval: float, server_check_s: float = 5.0) -> None:
     """Run the deployment's runs here, one at a time, and watch the data, until Ctrl-C.
 
     The deployment keeps the schedule `distillery schedule` gave it. While nothing serves it,
-    Prefect pauses it, so runs do not pile up; serving resumes it.
+    Prefect pauses it, so runs do not pile up; serving resumes it. A Prefect server outage is
+    survived: its start and end are logged; if it outlasts the runner's tolerance (three failed
+    polls, each retried for about a minute) the runner stops, and a new one starts once the server
+    answers again, after marking Crashed the runs the outage left unfinished.
     """
     import asyncio
 
@@ -152,21 +254,40 @@ def serve(root: Path, watch_interval: float) -> None:
     from prefect.exceptions import TerminationSignal
 
     url = require_server()
-    schedules = existing_schedules(root)
-    runner = Runner(name=f"distillery-{deployment_name(root)}", pause_on_shutdown=True, limit=1)
-    # Applying replaces the deployment's trigger (Prefect re-creates its automation): the watcher
-    # starts after that, so no event arrives while the project has no trigger.
-    runner.add_deployment(build_deployment(root, schedules))
     stop = threading.Event()
+    watch = ServerWatch(url, server_check_s, stop)
+    watch.start()
     watcher = None
-    if watch_interval > 0:
-        watcher = threading.Thread(target=watch_loop, args=(root, watch_interval, stop), name="watch", daemon=True)
-        watcher.start()
-    print(f"serving {FLOW_NAME}/{deployment_name(root)} from {url}: "
-          f"{', '.join(str(getattr(s, 'cron', s)) for s in schedules) or 'no schedule (run distillery schedule)'}",
-          flush=True)
     try:
-        asyncio.run(runner.start())
+        while True:
+            schedules = existing_schedules(root)
+            runner = Runner(name=f"distillery-{deployment_name(root)}", pause_on_shutdown=True, limit=1)
+            # Applying replaces the deployment's trigger (Prefect re-creates its automation): the watcher
+            # starts after that, so no event arrives while the project has no trigger.
+            runner.add_deployment(build_deployment(root, schedules))
+            if watcher is None and watch_interval > 0:
+                watcher = threading.Thread(target=watch_loop, args=(root, watch_interval, stop), name="watch",
+                                           daemon=True)
+                watcher.start()
+            print(f"serving {FLOW_NAME}/{deployment_name(root)} from {url}: "
+                  f"{', '.join(str(getattr(s, 'cron', s)) for s in schedules) or 'no schedule (run distillery schedule)'}",
+                  flush=True)
+            try:
+                asyncio.run(runner.start())
+                break
+            except (KeyboardInterrupt, TerminationSignal):
+                raise
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise  # not an outage: a real failure
+                print(f"serve: the runner stopped: the Prefect server at {url} stayed unreachable "
+                      f"({'; '.join(sorted({type(e).__name__ for e in _leaves(exc)}))}); a new runner starts "
+                      "when it answers again", flush=True)
+            wait_for_server(watch, stop)
+            for run in crash_orphaned_runs(root, f"its process ended while the Prefect server at {url} was "
+                                                 "unreachable; `distillery serve` marked it crashed when the server "
+                                                 "was back (its files and registration are settled by the next run)"):
+                print(f"serve: marked crashed: {run}", flush=True)
     except (KeyboardInterrupt, TerminationSignal):
         print("serve: stopping; the deployment's schedule is paused until the next `distillery serve`", flush=True)
     finally:

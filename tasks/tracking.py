@@ -41,14 +41,31 @@ def client_for(root: Path, params: Params):
         return MlflowClient(tracking_uri=uri, registry_uri=uri)
     from tasks.promotion import registry_lock
 
-    Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
     # Opening the store creates and migrates the database; two runs doing it at once on a shared
     # store race (duplicate tables and indexes), so it happens under the registry's lock.
     with registry_lock(uri):
+        if not db.exists():
+            _create_sqlite_store(db)
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.search_experiments(max_results=1)
         client.search_registered_models(max_results=1)
     return client
+
+
+def _create_sqlite_store(db: Path) -> None:
+    """A new MLflow database, created beside its place and moved there complete: a run killed while
+    MLflow creates its tables (dozens of migrations, seconds) must not leave a half-made schema that
+    every later run fails on ("table ... already exists"). Caller holds the registry lock."""
+    from mlflow import MlflowClient
+
+    tmp = db.with_name(f"{db.name}.creating")
+    tmp.unlink(missing_ok=True)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp}", registry_uri=f"sqlite:///{tmp}")
+    client.search_experiments(max_results=1)
+    client.search_registered_models(max_results=1)
+    os.replace(tmp, db)
 
 
 def experiment_id(client, root: Path, params: Params) -> str:

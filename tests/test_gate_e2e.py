@@ -13,6 +13,9 @@ worse than A overall: a difference well inside its paired interval. In order:
    0.25 margin: promoted; the record carries the interval and says non-inferiority decided.
 4. A' (A quantized per tensor) against champion B': better on average, but on the `positives`
    slice it gets nothing right where B' gets them all: it stays challenger, the slice named.
+5. The same rows with `negative` renamed `bad` (another task under the same register.model_name):
+   refused before training; with `distillery run --new-task --reason ...` it trains, takes the
+   champion alias without being compared with the old champion, and the reason is in the history.
 """
 
 from __future__ import annotations
@@ -135,3 +138,51 @@ def test_better_on_average_but_worse_on_a_slice_stays_challenger_with_the_slice_
     assert final["slices"]["positives"]["rows"] == COUNTS["positive"]
     html = (project / "reports/index.html").read_text()
     assert 'id="slices"' in html and 'id="plot-differences"' in html and "positives" in html
+
+
+def test_another_task_replaces_the_champion_only_with_new_task_and_its_reason(project, capsys):
+    from mlflow import MlflowClient
+
+    from distillery.cli import main
+    from tasks.promotion import HISTORY_TAG, STACK_TAG
+
+    for src, dest in (("a_train.csv", "c_train.csv"), ("eval.csv", "c_eval.csv")):
+        frame = pd.read_csv(project / src)
+        frame.assign(label=frame.label.replace({"negative": "bad"})).to_csv(project / dest, index=False)
+    uri = f"sqlite:///{project / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    old = str(client.get_model_version_by_alias(NAME, "champion").version)
+    versions = lambda: sorted(int(v.version) for v in client.search_model_versions(f"name='{NAME}'"))
+    models = lambda: {str(p): p.stat().st_mtime_ns for p in (project / "models").rglob("*") if p.is_file()}
+    before, trained = versions(), models()
+    args = ["--project-dir", str(project), "run", "--set", "data.train_path=c_train.csv",
+            "--set", "data.eval_path=c_eval.csv", "--set", "data.labels=[bad, neutral, positive]",
+            "--set", "gate.slices=[]", "--set", "gate.max_slice_regression=null"]
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"this run's task differs from champion v{old}'s" in err
+    assert "labels ['bad', 'neutral', 'positive'] (this run) vs ['negative', 'neutral', 'positive'] (champion)" in err
+    assert "--new-task --reason" in err
+    # Stopped before training: nothing trained, nothing registered, the champion where it was.
+    assert models() == trained
+    assert versions() == before and str(client.get_model_version_by_alias(NAME, "champion").version) == old
+
+    reason = "labels renamed: negative is now bad for the support team"
+    assert main(args + ["--new-task", "--reason", reason]) == 0, capsys.readouterr().err[-3000:]
+    new = str(max(versions()))
+    assert versions() == before + [int(new)]
+    mv = client.get_model_version(NAME, new)
+    assert set(mv.aliases) == {"champion", "challenger"}
+    assert json.loads(mv.tags["task_signature"])["labels"] == ["bad", "neutral", "positive"]
+    # Not compared with the old champion (another task): the check says so, with the reason.
+    check = checks(json.loads(mv.tags["gate_decision"]))["regression_vs_champion"]
+    assert check["skipped"] and f"champion v{old} is of another task" in check["reason"] and reason in check["reason"]
+    model = client.get_registered_model(NAME)
+    last = json.loads(model.tags[HISTORY_TAG])[-1]
+    assert last["kind"] == "new_task" and last["version"] == new and last["from"] == old
+    assert reason in last["reason"] and f"replaces champion v{old}" in last["reason"]
+    assert "labels ['bad', 'neutral', 'positive'] (this run) vs ['negative', 'neutral', 'positive']" in last["reason"]
+    assert json.loads(model.tags[STACK_TAG])[-2:] == [old, new]
+    promotion = json.loads((project / "reports/promotion.json").read_text())
+    assert promotion["version"] == new and promotion["promoted"] is True
