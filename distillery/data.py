@@ -407,7 +407,11 @@ def load_split(path: str | Path) -> TextDataset:
 
 def iter_split(path: str | Path, batch_rows: int, limit: int | None = None) -> Iterator[TextDataset]:
     """`load_split` in batches of at most `batch_rows` rows, the first `limit` rows at most: Parquet
-    is read a row group at a time, so memory holds a row group and a batch, never the split."""
+    is read a row group at a time, so memory holds a row group and a batch, never the split.
+
+    Row groups are read one by one without Arrow's thread pool: `iter_batches` and threaded reads
+    left freed memory with the allocators of several threads (RSS grew with the file, measured:
+    +160 MB over 100 MB of text), one thread reuses its own (+50 MB, flat after a few groups)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -418,15 +422,16 @@ def iter_split(path: str | Path, batch_rows: int, limit: int | None = None) -> I
         _check_split_schema(path, pf.schema_arrow)
         has_pair = TEXT_PAIR in pf.schema_arrow.names
         seen = 0
-        for batch in pf.iter_batches(batch_size=max(1, batch_rows)):
-            if limit is not None:
-                if seen >= limit:
-                    return
-                batch = batch.slice(0, limit - seen)
-            _check_split_nulls(path, batch, seen)
-            yield TextDataset(batch.column(TEXT).to_pylist(), batch.column(LABEL).to_numpy(),
-                              batch.column(TEXT_PAIR).to_pylist() if has_pair else None)
-            seen += batch.num_rows
+        for group in range(pf.metadata.num_row_groups):
+            for batch in pf.read_row_group(group, use_threads=False).to_batches(max(1, batch_rows)):
+                if limit is not None:
+                    if seen >= limit:
+                        return
+                    batch = batch.slice(0, limit - seen)
+                _check_split_nulls(path, batch, seen)
+                yield TextDataset(batch.column(TEXT).to_pylist(), batch.column(LABEL).to_numpy(),
+                                  batch.column(TEXT_PAIR).to_pylist() if has_pair else None)
+                seen += batch.num_rows
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file: {' '.join(str(exc).split())}") from None
 
