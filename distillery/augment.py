@@ -20,6 +20,8 @@ byte for byte, and DVC tracks it as a stage output. The teacher labels every new
 
 from __future__ import annotations
 
+from typing import Callable, Iterable, Iterator
+
 import numpy as np
 
 MASK = "[MASK]"
@@ -29,25 +31,74 @@ def augment_texts(texts: list, copies: int, *, mask_prob: float, replace_prob: f
                   max_ngram: int, seed: int) -> tuple[list, np.ndarray]:
     """`copies` augmented versions of each text, or of each (text, text_pair) tuple (rows that
     came out unchanged or empty are dropped). Returns (new texts, index of the source text of each)."""
-    if copies <= 0 or not texts:
-        return [], np.zeros(0, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    pairs = isinstance(texts[0], (tuple, list))
-    sides = [[t[0].split(), t[1].split()] if pairs else [t.split()] for t in texts]
-    pool = [w for row in sides for ws in row for w in ws]  # sampling a position = sampling by frequency
     out, source = [], []
+    for rows, src in augment_batches(lambda: iter([texts]), copies, mask_prob=mask_prob, replace_prob=replace_prob,
+                                     ngram_prob=ngram_prob, max_ngram=max_ngram, seed=seed):
+        out += rows
+        source.append(src)
+    return out, (np.concatenate(source) if source else np.zeros(0, dtype=np.int64))
+
+
+def augment_batches(batches: Callable[[], Iterable[list]], copies: int, *, mask_prob: float, replace_prob: float,
+                    ngram_prob: float, max_ngram: int, seed: int) -> Iterator[tuple[list, np.ndarray]]:
+    """`augment_texts` over rows that arrive in batches: `batches()` yields the training rows in
+    order and is called once for the word pool, then once per copy. Yields (new rows, index of
+    each one's source row) per batch; the result is the same as `augment_texts` on all rows.
+
+    Memory: one batch of rows, the distinct words, and 4 bytes per training word (the pool that
+    replacement draws from, held as word ids), not the rows themselves.
+    """
+    if copies <= 0:
+        return
+    rng = np.random.default_rng(seed)
+    pool = _WordPool()
+    for rows in batches():
+        pool.add(rows)
+    pool.freeze()
     for _ in range(copies):
-        for i, row in enumerate(sides):
-            if not all(row):
-                continue
-            new = [_change(ws, rng, pool, mask_prob, replace_prob, ngram_prob, max_ngram) for ws in row]
-            if new != row:
-                out.append((" ".join(new[0]), " ".join(new[1])) if pairs else " ".join(new[0]))
-                source.append(i)
-    return out, np.asarray(source, dtype=np.int64)
+        offset = 0
+        for rows in batches():
+            out, source = [], []
+            for i, t in enumerate(rows):
+                row = [t[0].split(), t[1].split()] if pool.pairs else [t.split()]
+                if not all(row):
+                    continue
+                new = [_change(ws, rng, pool, mask_prob, replace_prob, ngram_prob, max_ngram) for ws in row]
+                if new != row:
+                    out.append((" ".join(new[0]), " ".join(new[1])) if pool.pairs else " ".join(new[0]))
+                    source.append(offset + i)
+            offset += len(rows)
+            yield out, np.asarray(source, dtype=np.int64)
 
 
-def _change(ws: list[str], rng: np.random.Generator, pool: list[str], mask_prob: float, replace_prob: float,
+class _WordPool:
+    """Every word of the training rows, in order (sampling a position = sampling by frequency),
+    stored as int32 ids into the distinct words."""
+
+    def __init__(self):
+        self.ids: dict[str, int] = {}
+        self.parts: list[np.ndarray] = []
+        self.pairs: bool | None = None
+
+    def add(self, rows: list) -> None:
+        if self.pairs is None and len(rows):
+            self.pairs = isinstance(rows[0], (tuple, list))
+        sides = (s for t in rows for s in (t if self.pairs else (t,)))
+        ids = self.ids
+        self.parts.append(np.fromiter((ids.setdefault(w, len(ids)) for s in sides for w in s.split()), dtype=np.int32))
+
+    def freeze(self) -> None:
+        self.positions = np.concatenate(self.parts) if self.parts else np.zeros(0, np.int32)
+        self.words, self.parts = list(self.ids), []
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i) -> str:
+        return self.words[self.positions[i]]
+
+
+def _change(ws: list[str], rng: np.random.Generator, pool: _WordPool, mask_prob: float, replace_prob: float,
             ngram_prob: float, max_ngram: int) -> list[str]:
     """One augmented version of the words `ws` (mask, replace, then maybe an n-gram cut)."""
     u = rng.random(len(ws))
@@ -61,4 +112,4 @@ def _change(ws: list[str], rng: np.random.Generator, pool: list[str], mask_prob:
     return new
 
 
-__all__ = ["MASK", "augment_texts"]
+__all__ = ["MASK", "augment_batches", "augment_texts"]

@@ -16,12 +16,20 @@ from tasks.common import StageContext
 def load_splits(ctx: StageContext):
     """(train, eval, label names) from the validate stage's outputs, after checking that they and
     their source files are exactly what validation passed (else a `DataError` naming the file)."""
-    from distillery.data import check_validated, load_split
+    from distillery.data import load_split
+
+    d, labels = checked_validated(ctx)
+    return load_split(d / "train.parquet"), load_split(d / "eval.parquet"), labels
+
+
+def checked_validated(ctx: StageContext) -> tuple[Path, list[str]]:
+    """(the validated directory, label names), after `check_validated`: for stages that stream
+    the split files (`distillery.data.iter_split`) instead of loading them."""
+    from distillery.data import check_validated
 
     d = ctx.path(ctx.params.paths.validated_dir)
     check_validated(d, ctx.root)
-    labels = json.loads((d / "labels.json").read_text())["labels"]
-    return load_split(d / "train.parquet"), load_split(d / "eval.parquet"), labels
+    return d, json.loads((d / "labels.json").read_text())["labels"]
 
 
 def load_distill_set(ctx: StageContext):

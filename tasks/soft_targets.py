@@ -14,6 +14,12 @@ Parquet file in `<logits_dir>/chunks/`, named by what determines its content (th
 the rows, max_length). The folder is `persist` in dvc.yaml, so a killed run leaves its finished
 chunks there and the next run computes only the missing ones; distill and prune still read the
 fused `logits.npy` beside them.
+
+Memory is bounded by a chunk, not by the data: the training rows are streamed from the validated
+split (Parquet row groups), written to the rows file one chunk (one row group) at a time while the
+chunks are planned, and the fused logits are written to `logits.npy` chunk by chunk. The rows file,
+with each row's class index (-1 for an augmented text), becomes the distillation set itself.
+Augmentation holds 4 bytes per training word (the replacement pool, see distillery/augment.py).
 """
 
 from __future__ import annotations
@@ -69,70 +75,69 @@ def _classifier(model_dir: Path, max_length: int, threads: int, truncation: str 
 
 
 def run(ctx: StageContext, compute: Callable[[list[dict]], object] | None = None) -> dict:
-    """`compute(specs)` computes the given chunks (e.g. as tasks on Dask); default: one by one here."""
-    import torch
+    """`compute(specs)` computes the given chunks (e.g. as tasks on Dask); default: one by one here.
 
-    from distillery.augment import augment_texts
-    from distillery.data import TextDataset, save_split
-    from distillery.losses import fuse_soft_targets
+    Bounded memory: the training rows are streamed from the validated split and written chunk by
+    chunk (`ChunkedRows`), augmentation draws from a word-id pool (`augment_batches`), and the
+    fused logits are written chunk by chunk; no step holds every row, text or logit at once.
+    """
+    from distillery.augment import augment_batches
+    from distillery.data import iter_split
     from distillery.modeling import replace_dir
-    from tasks.models import load_splits
+    from tasks.models import checked_validated
 
     p, a, d = ctx.params, ctx.params.augment, ctx.params.distill
-    train_set, _, labels = load_splits(ctx)
-    texts, y = train_set.inputs[: d.max_train_rows], train_set.labels[: d.max_train_rows]
-    start = time.perf_counter()
-    aug, source = augment_texts(texts, a.copies, mask_prob=a.mask_prob, replace_prob=a.replace_prob,
-                                ngram_prob=a.ngram_prob, max_ngram=a.max_ngram, seed=p.base.seed)
-    augment_seconds = time.perf_counter() - start
-    all_texts = list(texts) + aug  # strings, or (text, text_pair) tuples
-    all_labels = np.concatenate([y, np.full(len(aug), -1, dtype=np.int64)])  # -1: no gold label
-    print(f"soft_targets: {len(texts)} training rows + {len(aug)} augmented ({a.copies} per row)")
+    vdir, labels = checked_validated(ctx)
+    train_file, size = vdir / "train.parquet", p.soft_targets.chunk_rows
+
+    def train_rows():
+        return (batch.inputs for batch in iter_split(train_file, size, limit=d.max_train_rows))
 
     teachers = [(ctx.path(p.paths.teacher_dir), d.teacher_weight)] + [(ctx.path(t.path), t.weight) for t in d.teachers]
-    all_logits, info = [], []
-    start = time.perf_counter()
-    cache = ctx.path(p.paths.logits_dir) / CHUNKS_DIR
-    texts_file = write_chunk_texts(all_texts, cache, p.soft_targets.chunk_rows)
-    specs_by_teacher = []
+    info = []
     for model_dir, weight in teachers:
         their_labels = _teacher_labels(model_dir)
         if [str(x) for x in their_labels] != [str(x) for x in labels]:
             raise ValueError(f"params.yaml: distill.teachers: {model_dir} classifies into {their_labels}, "
                              f"the data into {labels}")
-        md5 = _md5(model_dir)
-        specs_by_teacher.append(plan_chunks(model_dir, md5, all_texts, texts_file, p))
         info.append({"path": str(model_dir.relative_to(ctx.root) if model_dir.is_relative_to(ctx.root) else model_dir),
-                     "weight": weight, "md5": md5})
+                     "weight": weight, "md5": _md5(model_dir)})
+
+    start = time.perf_counter()
+    cache = ctx.path(p.paths.logits_dir) / CHUNKS_DIR
+    with ChunkedRows(cache, size, [(model_dir, e["md5"]) for (model_dir, _), e in zip(teachers, info)], p) as rows:
+        for batch in iter_split(train_file, size, limit=d.max_train_rows):
+            rows.add(batch.inputs, train=True, labels=batch.labels)
+        n_train = rows.count
+        aug_start = time.perf_counter()
+        for batch, _ in augment_batches(train_rows, a.copies, mask_prob=a.mask_prob, replace_prob=a.replace_prob,
+                                        ngram_prob=a.ngram_prob, max_ngram=a.max_ngram, seed=p.base.seed):
+            rows.add(batch, train=False)
+        augment_seconds = time.perf_counter() - aug_start
+    n_rows, specs_by_teacher = rows.count, rows.specs
+    print(f"soft_targets: {n_train} training rows + {n_rows - n_train} augmented ({a.copies} per row)")
     every = [s for specs in specs_by_teacher for s in specs]
     missing = list({s["out"]: s for s in every if not Path(s["out"]).exists()}.values())  # identical teachers share
-    print(f"soft_targets: {len(every)} chunk(s) of <= {p.soft_targets.chunk_rows} rows, {len(missing)} to compute "
+    print(f"soft_targets: {len(every)} chunk(s) of <= {size} rows, {len(missing)} to compute "
           f"({len(every) - len(missing)} done by an earlier run)")
     (compute or compute_in_process)(missing)
-    for specs, entry in zip(specs_by_teacher, info):
-        logits = read_chunks(specs, len(labels))
-        all_logits.append(torch.from_numpy(logits))
-        entry["train_accuracy"] = float((logits[: len(y)].argmax(1) == y).mean()) if len(y) else 0.0
     prune_chunks(cache, every)
-    (cache / CHUNK_TEXTS).unlink()  # the rows are in SET_FILE too
-    fused = (fuse_soft_targets(all_logits, [w for _, w in teachers], d.temperature) if len(teachers) > 1
-             else all_logits[0]).numpy()
-    logits_seconds = time.perf_counter() - start
 
     out = ctx.path(p.paths.logits_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")  # written whole, then swapped in: never half a set
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    pairs = train_set.pairs is not None
-    save_split(TextDataset([x[0] for x in all_texts] if pairs else all_texts, all_labels,
-                           [x[1] for x in all_texts] if pairs else None), tmp / SET_FILE)
-    np.save(tmp / LOGITS_FILE, fused.astype(np.float32), allow_pickle=False)
+    agree = write_fused_logits(tmp / LOGITS_FILE, rows.path, specs_by_teacher, [w for _, w in teachers],
+                               d.temperature, len(labels))
+    logits_seconds = time.perf_counter() - start - augment_seconds
+    os.replace(rows.path, tmp / SET_FILE)  # the rows with their labels (-1: augmented) are the distillation set
     os.replace(cache, tmp / CHUNKS_DIR)  # the chunks move with the set (a kill right here costs them)
     replace_dir(tmp, out)
-    fused_agree = float((fused[: len(y)].argmax(1) == y).mean()) if len(y) else 0.0
-    report = {"rows": len(all_texts), "train_rows": len(texts), "augmented_rows": len(aug),
-              "teachers": info, "fused_train_accuracy": fused_agree,
+    for entry, correct in zip(info, agree[:-1]):
+        entry["train_accuracy"] = correct / n_train if n_train else 0.0
+    report = {"rows": n_rows, "train_rows": n_train, "augmented_rows": n_rows - n_train,
+              "teachers": info, "fused_train_accuracy": agree[-1] / n_train if n_train else 0.0,
               "augment_seconds": augment_seconds, "logits_seconds": logits_seconds,
               "chunks": len(every), "chunks_computed": len(missing)}
     write_report(ctx, "soft_targets", report)
@@ -147,42 +152,101 @@ def _teacher_labels(model_dir: Path) -> list:
     return read_labels(model_dir)
 
 
-def write_chunk_texts(texts: list, cache: Path, chunk_rows: int) -> Path:
-    """The rows to score as Parquet, one row group per chunk: a worker reads only its own rows.
+class ChunkedRows:
+    """Writes the rows to score to `<cache>/texts.parquet`, one row group of `chunk_rows` rows per
+    chunk (a worker reads only its own), with their labels (-1: augmented, no gold label), and
+    plans each chunk's spec per teacher as its rows go by: nothing holds more than one chunk.
     Rows are strings, or (text, text_pair) tuples (then a `text_pair` column too)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from distillery.fileio import write_atomically
+    def __init__(self, cache: Path, chunk_rows: int, teachers: list[tuple[Path, str]], p: Params):
+        self.cache, self.size, self.teachers, self.p = cache, max(chunk_rows, 1), teachers, p
+        self.path = cache / CHUNK_TEXTS
+        self.count, self.specs = 0, [[] for _ in teachers]
+        self._rows: list = []
+        self._labels: list[int] = []
+        self._writer = self._tmp = None
+        self._pairs: bool | None = None
 
-    cache.mkdir(parents=True, exist_ok=True)
-    for left in cache.glob(".*.tmp"):  # what a killed writer left
-        left.unlink(missing_ok=True)
-    pairs = bool(len(texts)) and isinstance(texts[0], tuple)
-    columns = {"text": pa.array([t[0] for t in texts] if pairs else list(texts), pa.string())}
-    if pairs:
-        columns["text_pair"] = pa.array([t[1] for t in texts], pa.string())
-    table = pa.table(columns)
-    return write_atomically(cache / CHUNK_TEXTS, lambda tmp: pq.write_table(table, tmp, row_group_size=max(chunk_rows, 1)))
+    def __enter__(self) -> ChunkedRows:
+        import tempfile
+
+        self.cache.mkdir(parents=True, exist_ok=True)
+        for left in self.cache.glob(".*.tmp"):  # what a killed writer left
+            left.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{CHUNK_TEXTS}.", suffix=".tmp", dir=self.cache)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        return self
+
+    def add(self, rows: list, *, train: bool, labels=None) -> None:
+        """Rows in order; training rows carry their class index (`labels`), augmented ones -1."""
+        if self._pairs is None and len(rows):
+            self._pairs = isinstance(rows[0], tuple)
+        self._rows += rows
+        self._labels += list(labels) if train else [-1] * len(rows)
+        while len(self._rows) >= self.size:
+            self._flush(self.size)
+
+    def _flush(self, n: int) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows, self._rows = self._rows[:n], self._rows[n:]
+        labels, self._labels = self._labels[:n], self._labels[n:]
+        columns = {"text": pa.array([t[0] for t in rows] if self._pairs else rows, pa.string())}
+        if self._pairs:
+            columns["text_pair"] = pa.array([t[1] for t in rows], pa.string())
+        table = pa.table({**columns, "label": pa.array(labels, pa.int64())})
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._tmp, table.schema)
+        self._writer.write_table(table, row_group_size=max(len(table), 1))
+        for (model_dir, md5), specs in zip(self.teachers, self.specs):
+            specs.append(_chunk_spec(model_dir, md5, rows, len(specs), self.count, self.path, self.p))
+        self.count += len(rows)
+
+    def __exit__(self, kind, exc, tb) -> None:
+        try:
+            if kind is None:
+                if self._rows or self._writer is None:
+                    self._flush(len(self._rows))  # the last, short chunk (or an empty file with its schema)
+                self._writer.close()
+                self._writer = None
+                os.chmod(self._tmp, 0o644)
+                os.replace(self._tmp, self.path)
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+            self._tmp.unlink(missing_ok=True)
+
+
+def write_chunk_texts(texts: list, cache: Path, chunk_rows: int) -> Path:
+    """All rows to score at once (see `ChunkedRows`, which the stage uses to stream them)."""
+    with ChunkedRows(cache, chunk_rows, [], None) as rows:
+        rows.add(list(texts), train=False)
+    return rows.path
 
 
 def plan_chunks(model_dir: Path, teacher_md5: str, texts: list[str], texts_file: Path, p: Params) -> list[dict]:
-    """One spec per chunk (plain values: they travel to Dask workers and into Prefect task runs).
-    A chunk's file name is the md5 of everything that determines its logits."""
-    n, size = len(texts), p.soft_targets.chunk_rows
-    specs = []
-    for group, start in enumerate(range(0, n, size)):
-        h = hashlib.md5(f"{CHUNK_FORMAT}\0{teacher_md5}\0{p.data.max_length}\0{p.data.truncation}\0{start}\0".encode())
-        for t in texts[start:start + size]:
-            for part in (t if isinstance(t, tuple) else (t,)):
-                h.update(part.encode())
-                h.update(b"\0")
-            h.update(b"\1")
-        specs.append({"model_dir": str(model_dir), "teacher_md5": teacher_md5, "texts_file": str(texts_file),
-                      "row_group": group, "start": start, "rows": min(size, n - start),
-                      "max_length": p.data.max_length, "truncation": p.data.truncation, "threads": p.base.threads,
-                      "out": str(texts_file.parent / f"{teacher_md5[:12]}-{start:010d}-{h.hexdigest()}.parquet")})
-    return specs
+    """One spec per chunk of `texts` (the stage plans them as it writes the rows: `ChunkedRows`)."""
+    size = p.soft_targets.chunk_rows
+    return [_chunk_spec(model_dir, teacher_md5, texts[start:start + size], group, start, texts_file, p)
+            for group, start in enumerate(range(0, len(texts), size))]
+
+
+def _chunk_spec(model_dir: Path, teacher_md5: str, rows: list, group: int, start: int, texts_file: Path,
+                p: Params) -> dict:
+    """A chunk's spec (plain values: they travel to Dask workers and into Prefect task runs).
+    Its file name is the md5 of everything that determines its logits."""
+    h = hashlib.md5(f"{CHUNK_FORMAT}\0{teacher_md5}\0{p.data.max_length}\0{p.data.truncation}\0{start}\0".encode())
+    for t in rows:
+        for part in (t if isinstance(t, tuple) else (t,)):
+            h.update(part.encode())
+            h.update(b"\0")
+        h.update(b"\1")
+    return {"model_dir": str(model_dir), "teacher_md5": teacher_md5, "texts_file": str(texts_file),
+            "row_group": group, "start": start, "rows": len(rows),
+            "max_length": p.data.max_length, "truncation": p.data.truncation, "threads": p.base.threads,
+            "out": str(texts_file.parent / f"{teacher_md5[:12]}-{start:010d}-{h.hexdigest()}.parquet")}
 
 
 _LOADED: dict = {}  # per worker process: the last teacher used, so a worker loads each teacher once
@@ -225,17 +289,48 @@ def compute_in_process(specs: list[dict]) -> None:
 
 def read_chunks(specs: list[dict], n_labels: int) -> np.ndarray:
     """One teacher's logits [rows, n_labels], in row order, from its chunk files."""
+    parts = [read_chunk(spec, n_labels) for spec in specs]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, n_labels), np.float32)
+
+
+def read_chunk(spec: dict, n_labels: int) -> np.ndarray:
+    """One chunk's logits [rows, n_labels], checked against its spec."""
     import pyarrow.parquet as pq
 
-    parts = []
-    for spec in specs:
-        table = pq.read_table(spec["out"])
-        rows = table.column("row").to_numpy()
-        if len(rows) != spec["rows"] or (len(rows) and rows[0] != spec["start"]):
-            raise RuntimeError(f"{spec['out']}: holds rows {rows[:1]}.. ({len(rows)}), expected {spec['rows']} "
-                               f"from {spec['start']}")
-        parts.append(np.stack([table.column(f"logit_{j}").to_numpy() for j in range(n_labels)], axis=1))
-    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, n_labels), np.float32)
+    table = pq.read_table(spec["out"])
+    rows = table.column("row").to_numpy()
+    if len(rows) != spec["rows"] or (len(rows) and rows[0] != spec["start"]):
+        raise RuntimeError(f"{spec['out']}: holds rows {rows[:1]}.. ({len(rows)}), expected {spec['rows']} "
+                           f"from {spec['start']}")
+    return np.stack([table.column(f"logit_{j}").to_numpy() for j in range(n_labels)], axis=1).astype(np.float32)
+
+
+def write_fused_logits(path: Path, rows_file: Path, specs_by_teacher: list[list[dict]], weights: list[float],
+                       temperature: float, n_labels: int) -> list[int]:
+    """The teachers' logits, fused chunk by chunk (`fuse_soft_targets` is row-wise), written as one
+    .npy file [rows, n_labels] float32 without holding it. Returns, per teacher and then for the
+    fused targets, how many training rows (label >= 0) their argmax gets right."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from distillery.losses import fuse_soft_targets
+
+    n = sum(s["rows"] for s in specs_by_teacher[0])
+    groups = pq.ParquetFile(rows_file)
+    correct = [0] * (len(specs_by_teacher) + 1)
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                  "fortran_order": False, "shape": (n, n_labels)})
+        for group, chunk in enumerate(zip(*specs_by_teacher)):
+            parts = [read_chunk(spec, n_labels) for spec in chunk]
+            fused = (fuse_soft_targets([torch.from_numpy(x) for x in parts], weights, temperature).numpy()
+                     if len(parts) > 1 else parts[0])
+            y = groups.read_row_group(group, columns=["label"]).column("label").to_numpy()
+            gold = y >= 0
+            for i, logits in enumerate(parts + [fused]):
+                correct[i] += int((logits[gold].argmax(1) == y[gold]).sum())
+            fh.write(np.ascontiguousarray(fused, dtype=np.float32).tobytes())
+    return correct
 
 
 def prune_chunks(cache: Path, keep: list[dict]) -> None:

@@ -1,0 +1,134 @@
+"""Bounded memory (issue 18): the soft_targets stage, run as DVC runs it (`distillery stage
+soft_targets`, a fresh process), on a generated training split of about 100 MB of text, peaks
+at nearly the same RSS as on a split of one chunk; a process that loads the same split whole
+(`load_split`, what the stage did before) grows by more than the text itself.
+
+The texts are long (14 words of 120 letters) so that the bytes are many and the rows few, and
+cheap to score: each word is one [UNK] token for the teacher (a random-init 1-layer BERT, max_length 16)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.helpers import ROOT, make_project, tiny_params
+
+pytestmark = pytest.mark.slow
+
+BIG_ROWS = 60_000                   # ~100 MB of text (1,693 characters a row)
+SMALL_ROWS = 2_048                  # one chunk
+CHUNK_ROWS = 2_048
+WORD_CHARS, WORDS_PER_TEXT = 120, 14  # a word over 100 characters is one [UNK] without a WordPiece search
+GROWTH_BOUND_MB = 80.0              # the stage's peak at BIG_ROWS may exceed its peak at SMALL_ROWS by this
+
+
+def texts(n: int, seed: int = 0) -> list[str]:
+    """n texts of WORDS_PER_TEXT random lowercase words (random letters: the Parquet file is about
+    as large as the text, it does not compress), built as bytes (fast). The tiny teacher knows none
+    of them: each is one [UNK] token, which keeps tokenizing cheap."""
+    rng = np.random.default_rng(seed)
+    width = WORD_CHARS + 1
+    rows = rng.integers(ord("a"), ord("z") + 1, size=(n, WORDS_PER_TEXT * width), dtype=np.uint8)
+    rows[:, WORD_CHARS::width] = ord(" ")
+    return [r.tobytes()[:-1].decode() for r in rows]
+
+
+def project(dest: Path, rows: int) -> Path:
+    """A project whose validated train split holds `rows` generated rows (validate itself is not the
+    stage under test: the split is written with the validate stage's own writer)."""
+    from distillery.data import LabelMap, TextDataset, write_validated
+    from distillery.fileio import md5_file
+
+    params = tiny_params(soft_targets={"chunk_rows": CHUNK_ROWS, "workers": 0}, augment={"copies": 0})
+    params["data"]["max_length"] = 16
+    root = make_project(dest, params, ["a tiny vocabulary"], hidden=16, layers=1, heads=2,
+                        intermediate=32)
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    # The teacher stage's output without training it: the random-init encoder with a 2-class head.
+    from transformers import BertForSequenceClassification, BertTokenizerFast
+
+    from distillery.modeling import save_model_dir
+
+    labels = LabelMap(["neg", "pos"])
+    model = BertForSequenceClassification.from_pretrained(root / "teacher_src", num_labels=2)
+    save_model_dir(model, BertTokenizerFast.from_pretrained(root / "teacher_src"), labels.names,
+                   root / p["paths"]["teacher_dir"], {"role": "teacher"})
+    sources = {}
+    for split, path in (("train", p["data"]["train_path"]), ("eval", p["data"]["eval_path"])):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(f"text,label\nstand-in for the {split} source,neg\n")
+        sources[split] = {"path": path, "md5": md5_file(root / path)}
+    train = texts(rows)
+    splits = {"train": TextDataset(train, np.arange(rows) % 2), "eval": TextDataset(train[:8], np.arange(8) % 2)}
+    write_validated(root / p["paths"]["validated_dir"], splits, labels, sources)
+    return root
+
+
+# Runs a module or code as its own process and, at exit, writes that process's VmHWM (peak RSS, kB).
+# Not ru_maxrss from wait4: a child forked (vforked) from this test process inherits the test
+# process's high-water mark through exec, so it would report the test's own size.
+_WRAPPER = """
+import atexit, re, runpy, sys
+out = sys.argv.pop(1)
+def dump():
+    with open("/proc/self/status") as fh:
+        kb = re.search(r"VmHWM:\\s+(\\d+) kB", fh.read()).group(1)
+    with open(out, "w") as fh:
+        fh.write(kb)
+atexit.register(dump)
+if sys.argv[1] == "-m":
+    sys.argv = sys.argv[2:]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+else:
+    code, sys.argv = sys.argv[1], sys.argv[1:]
+    exec(compile(code, "<test>", "exec"), {"__name__": "__main__"})
+"""
+
+
+def peak_rss_mb(args: list[str], cwd: Path) -> float:
+    """Run `python ARGS` (`-m MODULE ...` or `CODE ...`) to completion; its own peak RSS in MB
+    (10^6 bytes), as the kernel's high-water mark of that process."""
+    out = cwd / f".peak-{os.getpid()}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _WRAPPER, str(out), *args], cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.returncode == 0, proc.stdout.decode()[-3000:]
+    return int(out.read_text()) * 1024 / 1e6
+
+
+def stage_peak(root: Path) -> float:
+    return peak_rss_mb(["-m", "distillery.cli", "--project-dir", str(root), "stage", "soft_targets"], root)
+
+
+def load_whole_peak(root: Path) -> float:
+    code = "import sys; from distillery.data import load_split; d = load_split(sys.argv[1]); print(len(d))"
+    return peak_rss_mb([code, str(root / "data/validated/train.parquet")], root)
+
+
+def test_soft_targets_peak_rss_does_not_grow_with_rows(tmp_path):
+    import pyarrow.parquet as pq
+
+    small, big = project(tmp_path / "small", SMALL_ROWS), project(tmp_path / "big", BIG_ROWS)
+    split = big / "data/validated/train.parquet"
+    text_mb = pq.read_table(split, columns=["text"]).nbytes / 1e6  # the texts as Arrow holds them
+    assert text_mb > 100
+
+    small_mb, big_mb = stage_peak(small), stage_peak(big)
+    logits = np.load(big / "data/teacher_logits/logits.npy")
+    assert logits.shape == (BIG_ROWS, 2) and np.isfinite(logits).all()
+    assert pq.ParquetFile(big / "data/teacher_logits/distill_set.parquet").metadata.num_rows == BIG_ROWS
+
+    # What holding the split would cost: load_split's growth from one chunk's rows to all of them.
+    whole_growth = load_whole_peak(big) - load_whole_peak(small)
+    growth = big_mb - small_mb
+    print(f"\nsoft_targets peak RSS: {small_mb:.0f} MB at {SMALL_ROWS} rows, {big_mb:.0f} MB at {BIG_ROWS} rows "
+          f"({text_mb:.0f} MB of text, {split.stat().st_size / 1e6:.0f} MB on disk); "
+          f"load_split grows by {whole_growth:.0f} MB")
+    assert whole_growth > max(2 * GROWTH_BOUND_MB, text_mb)  # a whole read would break the bound
+    assert growth < GROWTH_BOUND_MB, f"soft_targets grew by {growth:.0f} MB for {text_mb:.0f} MB of text"
