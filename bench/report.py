@@ -194,9 +194,9 @@ def _tiny_note(results: dict) -> str:
         return ""
     st = t["soft_targets"]
     return (f"\nE-tiny: the tiny profile (`{t['profile']}`), its own bench project on A and its soft targets "
-            f"(teacher trained again: {'**yes**' if t['teacher_trained'] else 'no'}; soft-target chunks "
-            f"{st['chunks_computed']} of {st['chunks']} computed, the rest reused); its pipeline run: "
-            f"{t['wall_seconds']:.0f} s.")
+            f"(teacher trained again: {'**yes**' if t['teacher_trained'] else 'no'}; teacher logits computed for "
+            f"{st['chunks_computed']} of {st['chunks']} soft-target chunks, the others read from the first "
+            f"project's); its pipeline run: {t['wall_seconds']:.0f} s.")
 
 
 def markdown(results: dict, plots: dict[str, str]) -> str:
