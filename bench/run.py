@@ -224,8 +224,11 @@ def run_benchmark(data_dir: str | Path, *, quick: bool = False, overrides: list[
         ctx = stage_context(work)  # the bench project's params; seeds; torch threads
         tiny, extra = None, ()
         if has_tiny(benchmark):
+            # A teacher trained again in this run makes the tiny project's copy stale: DVC cannot see it
+            # (teacher.model is a param there, not a dep), so the tiny project then starts fresh.
+            reuse_tiny = reuse_work and not first["ran"].get("teacher", True)
             tiny, spec = run_tiny(work, ctx, raw, data_dir, quick=quick, overrides=overrides or [],
-                                  tiny_overrides=tiny_overrides or [], benchmark=benchmark, reuse=reuse_work,
+                                  tiny_overrides=tiny_overrides or [], benchmark=benchmark, reuse=reuse_tiny,
                                   note=f"tiny bench project for distillery {results['git']['git_commit']}")
             extra = (spec,)
             ctx = stage_context(work)
