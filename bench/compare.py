@@ -7,7 +7,7 @@ sentences at the throughput batch size first (accuracy, macro-F1; also the warm-
 batch-1 latency over every sentence in file order at its real length (no padding; after
 `measure.warmup` untimed sentences; tokenization included), then batch-32 throughput
 (after one untimed batch). Models are loaded one at a time and freed before the next.
-Then the rows in ONE_THREAD (the teacher, its int8 export and the final model) are timed once
+Then the rows in ONE_THREAD (the teacher, its int8 export, the final model and the tiny one) are timed once
 more at batch 1 with one thread (PyTorch and ONNX Runtime), the cheapest serving set-up.
 Peak memory comes from a fresh process per model (bench/memory.py), after all timings.
 """
@@ -29,12 +29,12 @@ from distillery.config import Params
 from distillery.measure import latency_ms, measure_predictor
 
 REPO = Path(__file__).resolve().parents[1]
-ONE_THREAD = ("A", "B", "E-quantize")  # rows whose batch-1 latency is also measured at 1 thread
+ONE_THREAD = ("A", "B", "E-quantize", "E-tiny")  # rows whose batch-1 latency is also measured at 1 thread
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    key: str             # row name in the results: A, B, C, D, D-int8, E-distill, E-prune, E-quantize
+    key: str             # row name in the results: A, B, C, D, D-int8, E-distill, E-prune, E-quantize, E-tiny
     label: str           # short label for the plots
     what: str            # one line for the table
     kind: str            # how it is loaded: one of bench.memory.KINDS

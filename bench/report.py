@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-ROW_ORDER = ("A", "B", "C", "D", "D-int8", "E-distill", "E-prune", "E-quantize")
+ROW_ORDER = ("A", "B", "C", "D", "D-int8", "E-distill", "E-prune", "E-quantize", "E-tiny")
 REQUIRED_ROWS = ("A", "B", "C", "D", "E-distill", "E-prune", "E-quantize")
 FINAL = "E-quantize"
+TINY = "E-tiny"  # the tiny profile's final model (bench/tiny.py), where the benchmark has one
 NOISY_SHARE = 0.05  # other processes' CPU share while timing above which the report warns
 README_START, README_END = "<!-- bench:sst2:start -->", "<!-- bench:sst2:end -->"
 
@@ -115,6 +116,12 @@ def evaluate_targets(rows: dict[str, dict], pipeline: dict, benchmark: str = "ss
                 pipeline.get("non_compute_share"), "<=", 0.10),
         _target("rerun_seconds", "no-change rerun <= 30 s", pipeline["rerun_wall_seconds"], "<=", 30.0),
     ]
+    if TINY in rows:  # issue 19's second profile: the best student per megabyte
+        targets += [
+            _target("tiny_size_mb", "tiny profile (E-tiny) <= 1.5 MB on disk", rows[TINY]["size_mb"], "<=", 1.5),
+            _target("tiny_accuracy", "tiny profile (E-tiny) accuracy >= 86.0%", 100.0 * rows[TINY]["accuracy"],
+                    ">=", 86.0),
+        ]
     return targets
 
 
@@ -170,7 +177,7 @@ def _pipeline_table(p: dict) -> str:
 
 
 def _targets_table(targets: list[dict]) -> str:
-    head = "| target (final model E-quantize, pipeline) | measured | required | met |\n|---|--:|--:|---|\n"
+    head = "| target (final model E-quantize, tiny profile E-tiny, pipeline) | measured | required | met |\n|---|--:|--:|---|\n"
     fmt = {"non_compute_share": "{:.1%}", "accuracy_retention_vs_A": "{:.1%}", "f1_retention_vs_A": "{:.1%}"}
     lines = []
     for t in targets:
@@ -178,6 +185,18 @@ def _targets_table(targets: list[dict]) -> str:
         met = "–" if t["met"] is None else ("yes" if t["met"] else "**no**")
         lines.append(f"| {t['target']} | {_f(t['value'], f)} | {t['op']} {f.format(t['threshold'])} | {met} |")
     return head + "\n".join(lines) + "\n"
+
+
+def _tiny_note(results: dict) -> str:
+    """The E-tiny legend and what its own project's run cost (empty without a tiny row)."""
+    t = results.get("tiny")
+    if not t or TINY not in results["models"]:
+        return ""
+    st = t["soft_targets"]
+    return (f"\nE-tiny: the tiny profile (`{t['profile']}`), its own bench project on A and its soft targets "
+            f"(teacher trained again: {'**yes**' if t['teacher_trained'] else 'no'}; teacher logits computed for "
+            f"{st['chunks_computed']} of {st['chunks']} soft-target chunks, the others read from the first "
+            f"project's); its pipeline run: {t['wall_seconds']:.0f} s.")
 
 
 def markdown(results: dict, plots: dict[str, str]) -> str:
@@ -201,7 +220,7 @@ train {rows['train_rows']:,} rows, dev {rows['eval_rows']:,} {'pairs' if results
 {_model_table(results)}
 A: the fine-tuned teacher (fp32, PyTorch); B: A through ONNX Runtime dynamic int8; C: A with
 `torch.ao.quantization.quantize_dynamic`; D: a student of our shape trained on hard labels only (no
-teacher; D-int8: the same through ONNX Runtime int8); E: our student after distill, prune, quantize.
+teacher; D-int8: the same through ONNX Runtime int8); E: our student after distill, prune, quantize.{_tiny_note(results)}
 Latency: batch 1 over every dev sentence at its real length, tokenization included; throughput:
 batch 32; peak RSS: a fresh process scoring every sentence at batch 32 (ONNX rows without torch loaded).
 
@@ -228,7 +247,7 @@ def plot(results: dict, x_key: str, x_label: str, out: Path) -> Path:
     from distillery.plots import accuracy_scatter
 
     # Each point carries its short key (A, B, ..., E-quantize) beside it; the legend names it in full.
-    points = [{**results["models"][key], "key": key, "marker": "*" if key == FINAL else "o",
+    points = [{**results["models"][key], "key": key, "marker": {FINAL: "*", TINY: "P"}.get(key, "o"),
                "color": "tab:red" if key.startswith("E") else ("tab:gray" if key.startswith("D") else "tab:blue")}
               for key in ROW_ORDER if key in results["models"]]
     title = results.get("title", "SST-2")

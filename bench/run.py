@@ -2,9 +2,11 @@
 
 1. A fresh bench project (bench/workdir.py) with the benchmark profile; the real Prefect flow
    runs in it (timed); then a no-change rerun in a fresh process (bench/pipeline_timing.py).
+   Where the benchmark has a tiny profile (SST-2), a second project runs it the same way, on the
+   first project's fine-tuned teacher and soft-target chunks (bench/tiny.py): row E-tiny.
 2. The competitors, built with the pipeline's own code (bench/baselines.py): B, C, D, D-int8.
-3. A, B, C, D, D-int8, E-distill, E-prune, E-quantize measured in this process under the same
-   conditions (bench/compare.py), then peak memory, one fresh process per model (bench/memory.py).
+3. A, B, C, D, D-int8, E-distill, E-prune, E-quantize (and E-tiny) measured in this process under
+   the same conditions (bench/compare.py), then peak memory, one fresh process per model (bench/memory.py).
 4. bench/results/<date>-sst2.json (every raw figure, machine, versions, git commit), the markdown
    report and two plots (bench/report.py); with --update-readme, the README's benchmark section.
 """
@@ -90,9 +92,9 @@ def build_competitors(ctx, base_dir: Path) -> tuple[dict[str, Path], dict]:
     return dirs, built
 
 
-def model_specs(ctx, dirs: dict[str, Path]) -> list:
-    """The rows A to E-quantize, in the order they are measured. An int8 model counts the
-    parameters of the fp32 model it was made from (the same weights, stored as int8)."""
+def model_specs(ctx, dirs: dict[str, Path], extra: tuple = ()) -> list:
+    """The rows A to E-quantize, then `extra` (E-tiny), in the order they are measured. An int8
+    model counts the parameters of the fp32 model it was made from (the same weights, stored as int8)."""
     from bench.compare import ModelSpec
     from bench.torch_int8 import TORCH_INT8_FILE
     from distillery.modeling import count_parameters, load_model_dir
@@ -115,6 +117,7 @@ def model_specs(ctx, dirs: dict[str, Path]) -> list:
         ModelSpec("E-prune", "E-prune: ours pruned, fp32", "ours after prune, fp32", "torch", pruned, npr),
         ModelSpec("E-quantize", "E-quantize: ours, int8 (final)", "ours after quantize, ONNX int8 (final)", "onnx",
                   ctx.path(paths.quantized_dir), npr),
+        *extra,
     ]
 
 
@@ -131,13 +134,50 @@ def run_pipeline(work: Path) -> tuple[dict, dict, dict, float | None]:
     return first, walls, rerun, other.share
 
 
-def measure_models(ctx, work: Path) -> tuple[list, dict, dict, dict]:
-    """Build the competitors, then time every model in this process and probe its memory."""
+def run_tiny(work: Path, ctx, main_raw: dict, data_dir: Path, *, quick: bool, overrides: list[str],
+             tiny_overrides: list[str], benchmark: str, reuse: bool, note: str) -> tuple[dict, object]:
+    """The tiny profile's project beside `work`, run through the real flow (timed) on the main
+    project's teacher; returns its figures and its model spec (row E-tiny)."""
+    from bench import pipeline_timing, tiny
+    from bench.compare import ModelSpec
+    from distillery.config import params_from_dict
+    from distillery.modeling import count_parameters, load_model_dir
+    from tasks.common import STAGES, read_json, report_path
+
+    p = ctx.params
+    raw = tiny.build_tiny_params(data_dir, quick, overrides, tiny_overrides, benchmark, main_raw,
+                                 ctx.path(p.paths.teacher_dir))
+    twork = tiny.tiny_work_dir(work)
+    fresh = make_work_project(twork, raw, reuse=reuse, note=note)
+    tp = params_from_dict(raw, str(twork / "params.yaml"))
+    seeded = tiny.seed_soft_target_chunks(work, p, twork, tp) if fresh else 0
+    print(f"bench: running the tiny profile in {twork} (teacher {raw['teacher']['model']}, "
+          f"{seeded} soft-target chunk(s) linked)")
+    with bench_environment(twork):
+        first = pipeline_timing.run_first(twork)
+        walls = pipeline_timing.task_walls(first["flow_run_id"])
+    reports = {s: read_json(report_path(twork, tp, s)) for s in STAGES if report_path(twork, tp, s).exists()}
+    main_soft = report_path(work, p, "soft_targets")
+    main_md5 = (read_json(main_soft).get("teachers") or [{}])[0].get("md5") if main_soft.exists() else None
+    profile = BENCHMARKS[benchmark]["tiny"].relative_to(REPO).as_posix()
+    figures = {"profile": profile, "work_dir": str(twork), "teacher_dir": raw["teacher"]["model"],
+               "fresh_project": fresh, **tiny.tiny_figures(first, walls, reports, seeded, main_md5),
+               "params": {"tiny_overrides": tiny_overrides, "effective": tp.as_dict()}}
+    pruned, final = twork / tp.paths.pruned_dir, twork / tp.paths.quantized_dir
+    variant = figures["quantize"]["variant"] or tp.quantize.method.removeprefix("onnx_")
+    spec = ModelSpec(tiny.TINY_KEY, f"{tiny.TINY_KEY}: tiny profile, {variant}",
+                     f"tiny profile ({tp.student.architecture} student), ONNX {variant}", "onnx", final,
+                     count_parameters(load_model_dir(pruned)[0]))
+    return figures, spec
+
+
+def measure_models(ctx, work: Path, extra: tuple = ()) -> tuple[list, dict, dict, dict]:
+    """Build the competitors, then time every model (and `extra`) in this process and probe its memory."""
     from bench import compare
     from tasks.models import load_splits
 
     dirs, built = build_competitors(ctx, work / "baselines")
-    specs = model_specs(ctx, dirs)
+    specs = model_specs(ctx, dirs, extra)
     train_set, eval_set, labels = load_splits(ctx)
     texts = eval_set.inputs  # sentences, or (sentence, sentence) pairs at their real lengths
     rows = compare.measure_all(specs, texts, eval_set.labels, len(labels), ctx.params)
@@ -159,9 +199,12 @@ def measure_models(ctx, work: Path) -> tuple[list, dict, dict, dict]:
 
 def run_benchmark(data_dir: str | Path, *, quick: bool = False, overrides: list[str] | None = None,
                   work_dir: str | Path | None = None, out_dir: str | Path | None = None, reuse_work: bool = False,
-                  update_readme: bool = False, command: str = "distillery bench", benchmark: str = "sst2") -> dict:
-    """Run the whole benchmark; returns the results dict (also written to `out_dir`)."""
+                  update_readme: bool = False, command: str = "distillery bench", benchmark: str = "sst2",
+                  tiny_overrides: list[str] | None = None) -> dict:
+    """Run the whole benchmark; returns the results dict (also written to `out_dir`).
+    `tiny_overrides`: KEY=VALUE items for the tiny profile's project only (bench/tiny.py)."""
     from bench import pipeline_timing
+    from bench.tiny import has_tiny
     from tasks.common import STAGES, read_json, report_path, stage_context
     from tasks.register import git_lineage
 
@@ -179,7 +222,17 @@ def run_benchmark(data_dir: str | Path, *, quick: bool = False, overrides: list[
     with bench_environment(work):
         first, walls, rerun, other_share = run_pipeline(work)
         ctx = stage_context(work)  # the bench project's params; seeds; torch threads
-        specs, rows, built, sizes = measure_models(ctx, work)
+        tiny, extra = None, ()
+        if has_tiny(benchmark):
+            # A teacher trained again in this run makes the tiny project's copy stale: DVC cannot see it
+            # (teacher.model is a param there, not a dep), so the tiny project then starts fresh.
+            reuse_tiny = reuse_work and not first["ran"].get("teacher", True)
+            tiny, spec = run_tiny(work, ctx, raw, data_dir, quick=quick, overrides=overrides or [],
+                                  tiny_overrides=tiny_overrides or [], benchmark=benchmark, reuse=reuse_tiny,
+                                  note=f"tiny bench project for distillery {results['git']['git_commit']}")
+            extra = (spec,)
+            ctx = stage_context(work)
+        specs, rows, built, sizes = measure_models(ctx, work, extra)
     paired = sizes.pop("paired")
     p = ctx.params
     reports = {s: read_json(report_path(work, p, s)) for s in STAGES if report_path(work, p, s).exists()}
@@ -191,6 +244,7 @@ def run_benchmark(data_dir: str | Path, *, quick: bool = False, overrides: list[
               "bench": bench_cfg, "source_sha256": {n: file_sha256(data_dir / n) for n in ("train.tsv", "dev.tsv")}},
         params={"profiles": [f"bench/{benchmark}.params.yaml"] + ([f"bench/{benchmark}-quick.params.yaml"] if quick else []),
                 "overrides": overrides or [], "effective": p.as_dict()},
+        tiny=tiny,
         conditions={"threads": p.base.threads, "device": p.base.device, "warmup": p.measure.warmup,
                     "latency": f"batch 1, every eval item ({BENCHMARKS[benchmark]['eval_unit']}) in file order, "
                                "real length, tokenization included",

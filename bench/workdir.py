@@ -23,11 +23,13 @@ from distillery.config import PARAMS_FILE, ConfigError, Params, apply_overrides,
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "bench" / "sst2.params.yaml"
 QUICK_PROFILE = REPO / "bench" / "sst2-quick.params.yaml"
+TINY_PROFILE = REPO / "bench" / "sst2-tiny.params.yaml"
 # The benchmarks `distillery bench --benchmark NAME` runs: each a profile (and its quick profile)
-# over the repo's params.yaml, and the data folder's two files (GLUE's names).
+# over the repo's params.yaml, and the data folder's two files (GLUE's names); "tiny": a second
+# profile benchmarked in the same run as its own row (bench/tiny.py).
 BENCHMARKS = {
     "sst2": {"title": "SST-2", "profile": PROFILE, "quick": QUICK_PROFILE, "data": "sst2",
-             "eval_unit": "sentences"},
+             "eval_unit": "sentences", "tiny": TINY_PROFILE},
     "mrpc": {"title": "MRPC", "profile": REPO / "bench" / "mrpc.params.yaml",
              "quick": REPO / "bench" / "mrpc-quick.params.yaml", "data": "mrpc", "eval_unit": "sentence pairs"},
 }
@@ -48,17 +50,18 @@ def merge_profile(raw: dict, profile: dict) -> dict:
 
 
 def build_params(data_dir: Path, quick: bool, overrides: list[str],
-                 benchmark: str = "sst2") -> tuple[dict, dict, Params]:
+                 benchmark: str = "sst2", tiny: bool = False) -> tuple[dict, dict, Params]:
     """(raw params for the bench project, bench-only settings, validated params).
 
-    Order: repo params.yaml < <benchmark>.params.yaml < <benchmark>-quick.params.yaml (with --quick) < --set.
+    Order: repo params.yaml < <benchmark>.params.yaml < (with `tiny`) its tiny profile
+    < <benchmark>-quick.params.yaml (with --quick) < --set.
     """
     spec = BENCHMARKS[benchmark]
     for name in ("train.tsv", "dev.tsv"):
         if not (Path(data_dir) / name).is_file():
             raise ConfigError(f"--data {data_dir}: no {name} there (expected {spec['title']}'s train.tsv and dev.tsv)")
     raw = read_raw(REPO / PARAMS_FILE)
-    for profile in [spec["profile"]] + ([spec["quick"]] if quick else []):
+    for profile in [spec["profile"]] + ([spec["tiny"]] if tiny else []) + ([spec["quick"]] if quick else []):
         raw = merge_profile(raw, read_raw(profile))
     raw = apply_overrides(raw, overrides, "--set")
     bench = {**BENCH_KEYS, **(raw.pop("bench", None) or {})}

@@ -3,21 +3,27 @@
 The real pipeline (Prefect flow over the DVC stages) runs in a bench project under tmp_path
 with the quick profile and a random-init tiny BERT as teacher, so it takes minutes, not the
 full benchmark's half hour; the test asserts that every model row, figure, ratio, pipeline
-figure, target and output file is produced. The figures themselves mean nothing here.
+figure, target and output file is produced, the tiny profile's row (E-tiny: a second project on the
+first one's teacher) included, and that the README's plain-onnxruntime scoring lines give the
+pipeline's own logits. The figures themselves mean nothing here.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import math
+import re
+from pathlib import Path
 
+import onnx
 import pytest
 
 from tests.helpers import make_tiny_teacher
 
 pytestmark = [pytest.mark.slow, pytest.mark.sst2]
 
-ROWS = ("A", "B", "C", "D", "E-distill", "E-prune", "E-quantize")
+ROWS = ("A", "B", "C", "D", "E-distill", "E-prune", "E-quantize", "E-tiny")
 FIGURES = ("accuracy", "macro_f1", "size_mb", "params", "latency_p50_ms", "latency_p95_ms", "throughput_sps",
            "peak_rss_mb")
 
@@ -34,9 +40,11 @@ def test_bench_quick_produces_every_row_figure_and_output(sst2_dir, prefect_harn
         sst2_dir, quick=True, work_dir=tmp_path / "work", out_dir=tmp_path / "results", command="pytest",
         overrides=[f"teacher.model={teacher}", "student.layers=[0, 2]", "student.hidden_size=16",
                    "student.intermediate_size=32", "teacher.learning_rate=1e-3",
-                   "distill.learning_rate=1e-3", "bench.train_rows=200", "bench.eval_rows=40"])
+                   "distill.learning_rate=1e-3", "bench.train_rows=200", "bench.eval_rows=40"],
+        tiny_overrides=["student.bilstm.embedding_dim=16", "student.bilstm.hidden_size=8",
+                        "student.bilstm.classifier_hidden=8"])  # the tiny teacher is 32 wide
 
-    assert set(ROWS) <= set(REQUIRED_ROWS) <= set(results["models"])
+    assert set(REQUIRED_ROWS) <= set(ROWS) <= set(results["models"])
     assert results["data"]["train_rows"] == 200 and results["data"]["eval_rows"] == 40
     for key in ROWS:
         row = results["models"][key]
@@ -65,6 +73,19 @@ def test_bench_quick_produces_every_row_figure_and_output(sst2_dir, prefect_harn
     assert rows["D"]["params"] == rows["E-distill"]["params"] > rows["E-prune"]["params"]
     assert rows["E-quantize"]["size_mb"] < rows["E-prune"]["size_mb"]
     assert rows["B"]["memory"]["imports_rss_mb"] < rows["A"]["memory"]["imports_rss_mb"]  # no torch for ONNX
+    # The tiny profile: its own project, on A (not trained again), a BiLSTM with 4-bit embeddings.
+    tiny = results["tiny"]
+    assert rows["E-tiny"]["size_mb"] < rows["E-quantize"]["size_mb"]
+    assert rows["E-tiny"]["params"] < rows["E-quantize"]["params"]
+    assert tiny["fresh_project"] and all(tiny["ran"].values()) and tiny["teacher_trained"] is False
+    assert tiny["teacher_dir"] == str(Path(results["work_dir"]) / "models" / "teacher")
+    soft = tiny["soft_targets"]
+    assert soft["same_teacher_as_main"] and soft["chunks_seeded_from_main"] >= 1  # so its chunks can be reused
+    assert 0 < soft["augmented_rows"] <= 200 and soft["rows"] == 200 + soft["augmented_rows"]  # augment.copies: 1
+    assert tiny["student"]["architecture"] == "bilstm"
+    assert tiny["quantize"]["variant"] == "int4_embeddings"
+    graph = onnx.load(str(Path(rows["E-tiny"]["model_dir"]) / "model.onnx")).graph
+    assert {"GatherBlockQuantized", "DynamicQuantizeLSTM"} <= {n.op_type for n in graph.node}
 
     pipe = results["pipeline"]
     assert pipe["fresh_run"] and pipe["wall_seconds"] > 0
@@ -77,9 +98,9 @@ def test_bench_quick_produces_every_row_figure_and_output(sst2_dir, prefect_harn
     assert pipe["register_seconds"] > 0
 
     targets = {t["name"]: t for t in results["targets"]}
-    assert len(targets) == 13 and all(t["value"] is not None and t["met"] in (True, False)
+    assert len(targets) == 15 and {"tiny_size_mb", "tiny_accuracy"} <= set(targets) and all(t["value"] is not None and t["met"] in (True, False)
                                       for t in targets.values())
-    for key in ("A", "B", "E-quantize"):  # timed once more at 1 thread
+    for key in ("A", "B", "E-quantize", "E-tiny"):  # timed once more at 1 thread
         assert rows[key]["latency_p50_ms_1_thread"] > 0
 
     files = results["files"]
@@ -88,9 +109,32 @@ def test_bench_quick_produces_every_row_figure_and_output(sst2_dir, prefect_harn
     assert saved["versions"]["torch"] and saved["machine"]["cpu_count"]
     md = open(files["markdown"]).read()
     assert "Produced by `pytest`" in md and "Quick mode" in md and "paired bootstrap interval" in md
+    assert "E-tiny: the tiny profile (`bench/sst2-tiny.params.yaml`)" in md
     for key in ROWS:
         assert f"| {key} |" in md
     for plot in ("latency", "size"):
         with open(files[plot], "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
         assert files[plot].rsplit("/", 1)[-1] in md
+
+    for key in ("E-quantize", "E-tiny"):
+        assert_readme_snippet_scores_like_the_pipeline(Path(rows[key]["model_dir"]))
+
+
+def assert_readme_snippet_scores_like_the_pipeline(model_dir: Path) -> None:
+    """The README's "plain onnxruntime" lines, run on `model_dir`, give OnnxClassifier's logits."""
+    import numpy as np
+
+    from bench.workdir import REPO
+    from distillery.onnx_model import OnnxClassifier
+
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("**Scoring the final model with plain onnxruntime**")
+    code = re.search(r"```python\n(.*?)```", readme[start:], re.S).group(1)
+    default = '"bench/work/sst2/models/quantized"'
+    assert default in code
+    scope: dict = {}
+    exec(code.replace(default, repr(str(model_dir))), scope)  # our own README's lines
+    texts = ast.literal_eval(re.search(r"encode_batch\((\[.*?\])\)", code).group(1))
+    expected = OnnxClassifier.from_dir(model_dir, threads=1).predict_logits(texts)
+    np.testing.assert_allclose(scope["logits"], expected, atol=1e-4)
