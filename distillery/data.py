@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from distillery.errors import DistilleryError
 from distillery.fileio import md5_file, replace_dir, temp_dir_for, write_atomically
 
 TEXT = "text"
@@ -47,7 +48,7 @@ MANIFEST_FILE = "manifest.json"
 LABELS_FILE = "labels.json"
 
 
-class DataError(ValueError):
+class DataError(DistilleryError, ValueError):
     """A data file (or label set) that cannot be used; the message names the file and problem."""
 
 

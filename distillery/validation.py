@@ -28,6 +28,7 @@ import pandas as pd
 
 from distillery.config import DataConfig, ValidateConfig
 from distillery.data import LABEL, TEXT, TEXT_PAIR
+from distillery.errors import DistilleryError
 
 # Columns derived for checks beyond one column (see `gx_frame`).
 SHARE = "label_share"        # the row's class's share of the labelled rows (0 when unlabelled)
@@ -105,7 +106,7 @@ class SplitValidation:
                 "warnings": [w.to_dict() for w in self.warnings], "gx_result": self.gx_result}
 
 
-class ValidationFailed(Exception):
+class ValidationFailed(DistilleryError):
     """Raised by the validate stage when any split fails; str() is the readable report."""
 
     def __init__(self, results: list[SplitValidation]):

@@ -21,9 +21,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from distillery.cli import IN_FLOW_ENV
 from distillery.config import load_params
 from distillery.data import DataError, check_validated, validated_is_stale
+from distillery.env import IN_FLOW_ENV
+from distillery.errors import DistilleryError
 from distillery.interrupts import Interrupted, clear_stale_dvc_locks, deferred, exit_code_for_stage
 from distillery.report import gate_rows
 from flows.progress import stage_progress
@@ -37,7 +38,7 @@ from tasks.validate import length_shift
 STAGE_ERRORS_DIR = "errors"
 
 
-class StageFailed(RuntimeError):
+class StageFailed(DistilleryError, RuntimeError):
     """A DVC stage exited non-zero; the message carries the stage's own error."""
 
 

@@ -45,7 +45,8 @@ def run(ctx: StageContext) -> dict:
     from distillery.modeling import count_parameters, load_model_dir, save_model_dir
     from distillery.student import build_student
     from distillery.training import encode_texts, is_main_process, resolve_device, train
-    from tasks.models import load_distill_set, load_splits, measure_torch_model
+    from tasks.models import load_splits, measure_torch_model
+    from tasks.soft_targets import load_distill_set
 
     p, d = ctx.params, ctx.params.distill
     _, eval_set, labels = load_splits(ctx)

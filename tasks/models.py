@@ -24,20 +24,6 @@ def load_splits(ctx: StageContext):
     return load_split(d / "train.parquet"), load_split(d / "eval.parquet"), labels
 
 
-def load_distill_set(ctx: StageContext):
-    """(texts + labels, teacher logits) written by the soft_targets stage; label -1 marks an
-    augmented text (no gold label)."""
-    from distillery.data import load_split
-    from tasks.soft_targets import LOGITS_FILE, SET_FILE
-
-    d = ctx.path(ctx.params.paths.logits_dir)
-    data, logits = load_split(d / SET_FILE), np.load(d / LOGITS_FILE, allow_pickle=False)
-    if len(logits) != len(data):
-        raise ValueError(f"{d}: {len(data)} texts but {len(logits)} rows of teacher logits; "
-                         "run `dvc repro -f soft_targets`")
-    return data, logits
-
-
 def measure_torch_model(ctx: StageContext, model, tokenizer, eval_set, n_classes: int,
                         model_dir: Path) -> dict:
     """The standard figures for a PyTorch model, timed on the CPU as it would be deployed."""

@@ -43,7 +43,8 @@ def run(ctx: StageContext) -> dict:
     from distillery.pruning import (apply_pruning, compute_importance, current_structure, drop_layers, plan_pruning,
                                     step_fractions)
     from distillery.training import collate, encode_texts, is_main_process, iter_batches, resolve_device, train
-    from tasks.models import load_distill_set, load_splits, measure_torch_model
+    from tasks.models import load_splits, measure_torch_model
+    from tasks.soft_targets import load_distill_set
 
     p, pr, d = ctx.params, ctx.params.prune, ctx.params.distill
     device = resolve_device(p.base.device)

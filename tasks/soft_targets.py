@@ -139,6 +139,19 @@ def run(ctx: StageContext, compute: Callable[[list[dict]], object] | None = None
     return report
 
 
+def load_distill_set(ctx: StageContext):
+    """(texts + labels, teacher logits) written by the soft_targets stage; label -1 marks an
+    augmented text (no gold label)."""
+    from distillery.data import load_split
+
+    d = ctx.path(ctx.params.paths.logits_dir)
+    data, logits = load_split(d / SET_FILE), np.load(d / LOGITS_FILE, allow_pickle=False)
+    if len(logits) != len(data):
+        raise ValueError(f"{d}: {len(data)} texts but {len(logits)} rows of teacher logits; "
+                         "run `dvc repro -f soft_targets`")
+    return data, logits
+
+
 def _teacher_labels(model_dir: Path) -> list:
     from distillery.modeling import ModelLoadError, read_labels
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from distillery.cli import configure_environment
+from distillery.env import configure_environment
 from tests.helpers import cue_text, make_project, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def project(tmp_path_factory, prefect_harness):
 
 
 def run_flow(root: Path, overrides: list[str]) -> dict:
-    from distillery.cli import prepare_params
+    from distillery_cli.cli import prepare_params
     from flows.pipeline import pipeline
 
     prepare_params(root, None, COMMON + overrides)
