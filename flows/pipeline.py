@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from distillery.config import load_params
+from distillery.config import PARAMS_FILE, load_params
 from distillery.data import DataError, check_validated, validated_is_stale
 from distillery.env import IN_FLOW_ENV
 from distillery.errors import DistilleryError
@@ -93,7 +93,7 @@ def run_dvc_stage(root: Path, stage: str, force: bool = False) -> bool:
         signum = _stage_signal(exc)
         if signum is not None:  # the stage command was stopped by SIGINT / SIGTERM (Ctrl-C to the group)
             raise Interrupted(signum) from None
-        params = load_params(Path(root) / "params.yaml", check_files=False)
+        params = load_params(Path(root) / PARAMS_FILE, check_files=False)
         err = stage_error_path(root, params, stage)
         detail = err.read_text().strip() if err.exists() else " ".join(str(exc).split())
         raise StageFailed(f"stage {stage!r} failed: {detail}") from None
@@ -173,7 +173,7 @@ def gate_inputs_before_training(root: Path, params, client, new_task_reason: str
 def register(root: str, parent_run_id: str, flow_run_id: str | None, new_task_reason: str | None = None) -> dict:
     """Retried only when the store cannot be reached (register.retries, doubling waits); a request the
     store refuses fails at once. A retry settles its own interrupted attempt first (see register_model)."""
-    params = load_params(Path(root) / "params.yaml")
+    params = load_params(Path(root) / PARAMS_FILE)
     cfg = params.register
 
     def attempt() -> dict:
@@ -252,7 +252,7 @@ def stage_markdown(table: list[dict], gate: dict, registration: dict | None) -> 
 def pipeline(project_dir: str = ".", new_task_reason: str | None = None) -> dict:
     """Run every stage (DVC skips unchanged ones), track in MLflow, gate, register."""
     root = Path(project_dir).resolve()
-    params = load_params(root / "params.yaml")
+    params = load_params(root / PARAMS_FILE)
     ensure_dvc(root)
     client = tracking.client_for(root, params)
     exp_id = tracking.experiment_id(client, root, params)
