@@ -16,47 +16,34 @@ import threading
 import traceback
 from pathlib import Path
 
-from distillery.config import PARAMS_FILE, ConfigError, apply_overrides, load_params, params_from_dict, read_raw
+from distillery.config import PARAMS_FILE, ConfigError, load_params, params_from_dict, params_text_with, read_raw
 from distillery.env import IN_FLOW_ENV, configure_environment
 from distillery.errors import user_error_types
+from distillery.fileio import write_atomically
 from flows.prefect_api import own_prefect_api, quiet_user_errors_on_console
 
 def prepare_params(root: Path, params_file: str | None, overrides: list[str]) -> None:
     """Validate the params to run with and make them the project's params.yaml (which DVC tracks).
 
     Like `dvc exp run --set-param`, overrides are written into params.yaml (comments kept),
-    so `dvc repro` and the run agree on what was run.
+    so `dvc repro` and the run agree on what was run: the text validated is the text written.
     """
+    import yaml
+
     target = root / PARAMS_FILE
     source = Path(params_file) if params_file else target
-    raw = apply_overrides(read_raw(source), overrides, str(source))
-    params_from_dict(raw, str(source), root)  # fails here, before anything is touched
-    from distillery.fileio import write_atomically  # a kill mid-write must not truncate the user's params
-
-    if source.resolve() != target.resolve():
+    raw = read_raw(source)  # a missing, empty or unreadable file: an error that names it
+    text = params_text_with(source, overrides) if overrides else None
+    params_from_dict(yaml.safe_load(text) if text else raw, str(source), root)  # fails here, before anything is touched
+    copied = source.resolve() != target.resolve()
+    # a kill mid-write must not truncate the user's params
+    if text is not None:
+        write_atomically(target, lambda tmp: tmp.write_text(text))
+    elif copied:
         write_atomically(target, lambda tmp: shutil.copyfile(source, tmp))
+    if copied:
         print(f"params: using {source} (copied to {target.name}, which DVC tracks)")
     if overrides:
-        from ruamel.yaml import YAML
-
-        yaml = YAML()  # round-trip mode: keeps the file's comments and layout
-        yaml.representer.add_representer(
-            type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
-        doc = yaml.load(target.read_text())
-        for item in overrides:
-            from distillery.config import parse_override
-
-            keys, value = parse_override(item)
-            node = doc
-            for k in keys[:-1]:
-                node = node.setdefault(k, {})
-            node[keys[-1]] = value
-
-        def dump(tmp: Path) -> None:
-            with tmp.open("w") as fh:
-                yaml.dump(doc, fh)
-
-        write_atomically(target, dump)
         print(f"params: {', '.join(overrides)} written to {target.name}")
 
 
@@ -111,7 +98,6 @@ def cmd_stage(args) -> int:
     configure_environment(root)
     import importlib
 
-    from distillery.fileio import write_atomically
     from tasks.common import remove_stage_leftovers, stage_context
 
     err_file = None
@@ -264,7 +250,6 @@ def cmd_feedback(args) -> int:
 
 def cmd_shadow_report(args) -> int:
     root, params = _project(args)
-    from distillery.fileio import write_atomically
     from distillery.serving.server import DEFAULT_LOG, SHADOW_REPORT
     from distillery.serving.shadow_report import format_table, render_html, shadow_report
 

@@ -26,7 +26,7 @@ from distillery.data import DataError, check_validated, validated_is_stale
 from distillery.env import IN_FLOW_ENV
 from distillery.errors import DistilleryError
 from distillery.interrupts import Interrupted, clear_stale_dvc_locks, deferred, exit_code_for_stage
-from distillery.report import gate_rows
+from distillery.report import COLUMNS, format_figure, gate_rows
 from flows.progress import stage_progress
 from tasks import tracking
 from tasks.common import STAGES, read_json, report_path
@@ -224,19 +224,18 @@ def publish_report(root: Path, params, client, parent_run_id: str) -> str:
 
 
 def stage_markdown(table: list[dict], gate: dict, registration: dict | None) -> str:
-    head = ("| stage | accuracy | macro-F1 | size MB | params | p50 ms | p95 ms | samples/s | vs teacher (CI) | "
-            "fidelity |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    headers = ["stage", *(h for _, h, _ in COLUMNS), "vs teacher (CI)", "fidelity"]  # the console table's columns
+    head = "| " + " | ".join(headers) + " |\n" + "|---" * len(headers) + "|\n"
 
-    def vs(r):
+    def compared(r) -> list[str]:  # a stage measured against the teacher (evaluate's rows) has both
         c = r.get("vs_teacher")
-        return "-" if not c else f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+        if "fidelity" not in r:
+            return ["-", "-"]
+        vs = "-" if not c else f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+        return [vs, f"{r['fidelity']:.4f}"]
 
-    rows = "".join(
-        f"| {r['stage']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['size_mb']:.2f} | {r['params']:,} | "
-        f"{r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} | {r['throughput_sps']:.1f} | {vs(r)} | "
-        f"{r['fidelity']:.4f} |\n" if "fidelity" in r else
-        f"| {r['stage']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['size_mb']:.2f} | {r['params']:,} | "
-        f"{r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} | {r['throughput_sps']:.1f} | - | - |\n" for r in table)
+    rows = "".join("| " + " | ".join([r["stage"], *(format_figure(f, r.get(k)) for k, _, f in COLUMNS), *compared(r)])
+                   + " |\n" for r in table)
     verdict = "PASSED" if gate["passed"] else "FAILED"
     checks = "| check | observed | threshold | result | detail |\n|---|---|---|---|---|\n" + "".join(
         f"| {r['name']} | {r['observed']} | {r['threshold']} | {r['status']} | {r['detail']} |\n"

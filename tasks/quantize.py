@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ def ort_fusable(model) -> bool:
 
 
 def run(ctx: StageContext) -> dict:
+    from distillery.fileio import temp_dir_for
     from distillery.measure import measure_predictor
     from distillery.modeling import LABELS_FILE, META_FILE, count_parameters, load_model_dir, replace_dir
     from distillery.onnx_model import OnnxClassifier
@@ -42,8 +42,7 @@ def run(ctx: StageContext) -> dict:
     src = ctx.path(p.paths.pruned_dir)
     model, tokenizer, _, meta = load_model_dir(src)
     out = ctx.path(p.paths.quantized_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = temp_dir_for(out)  # the candidates' scratch space; the chosen one is swapped in as `out`
     # Calibration and selection rows come from the training split only: the eval split is the gate's.
     calib_idx, sel_idx = split_training_rows(len(train_set.texts), q.calibration_rows, q.selection_rows, p.base.seed)
     inputs_all = train_set.inputs  # texts, or (text, text_pair) tuples

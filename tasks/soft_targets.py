@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -75,7 +74,7 @@ def run(ctx: StageContext, compute: Callable[[list[dict]], object] | None = None
     from distillery.augment import augment_texts
     from distillery.data import TextDataset, save_split
     from distillery.losses import fuse_soft_targets
-    from distillery.modeling import replace_dir
+    from distillery.fileio import atomic_dir
     from tasks.models import load_splits
 
     p, a, d = ctx.params, ctx.params.augment, ctx.params.distill
@@ -119,17 +118,12 @@ def run(ctx: StageContext, compute: Callable[[list[dict]], object] | None = None
              else all_logits[0]).numpy()
     logits_seconds = time.perf_counter() - start
 
-    out = ctx.path(p.paths.logits_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")  # written whole, then swapped in: never half a set
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     pairs = train_set.pairs is not None
-    save_split(TextDataset([x[0] for x in all_texts] if pairs else all_texts, all_labels,
-                           [x[1] for x in all_texts] if pairs else None), tmp / SET_FILE)
-    np.save(tmp / LOGITS_FILE, fused.astype(np.float32), allow_pickle=False)
-    os.replace(cache, tmp / CHUNKS_DIR)  # the chunks move with the set (a kill right here costs them)
-    replace_dir(tmp, out)
+    with atomic_dir(ctx.path(p.paths.logits_dir)) as tmp:  # written whole, then swapped in: never half a set
+        save_split(TextDataset([x[0] for x in all_texts] if pairs else all_texts, all_labels,
+                               [x[1] for x in all_texts] if pairs else None), tmp / SET_FILE)
+        np.save(tmp / LOGITS_FILE, fused.astype(np.float32), allow_pickle=False)
+        os.replace(cache, tmp / CHUNKS_DIR)  # the chunks move with the set (a kill right here costs them)
     fused_agree = float((fused[: len(y)].argmax(1) == y).mean()) if len(y) else 0.0
     report = {"rows": len(all_texts), "train_rows": len(texts), "augmented_rows": len(aug),
               "teachers": info, "fused_train_accuracy": fused_agree,
