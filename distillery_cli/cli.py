@@ -22,6 +22,7 @@ from distillery.errors import user_error_types
 from distillery.fileio import write_atomically
 from flows.prefect_api import own_prefect_api, quiet_user_errors_on_console
 
+
 def prepare_params(root: Path, params_file: str | None, overrides: list[str]) -> None:
     """Validate the params to run with and make them the project's params.yaml (which DVC tracks).
 
