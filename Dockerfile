@@ -70,13 +70,15 @@ WORKDIR /opt/distillery
 COPY pyproject.toml ./
 RUN --mount=type=secret,id=pipcert \
     if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
- && mkdir -p distillery tasks flows && touch README.md distillery/__init__.py tasks/__init__.py flows/__init__.py \
+ && mkdir -p distillery tasks flows distillery_cli \
+ && touch README.md distillery/__init__.py tasks/__init__.py flows/__init__.py distillery_cli/__init__.py \
  && pip install . && pip uninstall -y distillery \
- && rm -rf distillery tasks flows build README.md ./*.egg-info
+ && rm -rf distillery tasks flows distillery_cli build README.md ./*.egg-info
 COPY README.md ./
 COPY distillery ./distillery
 COPY tasks ./tasks
 COPY flows ./flows
+COPY distillery_cli ./distillery_cli
 RUN --mount=type=secret,id=pipcert \
     if [ -s /run/secrets/pipcert ]; then export PIP_CERT=/run/secrets/pipcert; fi \
  && pip install --no-deps -e . && rm -rf build

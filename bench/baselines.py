@@ -30,7 +30,7 @@ from distillery.losses import get_loss
 from distillery.modeling import LABELS_FILE, META_FILE, count_parameters, load_teacher, read_meta, save_model_dir
 from distillery.student import build_student
 from distillery.quantization import export_onnx, quantize_dynamic_int8
-from distillery.training import encode_texts, resolve_device, seed_everything, train
+from distillery.training import TrainSpec, encode_texts, seed_everything, train
 from tasks.common import StageContext
 from tasks.models import load_splits
 
@@ -72,9 +72,8 @@ def train_hard_label_student(ctx: StageContext, out_dir: Path) -> dict:
     del source
     enc = encode_texts(tokenizer, inputs, p.data.max_length, p.data.truncation)
     loss = partial(get_loss(d.loss), temperature=d.temperature, alpha=1.0)  # alpha = 1: hard labels only
-    result = train(student, enc, train_set.labels[rows], loss_fn=loss, epochs=d.epochs, batch_size=d.batch_size,
-                   learning_rate=d.learning_rate, seed=p.base.seed, device=resolve_device(p.base.device),
-                   teacher_logits=None, desc="baseline D (hard labels)")
+    result = train(student, enc, train_set.labels[rows],
+                   TrainSpec.from_section(d, p.base, loss, "baseline D (hard labels)"))
     student.to("cpu")
     save_model_dir(student, tokenizer, labels, out_dir, {
         **input_meta(p.data), "role": "baseline_hard_labels", "init": identity,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distillery.config import BiLSTMStudentConfig, ConfigError, StudentConfig
+from distillery.config import BiLSTMStudentConfig, ConfigError, MeasureConfig, StudentConfig
 from distillery.data import load_split
 from distillery.losses import get_loss
 from distillery.measure import measure_predictor
@@ -29,7 +29,7 @@ from distillery.modeling import count_parameters, load_model_dir, save_model_dir
 from distillery.onnx_model import OnnxClassifier
 from distillery.quantization import export_onnx, quantize_dynamic_int8
 from distillery.student import build_student
-from distillery.training import TorchClassifier, encode_texts, seed_everything, train
+from distillery.training import TorchClassifier, TrainSpec, encode_texts, seed_everything, train
 
 MAX_LENGTH = 64  # the benchmark profile's data.max_length
 SEED = 42
@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     model = built.model
     print(f"BiLSTM student: {count_parameters(model):,} parameters, {built.info}", flush=True)
     loss = partial(get_loss(a.loss), temperature=1.0, alpha=a.alpha)
-    trained = train(model, encode_texts(built.tokenizer, texts, MAX_LENGTH), y, loss_fn=loss, epochs=a.epochs,
-                    batch_size=a.batch_size, learning_rate=a.lr, seed=SEED, device=torch.device("cpu"),
-                    teacher_logits=t, desc="distill")
+    spec = TrainSpec(loss_fn=loss, epochs=a.epochs, batch_size=a.batch_size, learning_rate=a.lr, seed=SEED,
+                     device=torch.device("cpu"), desc="distill")
+    trained = train(model, encode_texts(built.tokenizer, texts, MAX_LENGTH), y, spec, teacher_logits=t)
     model.to("cpu").eval()
     save_model_dir(model, built.tokenizer, labels, out / "student", {"max_length": MAX_LENGTH, "role": "student"})
 
@@ -96,18 +96,18 @@ def main(argv: list[str] | None = None) -> int:
     (int8_dir / "labels.json").write_text(json.dumps({"labels": labels}))
     (int8_dir / "distillery.json").write_text(json.dumps({"max_length": MAX_LENGTH}))
 
-    kw = dict(latency_samples=len(dev), warmup=20, batch_size=32)
+    cfg = MeasureConfig(latency_samples=len(dev), warmup=20, throughput_batch_size=32)
     n_params = count_parameters(model)
     results = {"args": vars(a), "train": vars(trained), "student": built.info, "params": n_params}
     results["bilstm_fp32_torch"] = measure_predictor(TorchClassifier(model, built.tokenizer, MAX_LENGTH),
-                                                     list(dev.texts), dev.labels, len(labels),
-                                                     model_dir=out / "student", n_params=n_params, **kw)
+                                                     list(dev.texts), dev.labels, len(labels), cfg,
+                                                     model_dir=out / "student", n_params=n_params)
     results["bilstm_int8_onnx"] = measure_predictor(OnnxClassifier.from_dir(int8_dir, threads=a.threads),
-                                                    list(dev.texts), dev.labels, len(labels),
-                                                    model_dir=int8_dir, n_params=n_params, **kw)
+                                                    list(dev.texts), dev.labels, len(labels), cfg,
+                                                    model_dir=int8_dir, n_params=n_params)
     results["E_quantize_same_run"] = measure_predictor(OnnxClassifier.from_dir(final_dir, threads=a.threads),
-                                                       list(dev.texts), dev.labels, len(labels),
-                                                       model_dir=final_dir, n_params=final_params, **kw)
+                                                       list(dev.texts), dev.labels, len(labels), cfg,
+                                                       model_dir=final_dir, n_params=final_params)
     for key in ("bilstm_fp32_torch", "bilstm_int8_onnx", "E_quantize_same_run"):
         r = results[key]
         print(f"{key}: accuracy {r['accuracy']:.4f}  size {r['size_mb']:.2f} MB  p50 {r['latency_p50_ms']:.2f} ms",

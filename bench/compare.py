@@ -96,14 +96,13 @@ def measure_all(specs: list[ModelSpec], texts: list[str], gold: np.ndarray, n_cl
 
     torch.set_num_threads(params.base.threads)
     rows = {}
+    every_row = params.measure.model_copy(update={"latency_samples": len(texts)})  # latency over the whole eval set
     for spec in specs:
         predictor = load_predictor(spec, params.base.threads, params.data.max_length)
         start = time.perf_counter()
         with OtherCpu() as other:
-            figures = measure_predictor(predictor, texts, gold, n_classes, model_dir=spec.model_dir,
-                                        n_params=spec.n_params, latency_samples=len(texts),
-                                        warmup=params.measure.warmup,
-                                        batch_size=params.measure.throughput_batch_size)
+            figures = measure_predictor(predictor, texts, gold, n_classes, every_row, model_dir=spec.model_dir,
+                                        n_params=spec.n_params)
         figures["measure_seconds"] = time.perf_counter() - start
         figures["other_cpu_share"] = other.share
         if spec.size_file is not None:

@@ -75,7 +75,7 @@ def rerun_unchanged(work: Path, log_file: Path) -> dict:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("w") as log:
         start = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "distillery.cli", "--project-dir", str(work), "run"],
+        r = subprocess.run([sys.executable, "-m", "distillery_cli", "--project-dir", str(work), "run"],
                            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
         wall = time.perf_counter() - start
     after = {k: v for d in watched for k, v in _mtimes(d).items()}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bench import report
 from bench.workdir import BENCHMARKS, REPO, build_params, file_sha256, make_work_project, prepare_data
+from distillery.env import configure_environment
 
 PACKAGES = ("torch", "transformers", "tokenizers", "onnx", "onnxruntime", "numpy", "mlflow", "prefect", "dvc",
             "great-expectations", "matplotlib")
@@ -60,8 +61,6 @@ def versions() -> dict:
 @contextlib.contextmanager
 def bench_environment(work: Path):
     """Offline, no telemetry, Prefect state inside the bench project; restored afterwards."""
-    from distillery.cli import configure_environment
-
     saved = dict(os.environ)
     configure_environment(work)
     os.environ["PREFECT_HOME"] = str(work / ".prefect")
@@ -285,7 +284,7 @@ def write_outputs(results: dict, out: Path, update_readme: bool) -> dict[str, Pa
 
 
 def from_cli(args) -> int:
-    """Entry point for `distillery bench` (the parser lives in distillery/cli.py)."""
+    """Entry point for `distillery bench` (the parser lives in distillery_cli/cli.py)."""
     command = "distillery " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "distillery bench"
     name = getattr(args, "benchmark", "sst2")
     data = args.data or REPO.parent / "shared" / "data" / BENCHMARKS[name]["data"]  # beside the checkout

@@ -49,7 +49,7 @@ def size_params(raw: dict, bench: dict, rows: int, available: int) -> None:
 def run_stage(work: Path, stage: str, log) -> dict:
     """One stage in a fresh process: wall seconds and that process's peak RSS (MB = 10^6 bytes)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "distillery.cli", "--project-dir", str(work), "stage", stage],
+    proc = subprocess.Popen([sys.executable, "-m", "distillery_cli", "--project-dir", str(work), "stage", stage],
                             stdout=log, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)

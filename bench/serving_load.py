@@ -179,7 +179,7 @@ def main(argv=None) -> int:
               "texts": "SST-2 dev" if SST2_DEV.exists() else "demo", "requests": args.requests,
               "cpus": os.cpu_count(), "batching": batching(model_dir, sample[:512]), "servers": {}}
     servers = {
-        "distillery serve-model": ([sys.executable, "-m", "distillery.cli", "--project-dir", str(work), "serve-model",
+        "distillery serve-model": ([sys.executable, "-m", "distillery_cli", "--project-dir", str(work), "serve-model",
                                     "--poll-interval", "5"], "/ready"),
         "mlflow models serve": ([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
                                  f"models:/{NAME}@champion", "--env-manager", "local", "--host", "127.0.0.1"], "/ping"),

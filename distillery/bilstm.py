@@ -28,6 +28,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from distillery.config import ConfigError
+from distillery.vocab import plan_vocabulary, token_counts, trim_tokenizer
+
 ARCHITECTURE = "bilstm"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -167,13 +170,12 @@ def project_embeddings(table: Tensor, dim: int | None) -> Tensor:
     return (centred @ vh[:dim].T).to(table.dtype)
 
 
-def build_bilstm_student(teacher, tokenizer, cfg, texts: list[str], max_length: int, seed: int):
+def build_bilstm_student(teacher, tokenizer, cfg, texts: list[str], max_length: int,
+                         seed: int) -> tuple[BiLSTMClassifier, object, list[int] | None, dict]:
     """A BiLSTM student (`cfg`: params.yaml `student:`, options in `student.bilstm`) whose
     embedding starts from the teacher's word embeddings, trimmed to the training texts'
-    word pieces like the transformer student's. Returns a `student.BuiltStudent`."""
-    from distillery.student import BuiltStudent
-    from distillery.vocab import plan_vocabulary, token_counts, trim_tokenizer
-
+    word pieces like the transformer student's. Returns (model, tokenizer, kept token ids,
+    info), which `student.build_student` wraps in its `BuiltStudent`."""
     b = cfg.bilstm
     table = teacher.get_input_embeddings().weight.detach().float()  # (V, H)
     info: dict = {"architecture": ARCHITECTURE, "teacher_vocab": int(table.shape[0])}
@@ -183,8 +185,6 @@ def build_bilstm_student(teacher, tokenizer, cfg, texts: list[str], max_length: 
         table, tokenizer = table[torch.tensor(keep)], trim_tokenizer(tokenizer, keep)
         info["vocab_size"] = len(keep)
     if b.embedding_dim is not None and b.embedding_dim > table.shape[1]:
-        from distillery.config import ConfigError
-
         raise ConfigError(f"params.yaml: student.bilstm.embedding_dim: {b.embedding_dim} is wider than the "
                           f"teacher's word embeddings ({table.shape[1]}); use at most that, or null")
     table = project_embeddings(table, b.embedding_dim)
@@ -199,7 +199,7 @@ def build_bilstm_student(teacher, tokenizer, cfg, texts: list[str], max_length: 
     model.embeddings.weight.requires_grad_(not b.freeze_embeddings)
     info.update(embedding_dim=config.embedding_dim, hidden_size=b.hidden_size, layers=b.layers,
                 pooling=b.pooling, frozen_embeddings=b.freeze_embeddings)
-    return BuiltStudent(model, tokenizer, keep, None, info)
+    return model, tokenizer, keep, info
 
 
 __all__ = ["ARCHITECTURE", "BiLSTMClassifier", "BiLSTMConfig", "build_bilstm_student", "declares_architecture",

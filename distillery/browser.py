@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from distillery.errors import DistilleryError
+
 CHROMIUM_ENV = "DISTILLERY_CHROMIUM"  # another Chromium binary, if not /usr/bin/chromium
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -28,7 +30,7 @@ PAGE_STATE_JS = """() => ({
 })"""
 
 
-class BrowserError(RuntimeError):
+class BrowserError(DistilleryError, RuntimeError):
     """Chromium is missing or could not open the page."""
 
 

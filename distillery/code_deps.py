@@ -119,7 +119,7 @@ def write(root: Path, dvc_yaml: Path | None = None) -> list[str]:
         for d in old:
             deps.remove(d)
         first = len(deps)  # code deps follow the data deps, under one comment
-        _drop_code_comment(deps)
+        _drop_code_comment(deps, stage)
         deps.extend(wanted[name])
         deps.yaml_set_comment_before_after_key(first, before=CODE_COMMENT, indent=6)
     if changed:
@@ -130,7 +130,7 @@ def write(root: Path, dvc_yaml: Path | None = None) -> list[str]:
     return changed
 
 
-def _drop_code_comment(seq) -> None:
+def _drop_code_comment(seq, stage=None) -> None:
     """Remove the generated comment from a loaded list (ruamel keeps it with the item before)."""
     for i, slots in list(seq.ca.items.items()):
         for j, tok in enumerate(slots):
@@ -142,6 +142,11 @@ def _drop_code_comment(seq) -> None:
                     slots[j] = None
         if all(t is None for t in slots):
             del seq.ca.items[i]
+    # Before the first item (a stage with no data deps) ruamel keeps it on the list and on its key.
+    for slots in (seq.ca.comment, *([stage.ca.items.get("deps")] if stage is not None else [])):
+        for j, toks in enumerate(slots or []):
+            if isinstance(toks, list):
+                slots[j] = [t for t in toks if CODE_COMMENT not in getattr(t, "value", "")] or None
 
 
 def link_code(project: Path) -> list[Path]:

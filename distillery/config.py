@@ -17,10 +17,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from distillery.errors import DistilleryError
+
 PARAMS_FILE = "params.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(DistilleryError, ValueError):
     """A params file that cannot be used; the message names the file and key."""
 
 
@@ -386,7 +388,7 @@ class Params(_Section):
     base: BaseConfig = BaseConfig()
     paths: PathsConfig = PathsConfig()
     data: DataConfig
-    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")  # `validate` is pydantic's
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -438,10 +440,6 @@ class Params(_Section):
                                  "transformer student, or set data.text_pair_column: null")
         return self
 
-    @property
-    def validate_cfg(self) -> ValidateConfig:
-        return self.validate_
-
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 
@@ -489,12 +487,14 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
-    """Apply `key.sub=value` overrides to a raw params dict; unknown sections are caught later."""
-    out = json.loads(json.dumps(raw))
-    for item in overrides:
-        parts, value = parse_override(item)
-        node = out
+def set_overrides(doc: dict, overrides: list[str] | dict[str, Any], source: str) -> dict:
+    """Set overrides in `doc` in place: `key.sub=value` strings (values are YAML scalars) or
+    {"key.sub": value}. `doc` may be a plain dict or a ruamel round-trip map (which keeps the
+    file's comments). Unknown sections are caught when the result is validated."""
+    items = ([(item, *parse_override(item)) for item in overrides] if not isinstance(overrides, dict) else
+             [(f"{key}={value}", key.split("."), value) for key, value in overrides.items()])
+    for item, parts, value in items:
+        node = doc
         for p in parts[:-1]:
             nxt = node.get(p)
             if nxt is None:
@@ -503,7 +503,28 @@ def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
                 raise ConfigError(f"{source}: --set {item}: {p!r} is not a section")
             node = nxt
         node[parts[-1]] = value
-    return out
+    return doc
+
+
+def apply_overrides(raw: dict, overrides: list[str] | dict[str, Any], source: str) -> dict:
+    """A copy of a raw params dict with the overrides set (see `set_overrides`)."""
+    return set_overrides(json.loads(json.dumps(raw)), overrides, source)
+
+
+def params_text_with(source: Path, overrides: list[str] | dict[str, Any]) -> str:
+    """The params file `source` with overrides set, its comments and layout kept (a ruamel round
+    trip, as `dvc exp run --set-param` does): what `distillery run --set` and the sweep write."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    yaml_rt = YAML()
+    yaml_rt.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
+    doc = set_overrides(yaml_rt.load(Path(source).read_text(encoding="utf-8")), overrides, str(source))
+    out = io.StringIO()
+    yaml_rt.dump(doc, out)
+    return out.getvalue()
 
 
 def read_raw(path: Path) -> dict:

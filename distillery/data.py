@@ -26,7 +26,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from distillery.fileio import md5_file, replace_dir, temp_dir_for, write_atomically
+from distillery.errors import DistilleryError
+from distillery.fileio import atomic_dir, md5_file, write_atomically
 
 TEXT = "text"
 TEXT_PAIR = "text_pair"  # the second text of a sentence-pair task (data.text_pair_column)
@@ -50,7 +51,7 @@ SPLIT_ROW_GROUP = 8192
 LABELS_FILE = "labels.json"
 
 
-class DataError(ValueError):
+class DataError(DistilleryError, ValueError):
     """A data file (or label set) that cannot be used; the message names the file and problem."""
 
 
@@ -476,9 +477,7 @@ def write_validated(out_dir: str | Path, splits: dict[str, TextDataset], labels:
     `sources[split]` is {"path": the user's file as named in params, "md5": of the bytes validated}.
     The manifest also records each split file's md5, so a validated file edited by hand is caught too.
     """
-    out_dir = Path(out_dir)
-    tmp = temp_dir_for(out_dir)
-    try:
+    with atomic_dir(out_dir) as tmp:
         manifest: dict[str, Any] = {"labels": labels.names, "splits": {}}
         for name, data in splits.items():
             split_file = save_split(data, tmp / f"{name}.parquet")
@@ -487,12 +486,6 @@ def write_validated(out_dir: str | Path, splits: dict[str, TextDataset], labels:
                                         "source_md5": sources[name]["md5"]}
         (tmp / LABELS_FILE).write_text(json.dumps(labels.to_json(), indent=2))
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        replace_dir(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 

@@ -7,12 +7,13 @@ Temporary names all start with `.<target name>.`, so what a killed writer left b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], object], suffix: str = ".tmp") -> Path:
@@ -65,6 +66,19 @@ def replace_dir(tmp: Path, out_dir: Path) -> None:
         os.replace(out_dir, old)
     os.replace(tmp, out_dir)
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
+    """Write a directory whole: fill the yielded temp directory (beside `out_dir`); when the block
+    ends normally it replaces `out_dir` (`replace_dir`), when it raises it is removed and `out_dir`
+    is left as it was. A kill leaves the previous directory or none, never a partial one."""
+    tmp = temp_dir_for(out_dir)
+    try:
+        yield tmp
+        replace_dir(tmp, Path(out_dir))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_leftovers(path: str | Path) -> list[Path]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
+from distillery.errors import DistilleryError
 from distillery.plots import accuracy_scatter
 from distillery.report import COLUMNS, format_figure, gate_rows
 
@@ -30,7 +31,7 @@ code { background: #f5f5f5; padding: 0 3px; }
 STAGE_COLORS = {"teacher": "tab:blue", "champion": "tab:green"}  # the run's own stages: tab:red
 
 
-class ReportError(ValueError):
+class ReportError(DistilleryError, ValueError):
     """The run's files lack something the report needs; the message names the file and key."""
 
 

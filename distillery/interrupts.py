@@ -6,7 +6,7 @@ group. A run then:
   and Prefect does not retry a task on it), so every `finally` runs and the MLflow run is closed;
 - keeps its temporary Prefect API alive until the flow has recorded the end (the server runs in a
   session of its own, out of the signalled group, and is stopped by PID afterwards: see
-  `distillery.cli.own_prefect_api`), instead of retrying a dead API for minutes;
+  `flows.prefect_api.own_prefect_api`), instead of retrying a dead API for minutes;
 - stops its remaining child processes by PID (DVC's stage command and anything it started);
 - exits 130 (SIGINT) or 143 (SIGTERM) with one line saying so.
 
@@ -23,10 +23,12 @@ import os
 import signal
 from pathlib import Path
 
+from distillery.errors import DistilleryError
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class LockHeld(RuntimeError):
+class LockHeld(DistilleryError, RuntimeError):
     """A live process holds DVC's repo lock: this run would fail on it; the message names the holder."""
 
 

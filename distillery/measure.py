@@ -13,6 +13,8 @@ from typing import Protocol
 
 import numpy as np
 
+from distillery.config import MeasureConfig
+
 # The metric names are the same in every stage and every run, so MLflow can compare them.
 FIGURES = ("accuracy", "macro_f1", "size_mb", "params", "latency_p50_ms", "latency_p95_ms", "throughput_sps")
 
@@ -96,14 +98,16 @@ def weights_size_mb(model_dir: str | Path) -> float:
     return sum(f.stat().st_size for f in files) / 1e6
 
 
-def measure_predictor(predictor: Predictor, texts: list[str], gold: np.ndarray, n_classes: int, *,
-                      model_dir: str | Path, n_params: int, latency_samples: int, warmup: int,
-                      batch_size: int, logits: np.ndarray | None = None) -> dict:
-    """All figures for one model on the eval split. Pass `logits` if already computed."""
+def measure_predictor(predictor: Predictor, texts: list[str], gold: np.ndarray, n_classes: int,
+                      cfg: MeasureConfig, *, model_dir: str | Path, n_params: int,
+                      logits: np.ndarray | None = None) -> dict:
+    """All figures for one model on the eval split, timed as `cfg` (params.yaml `measure:`) says.
+    Pass `logits` if already computed."""
+    batch_size = cfg.throughput_batch_size
     if logits is None:
         logits = predictor.predict_logits(texts, batch_size=batch_size)
     figures = classification_metrics(logits, gold, n_classes)
-    p50, p95 = latency_ms(predictor, texts, latency_samples, warmup)
+    p50, p95 = latency_ms(predictor, texts, cfg.latency_samples, cfg.warmup)
     figures.update(
         size_mb=round(weights_size_mb(model_dir), 4),
         params=int(n_params),

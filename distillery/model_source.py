@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from distillery.errors import DistilleryError
 
-class ModelLoadError(RuntimeError):
+
+class ModelLoadError(DistilleryError, RuntimeError):
     """A model source that cannot be loaded; the message names the source and why."""
 
 

@@ -10,8 +10,6 @@ self-contained directory: `config.json`, `model.safetensors`, tokenizer files,
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -20,7 +18,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from distillery.architectures import UnsupportedArchitecture, adapter_for_type
 from distillery.bilstm import declares_architecture, load_bilstm
 from distillery.config import ConfigError
-from distillery.fileio import replace_dir  # noqa: F401  (re-exported)
+from distillery.fileio import atomic_dir, replace_dir  # noqa: F401  (replace_dir: re-exported)
 from distillery.model_source import ModelLoadError, resolve_model_source  # noqa: F401  (re-exported)
 from distillery.pruning import count_parameters, restore_structure  # noqa: F401  (re-exported)
 
@@ -96,14 +94,11 @@ def save_model_dir(model: PreTrainedModel, tokenizer, labels: list[str], out_dir
     A run killed half-way leaves the previous directory or none, never a partial one.
     """
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / LABELS_FILE).write_text(json.dumps({"labels": [str(x) for x in labels]}, indent=2))
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    replace_dir(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / LABELS_FILE).write_text(json.dumps({"labels": [str(x) for x in labels]}, indent=2))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return out_dir
 
 

@@ -23,7 +23,8 @@ from typing import Callable
 
 import numpy as np
 
-from distillery.config import QuantizeConfig
+from distillery.config import MeasureConfig, QuantizeConfig
+from distillery.measure import latency_ms
 from distillery.quantization import (calibration_feeds, quantize_4bit, quantize_dynamic_int8,
                                      quantize_static_int8)
 
@@ -88,13 +89,13 @@ def split_training_rows(n_rows: int, calibration_rows: int, selection_rows: int,
     return order[:calibration_rows], selection
 
 
-def score_candidate(predictor, texts: list[str], gold: np.ndarray, reference_pred: np.ndarray | None, *,
-                    latency: Callable[[object], tuple[float, float]], batch_size: int) -> tuple[dict, np.ndarray]:
+def score_candidate(predictor, texts: list[str], gold: np.ndarray, reference_pred: np.ndarray | None,
+                    measure: MeasureConfig) -> tuple[dict, np.ndarray]:
     """(figures, predicted classes): accuracy on the selection rows, agreement with the fp32
-    predictions (when given), batch-1 p50, file size."""
-    pred = predictor.predict_logits(texts, batch_size=batch_size).argmax(axis=-1)  # (n,)
+    predictions (when given), batch-1 p50 (timed on the selection rows as `measure` says), file size."""
+    pred = predictor.predict_logits(texts, batch_size=measure.throughput_batch_size).argmax(axis=-1)  # (n,)
     figures = {"accuracy": float((pred == gold).mean()),
-               "latency_p50_ms": latency(predictor)[0],
+               "latency_p50_ms": latency_ms(predictor, texts, measure.latency_samples, measure.warmup)[0],
                "size_bytes": int(predictor.size_bytes())}
     if reference_pred is not None:
         figures["agreement"] = float((pred == reference_pred).mean())
@@ -142,8 +143,7 @@ def select_candidate(candidates: list[dict], max_accuracy_drop: float) -> dict:
 
 def build_and_select(fp32_path: Path, work_dir: Path, q: QuantizeConfig, inputs: BuildInputs, *,
                      package: Callable[[Path], None], load: Callable[[Path], object],
-                     selection: tuple[list[str], np.ndarray], latency: Callable[[object], tuple[float, float]],
-                     batch_size: int) -> tuple[Path, dict]:
+                     selection: tuple[list[str], np.ndarray], measure: MeasureConfig) -> tuple[Path, dict]:
     """Build each variant `q` asks for into work_dir/<name>/ (a full model directory via
     `package`), choose one, and return (its directory, the report's "selection" part).
 
@@ -175,11 +175,10 @@ def build_and_select(fp32_path: Path, work_dir: Path, q: QuantizeConfig, inputs:
     reference_dir.mkdir()
     shutil.copyfile(fp32_path, reference_dir / MODEL_FILE)
     package(reference_dir)
-    reference, reference_pred = score_candidate(load(reference_dir), texts, gold, None, latency=latency,
-                                                batch_size=batch_size)
+    reference, reference_pred = score_candidate(load(reference_dir), texts, gold, None, measure)
     figures = [{"name": n, "error": e} for n, e in failures.items()]
     for name, d in dirs.items():
-        f, _ = score_candidate(load(d), texts, gold, reference_pred, latency=latency, batch_size=batch_size)
+        f, _ = score_candidate(load(d), texts, gold, reference_pred, measure)
         figures.append({"name": name, **f, "accuracy_drop": reference["accuracy"] - f["accuracy"]})
     decision = select_candidate(figures, q.max_accuracy_drop)
     report = {"variant": decision["chosen"], "within_limit": decision["within_limit"], "reason": decision["reason"],

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from distillery.config import SliceConfig
+from distillery.errors import DistilleryError
 from distillery.stats import metric_value
 
 
-class SliceError(ValueError):
+class SliceError(DistilleryError, ValueError):
     """A slice definition that cannot be applied to the eval data; the message names it."""
 
 

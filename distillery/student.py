@@ -31,6 +31,7 @@ from transformers.pytorch_utils import prune_linear_layer
 
 from distillery.architectures import adapter_for
 from distillery.architectures.base import EMB, NORM, READ, SQUARE, WRITE
+from distillery.bilstm import build_bilstm_student
 from distillery.config import ConfigError
 from distillery.pruning import STRUCTURE_KEY, current_structure, head_rows, neuron_rows
 
@@ -244,9 +245,8 @@ def build_student(teacher: PreTrainedModel, tokenizer, cfg, texts: list, max_len
     `student.architecture: bilstm` builds a BiLSTM over the teacher's embeddings instead (bilstm.py).
     """
     if cfg.architecture == "bilstm":
-        from distillery.bilstm import build_bilstm_student
-
-        return build_bilstm_student(teacher, tokenizer, cfg, texts, max_length, seed)
+        model, tokenizer, keep, info = build_bilstm_student(teacher, tokenizer, cfg, texts, max_length, seed)
+        return BuiltStudent(model, tokenizer, keep, None, info)
 
     import numpy as np
 

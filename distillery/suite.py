@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from distillery.errors import DistilleryError
 
-class SuiteError(ValueError):
+
+class SuiteError(DistilleryError, ValueError):
     """A suite file that cannot be used; the message names the file and the row."""
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from distillery.config import Params, params_from_dict
+from distillery.config import Params, apply_overrides, params_from_dict
 
 # The front's objectives: (figure, direction). Latency and size are the final (quantized) model's.
 OBJECTIVES = (("accuracy", "max"), ("latency_p50_ms", "min"), ("size_mb", "min"))
@@ -34,15 +34,6 @@ def member_name(i: int) -> str:
     return f"m{i:03d}"
 
 
-def apply_member(raw: dict, overrides: dict[str, Any]) -> dict:
-    """A copy of the raw params with a member's `section.key` overrides set."""
-    out = json.loads(json.dumps(raw))
-    for key, value in overrides.items():
-        section, name = key.split(".", 1)
-        out.setdefault(section, {})[name] = value
-    return out
-
-
 def member_paths(out_dir: str, name: str) -> dict[str, str]:
     """Where a member writes: its own model folders and reports under the sweep's folder. It reads
     the project's validated data, teacher and soft targets, which it never writes."""
@@ -53,7 +44,7 @@ def member_paths(out_dir: str, name: str) -> dict[str, str]:
 
 def member_params(raw: dict, overrides: dict[str, Any], name: str, root: Path | None = None) -> Params:
     """A member's validated params: the project's, its overrides, its own output paths."""
-    member = apply_member(raw, overrides)
+    member = apply_overrides(raw, overrides, f"sweep member {name}")
     member.setdefault("paths", {}).update(member_paths(member.get("sweep", {}).get("out_dir", "reports/sweep"), name))
     # Each value alone was checked when params.yaml loaded; a combination can still clash
     # (distill.layer_map vs student.layers), and the error then names the member.

@@ -7,6 +7,7 @@ most of the compute.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -117,6 +118,36 @@ def iter_batches(n: int, batch_size: int, rng: np.random.Generator | None,
         yield batches[b]
 
 
+@dataclass(frozen=True)
+class TrainSpec:
+    """How to train: the loss, the optimiser's settings and what the progress bar says.
+
+    `loss_fn(student_logits, teacher_logits|None, labels)`. `aux_loss(outputs, batch)` (e.g.
+    losses.IntermediateLoss) is added during the first `aux_epochs` epochs (all when None); its own
+    parameters (a projection) train with the model and are not part of it.
+    """
+
+    loss_fn: Callable
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    device: torch.device
+    desc: str = "train"
+    aux_loss: torch.nn.Module | None = None
+    aux_epochs: int | None = None
+    group_by_length: bool = True  # batches of similar token counts (iter_batches): far less padding
+
+    @classmethod
+    def from_section(cls, section, base, loss_fn: Callable, desc: str, **changes) -> TrainSpec:
+        """From a params section with `epochs`, `batch_size`, `learning_rate` (teacher, distill) and
+        `base` (seed, device); `changes` replace any field (e.g. prune recovery's epochs)."""
+        spec = cls(loss_fn=loss_fn, epochs=section.epochs, batch_size=section.batch_size,
+                   learning_rate=section.learning_rate, seed=base.seed, device=resolve_device(base.device),
+                   desc=desc)
+        return dataclasses.replace(spec, **changes)
+
+
 @dataclass
 class TrainResult:
     epochs: int
@@ -173,25 +204,21 @@ def shard(idx: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, float]:
     return part, world * len(part) / len(idx)
 
 
-def train(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, *, loss_fn: Callable,
-          epochs: int, batch_size: int, learning_rate: float, seed: int, device: torch.device,
-          teacher_logits: np.ndarray | None = None, desc: str = "train",
-          aux_loss: torch.nn.Module | None = None, aux_epochs: int | None = None,
-          group_by_length: bool = True) -> TrainResult:
-    """AdamW with linear warm-up/decay; `loss_fn(student_logits, teacher_logits|None, labels)`.
+def train(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, spec: TrainSpec,
+          teacher_logits: np.ndarray | None = None) -> TrainResult:
+    """AdamW with linear warm-up/decay, as `spec` says (loss, epochs, batch size, rate, seed).
 
-    Teacher logits are precomputed once per dataset (soft_targets stage) and indexed
-    here. `aux_loss(outputs, batch)` (e.g. losses.IntermediateLoss) is added during the
-    first `aux_epochs` epochs (all when None); its own parameters (a projection) train
-    with the model and are not part of it. Batches are grouped by length (`iter_batches`)
-    unless `group_by_length` is False.
+    Teacher logits are precomputed once per dataset (soft_targets stage) and indexed here.
+    Batches are grouped by length (`iter_batches`) unless `spec.group_by_length` is False.
 
     Runs under Hugging Face Accelerate: in one process this is the plain loop. Under
     `accelerate launch` every rank draws the same batch order and trains on its share of each
     global batch of `batch_size` rows (`shard`), so the updates are those of one process up to
     floating-point summation order (and dropout, whose masks differ per process).
     """
-    accelerator = make_accelerator(device)
+    loss_fn, epochs, batch_size, desc = spec.loss_fn, spec.epochs, spec.batch_size, spec.desc
+    aux_loss, aux_epochs, seed = spec.aux_loss, spec.aux_epochs, spec.seed
+    accelerator = make_accelerator(spec.device)
     device = accelerator.device
     model.to(device).train()
     if aux_loss is not None:
@@ -203,14 +230,14 @@ def train(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, *, loss_fn: 
     total = steps_per_epoch * epochs
     params = list(model.parameters()) + (list(aux_loss.parameters()) if aux_loss is not None else [])
     net, opt = accelerator.prepare(_Trainable(model, aux_loss),
-                                   torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01))
+                                   torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.01))
     # Not prepared: a prepared scheduler steps once per process for each optimizer step.
     sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=int(0.06 * total), num_training_steps=total)
     rank, world = accelerator.process_index, accelerator.num_processes
     y_all = torch.tensor(np.asarray(labels), dtype=torch.long)  # copy: loaded arrays may be read-only
     t_all = torch.tensor(np.asarray(teacher_logits), dtype=torch.float32) if teacher_logits is not None else None
     lengths = np.fromiter((len(r) for r in enc.input_ids), dtype=np.int64, count=len(enc)) \
-        if group_by_length else None
+        if spec.group_by_length else None
     start, step, ema = time.perf_counter(), 0, None
     for epoch in range(epochs):
         bar = tqdm(list(iter_batches(len(enc), batch_size, rng, lengths)), desc=f"{desc} epoch {epoch + 1}/{epochs}",

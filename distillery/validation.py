@@ -28,6 +28,7 @@ import pandas as pd
 
 from distillery.config import DataConfig, ValidateConfig
 from distillery.data import LABEL, TEXT, TEXT_PAIR
+from distillery.errors import DistilleryError
 
 # Columns derived for checks beyond one column (see `gx_frame`).
 SHARE = "label_share"        # the row's class's share of the labelled rows (0 when unlabelled)
@@ -105,7 +106,7 @@ class SplitValidation:
                 "warnings": [w.to_dict() for w in self.warnings], "gx_result": self.gx_result}
 
 
-class ValidationFailed(Exception):
+class ValidationFailed(DistilleryError):
     """Raised by the validate stage when any split fails; str() is the readable report."""
 
     def __init__(self, results: list[SplitValidation]):
@@ -250,6 +251,7 @@ class SuiteRunner:
     def validate(self, df: pd.DataFrame, split: str, file: str, data_cfg: DataConfig,
                  validate_cfg: ValidateConfig, label_names: list[str | int] | None,
                  train_texts: pd.Series | None = None) -> SplitValidation:
+        """Run the suite on one split (in this runner's GX context) and explain what failed."""
         gx = self.gx
         frame = gx_frame(df, train_texts, label_names)
         batch = self.source.add_dataframe_asset(split).add_batch_definition_whole_dataframe("all_rows")
@@ -300,13 +302,6 @@ class SuiteRunner:
             elif p.is_dir() and not any(p.iterdir()):
                 p.rmdir()
         return self.docs_dir / "index.html"
-
-
-def validate_frame(df: pd.DataFrame, split_name: str, file_path: str, data_cfg: DataConfig,
-                   validate_cfg: ValidateConfig, label_names: list[str | int] | None,
-                   train_texts: pd.Series | None = None) -> SplitValidation:
-    """Run the suite on one split in its own ephemeral GX context and explain what failed."""
-    return SuiteRunner().validate(df, split_name, file_path, data_cfg, validate_cfg, label_names, train_texts)
 
 
 def _ephemeral_context(gx, docs_dir: Path | None):

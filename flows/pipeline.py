@@ -21,11 +21,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from distillery.cli import IN_FLOW_ENV
-from distillery.config import load_params
+from distillery.config import PARAMS_FILE, load_params
 from distillery.data import DataError, check_validated, validated_is_stale
+from distillery.env import IN_FLOW_ENV
+from distillery.errors import DistilleryError
 from distillery.interrupts import Interrupted, clear_stale_dvc_locks, deferred, exit_code_for_stage
-from distillery.report import gate_rows
+from distillery.report import COLUMNS, format_figure, gate_rows
 from flows.progress import stage_progress
 from tasks import tracking
 from tasks.common import STAGES, read_json, report_path
@@ -37,7 +38,7 @@ from tasks.validate import length_shift
 STAGE_ERRORS_DIR = "errors"
 
 
-class StageFailed(RuntimeError):
+class StageFailed(DistilleryError, RuntimeError):
     """A DVC stage exited non-zero; the message carries the stage's own error."""
 
 
@@ -92,7 +93,7 @@ def run_dvc_stage(root: Path, stage: str, force: bool = False) -> bool:
         signum = _stage_signal(exc)
         if signum is not None:  # the stage command was stopped by SIGINT / SIGTERM (Ctrl-C to the group)
             raise Interrupted(signum) from None
-        params = load_params(Path(root) / "params.yaml", check_files=False)
+        params = load_params(Path(root) / PARAMS_FILE, check_files=False)
         err = stage_error_path(root, params, stage)
         detail = err.read_text().strip() if err.exists() else " ".join(str(exc).split())
         raise StageFailed(f"stage {stage!r} failed: {detail}") from None
@@ -172,7 +173,7 @@ def gate_inputs_before_training(root: Path, params, client, new_task_reason: str
 def register(root: str, parent_run_id: str, flow_run_id: str | None, new_task_reason: str | None = None) -> dict:
     """Retried only when the store cannot be reached (register.retries, doubling waits); a request the
     store refuses fails at once. A retry settles its own interrupted attempt first (see register_model)."""
-    params = load_params(Path(root) / "params.yaml")
+    params = load_params(Path(root) / PARAMS_FILE)
     cfg = params.register
 
     def attempt() -> dict:
@@ -223,19 +224,18 @@ def publish_report(root: Path, params, client, parent_run_id: str) -> str:
 
 
 def stage_markdown(table: list[dict], gate: dict, registration: dict | None) -> str:
-    head = ("| stage | accuracy | macro-F1 | size MB | params | p50 ms | p95 ms | samples/s | vs teacher (CI) | "
-            "fidelity |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    headers = ["stage", *(h for _, h, _ in COLUMNS), "vs teacher (CI)", "fidelity"]  # the console table's columns
+    head = "| " + " | ".join(headers) + " |\n" + "|---" * len(headers) + "|\n"
 
-    def vs(r):
+    def compared(r) -> list[str]:  # a stage measured against the teacher (evaluate's rows) has both
         c = r.get("vs_teacher")
-        return "-" if not c else f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+        if "fidelity" not in r:
+            return ["-", "-"]
+        vs = "-" if not c else f"{c['difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}]"
+        return [vs, f"{r['fidelity']:.4f}"]
 
-    rows = "".join(
-        f"| {r['stage']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['size_mb']:.2f} | {r['params']:,} | "
-        f"{r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} | {r['throughput_sps']:.1f} | {vs(r)} | "
-        f"{r['fidelity']:.4f} |\n" if "fidelity" in r else
-        f"| {r['stage']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['size_mb']:.2f} | {r['params']:,} | "
-        f"{r['latency_p50_ms']:.2f} | {r['latency_p95_ms']:.2f} | {r['throughput_sps']:.1f} | - | - |\n" for r in table)
+    rows = "".join("| " + " | ".join([r["stage"], *(format_figure(f, r.get(k)) for k, _, f in COLUMNS), *compared(r)])
+                   + " |\n" for r in table)
     verdict = "PASSED" if gate["passed"] else "FAILED"
     checks = "| check | observed | threshold | result | detail |\n|---|---|---|---|---|\n" + "".join(
         f"| {r['name']} | {r['observed']} | {r['threshold']} | {r['status']} | {r['detail']} |\n"
@@ -251,7 +251,7 @@ def stage_markdown(table: list[dict], gate: dict, registration: dict | None) -> 
 def pipeline(project_dir: str = ".", new_task_reason: str | None = None) -> dict:
     """Run every stage (DVC skips unchanged ones), track in MLflow, gate, register."""
     root = Path(project_dir).resolve()
-    params = load_params(root / "params.yaml")
+    params = load_params(root / PARAMS_FILE)
     ensure_dvc(root)
     client = tracking.client_for(root, params)
     exp_id = tracking.experiment_id(client, root, params)

@@ -18,8 +18,8 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from distillery.cli import configure_environment
 from distillery.config import PARAMS_FILE, load_params
+from distillery.env import configure_environment
 from distillery.fileio import md5_file
 from flows.pipeline import pipeline
 from tasks import tracking

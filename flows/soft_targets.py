@@ -30,7 +30,7 @@ def soft_target_chunks(specs: list[dict]) -> list[str]:
 
 
 def dask_compute(cfg: SoftTargetsConfig, api: Callable[[], ContextManager]) -> Callable[[list[dict]], object]:
-    """The stage's `compute`. `api()` provides a Prefect API the workers share (see cli.own_prefect_api)."""
+    """The stage's `compute`. `api()` provides a Prefect API the workers share (see flows.prefect_api.own_prefect_api)."""
 
     def compute(specs: list[dict]) -> None:
         if not specs:  # every chunk is on disk: no cluster, no server

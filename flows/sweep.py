@@ -25,7 +25,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from distillery.config import PARAMS_FILE, ConfigError, load_params, params_from_dict, read_raw
+from distillery.config import PARAMS_FILE, ConfigError, load_params, params_from_dict, params_text_with, read_raw
 from distillery.fileio import write_atomically
 from distillery.sweep import (TABLE_COLUMNS, choose_smallest_passing, describe, expand_space, member_name,
                               member_params, pareto_front, plot_front, table_markdown)
@@ -68,20 +68,8 @@ def sweep_dir(root: Path, out_dir: str) -> Path:
 
 def write_best_params(root: Path, overrides: dict, path: Path) -> Path:
     """params.yaml (comments kept) with the member's overrides: a valid params file for `distillery run`."""
-    from ruamel.yaml import YAML
-
-    yaml = YAML()
-    yaml.representer.add_representer(type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
-    doc = yaml.load((root / PARAMS_FILE).read_text())
-    for key, value in overrides.items():
-        section, name = key.split(".", 1)
-        doc[section][name] = value
-
-    def dump(tmp: Path) -> None:
-        with tmp.open("w") as fh:
-            yaml.dump(doc, fh)
-
-    write_atomically(path, dump)
+    text = params_text_with(root / PARAMS_FILE, overrides)
+    write_atomically(path, lambda tmp: tmp.write_text(text))
     params_from_dict(read_raw(path), str(path), root)  # what `distillery run --params` will check
     return path
 

@@ -44,8 +44,9 @@ def run(ctx: StageContext) -> dict:
     from distillery.losses import get_loss
     from distillery.modeling import count_parameters, load_model_dir, save_model_dir
     from distillery.student import build_student
-    from distillery.training import encode_texts, is_main_process, resolve_device, train
-    from tasks.models import load_distill_set, load_splits, measure_torch_model
+    from distillery.training import TrainSpec, encode_texts, is_main_process, train
+    from tasks.models import load_splits, measure_torch_model
+    from tasks.soft_targets import load_distill_set
 
     p, d = ctx.params, ctx.params.distill
     _, eval_set, labels = load_splits(ctx)
@@ -64,9 +65,8 @@ def run(ctx: StageContext) -> dict:
         del teacher
     enc = encode_texts(built.tokenizer, data.inputs, p.data.max_length, p.data.truncation)
     loss = partial(get_loss(d.loss), temperature=d.temperature, alpha=d.alpha)
-    result = train(student, enc, data.labels, loss_fn=loss, epochs=d.epochs, batch_size=d.batch_size,
-                   learning_rate=d.learning_rate, seed=p.base.seed, device=resolve_device(p.base.device),
-                   teacher_logits=teacher_logits, desc="distill", aux_loss=aux, aux_epochs=d.intermediate_epochs)
+    spec = TrainSpec.from_section(d, p.base, loss, "distill", aux_loss=aux, aux_epochs=d.intermediate_epochs)
+    result = train(student, enc, data.labels, spec, teacher_logits=teacher_logits)
     if not is_main_process():  # under `accelerate launch`, the first rank saves and measures
         return {"train": vars(result)}
     student.to("cpu")

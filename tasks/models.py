@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from distillery.measure import measure_predictor
 from distillery.modeling import count_parameters
 from distillery.training import TorchClassifier, encode_texts, predict_logits, resolve_device
@@ -32,20 +30,6 @@ def checked_validated(ctx: StageContext) -> tuple[Path, list[str]]:
     return d, json.loads((d / "labels.json").read_text())["labels"]
 
 
-def load_distill_set(ctx: StageContext):
-    """(texts + labels, teacher logits) written by the soft_targets stage; label -1 marks an
-    augmented text (no gold label)."""
-    from distillery.data import load_split
-    from tasks.soft_targets import LOGITS_FILE, SET_FILE
-
-    d = ctx.path(ctx.params.paths.logits_dir)
-    data, logits = load_split(d / SET_FILE), np.load(d / LOGITS_FILE, allow_pickle=False)
-    if len(logits) != len(data):
-        raise ValueError(f"{d}: {len(data)} texts but {len(logits)} rows of teacher logits; "
-                         "run `dvc repro -f soft_targets`")
-    return data, logits
-
-
 def measure_torch_model(ctx: StageContext, model, tokenizer, eval_set, n_classes: int,
                         model_dir: Path) -> dict:
     """The standard figures for a PyTorch model, timed on the CPU as it would be deployed."""
@@ -58,10 +42,8 @@ def measure_torch_model(ctx: StageContext, model, tokenizer, eval_set, n_classes
     logits = predict_logits(model, enc, p.measure.throughput_batch_size, device)
     # Latency is a CPU-serving figure, timed on the real eval inputs (pairs, long texts) as served.
     cpu = TorchClassifier(model, tokenizer, p.data.max_length, truncation=p.data.truncation)
-    figures = measure_predictor(cpu, eval_set.inputs, eval_set.labels, n_classes,
-                                model_dir=model_dir, n_params=count_parameters(model),
-                                latency_samples=p.measure.latency_samples, warmup=p.measure.warmup,
-                                batch_size=p.measure.throughput_batch_size, logits=logits)
+    figures = measure_predictor(cpu, eval_set.inputs, eval_set.labels, n_classes, p.measure,
+                                model_dir=model_dir, n_params=count_parameters(model), logits=logits)
     model.to(device)
     figures["measure_seconds"] = time.perf_counter() - start
     return figures

@@ -16,12 +16,14 @@ import json
 import tempfile
 from pathlib import Path
 
+from distillery.errors import DistilleryError
+
 CHAMPION = "champion"
 STACK_TAG, HISTORY_TAG = "champion_stack", "champion_history"
 MAX_ENTRIES = 30  # registry tag values are bounded (a few kB); keep the most recent moves
 
 
-class PromotionError(RuntimeError):
+class PromotionError(DistilleryError, RuntimeError):
     """A promotion or rollback that is refused; the message says why."""
 
 
@@ -47,9 +49,21 @@ def _write_tag(client, name: str, tag: str, value: list) -> None:
     client.set_registered_model_tag(name, tag, json.dumps(value[-MAX_ENTRIES:]))
 
 
-def current_champion(client, name: str) -> str | None:
-    from tasks.register import aliases_by_version
+def aliases_by_version(client, name: str) -> dict[str, set[str]]:
+    """{version: {aliases}}; search results do not carry aliases, the registered model does."""
+    from mlflow.exceptions import MlflowException
 
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException:
+        return {}
+    out: dict[str, set[str]] = {}
+    for alias, version in aliases.items():
+        out.setdefault(str(version), set()).add(alias)
+    return out
+
+
+def current_champion(client, name: str) -> str | None:
     for version, aliases in aliases_by_version(client, name).items():
         if CHAMPION in aliases:
             return version

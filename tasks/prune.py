@@ -42,8 +42,10 @@ def run(ctx: StageContext) -> dict:
     from distillery.modeling import count_parameters, load_model_dir, save_model_dir
     from distillery.pruning import (apply_pruning, compute_importance, current_structure, drop_layers, plan_pruning,
                                     step_fractions)
-    from distillery.training import collate, encode_texts, is_main_process, iter_batches, resolve_device, train
-    from tasks.models import load_distill_set, load_splits, measure_torch_model
+    from distillery.training import (TrainSpec, collate, encode_texts, is_main_process, iter_batches, resolve_device,
+                                     train)
+    from tasks.models import load_splits, measure_torch_model
+    from tasks.soft_targets import load_distill_set
 
     p, pr, d = ctx.params, ctx.params.prune, ctx.params.distill
     device = resolve_device(p.base.device)
@@ -86,9 +88,10 @@ def run(ctx: StageContext) -> dict:
               f"{structure['intermediate']}: {count_parameters(model):,} parameters")
         record = {"structure": structure, "params": count_parameters(model)}
         if pr.recovery_epochs > 0:
-            result = train(model, enc, y, loss_fn=kd, epochs=pr.recovery_epochs, batch_size=d.batch_size,
-                           learning_rate=pr.learning_rate, seed=p.base.seed + 1 + step, device=device,
-                           teacher_logits=t, desc=f"prune recovery {step + 1}/{pr.steps}")
+            spec = TrainSpec.from_section(d, p.base, kd, f"prune recovery {step + 1}/{pr.steps}",
+                                          epochs=pr.recovery_epochs, learning_rate=pr.learning_rate,
+                                          seed=p.base.seed + 1 + step)
+            result = train(model, enc, y, spec, teacher_logits=t)
             record["train"] = vars(result)
         info["steps"].append(record)
     structure = dict(model.config.distillery_structure)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +28,8 @@ def ort_fusable(model) -> bool:
 
 
 def run(ctx: StageContext) -> dict:
-    from distillery.measure import latency_ms, measure_predictor
+    from distillery.fileio import temp_dir_for
+    from distillery.measure import measure_predictor
     from distillery.modeling import LABELS_FILE, META_FILE, count_parameters, load_model_dir, replace_dir
     from distillery.onnx_model import OnnxClassifier
     from distillery.quant_select import BuildInputs, build_and_select, split_training_rows
@@ -42,8 +42,7 @@ def run(ctx: StageContext) -> dict:
     src = ctx.path(p.paths.pruned_dir)
     model, tokenizer, _, meta = load_model_dir(src)
     out = ctx.path(p.paths.quantized_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = temp_dir_for(out)  # the candidates' scratch space; the chosen one is swapped in as `out`
     # Calibration and selection rows come from the training split only: the eval split is the gate's.
     calib_idx, sel_idx = split_training_rows(len(train_set.texts), q.calibration_rows, q.selection_rows, p.base.seed)
     inputs_all = train_set.inputs  # texts, or (text, text_pair) tuples
@@ -69,8 +68,7 @@ def run(ctx: StageContext) -> dict:
         chosen, selection_report = build_and_select(
             fp32, tmp / "variants", q, inputs, package=package,
             load=lambda d: OnnxClassifier.from_dir(d, threads=p.base.threads), selection=selection,
-            latency=lambda clf: latency_ms(clf, selection[0], p.measure.latency_samples, p.measure.warmup),
-            batch_size=p.measure.throughput_batch_size)
+            measure=p.measure)
         quantize_seconds = time.perf_counter() - start - export_seconds
         (chosen / META_FILE).write_text(json.dumps({**meta, "role": "quantized", "format": "onnx",
                                                     "quantization": {**q.model_dump(),
@@ -82,9 +80,8 @@ def run(ctx: StageContext) -> dict:
     start = time.perf_counter()
     clf = OnnxClassifier.from_dir(out, threads=p.base.threads)
     n_params = count_parameters(model)  # the same weights, now stored in fewer bits
-    figures = measure_predictor(clf, eval_set.inputs, eval_set.labels, len(labels), model_dir=out,
-                                n_params=n_params, latency_samples=p.measure.latency_samples,
-                                warmup=p.measure.warmup, batch_size=p.measure.throughput_batch_size)
+    figures = measure_predictor(clf, eval_set.inputs, eval_set.labels, len(labels), p.measure, model_dir=out,
+                                n_params=n_params)
     report = {**figures, "runtime": "onnxruntime", "quantization": q.model_dump(), "selection": selection_report,
               "export_seconds": export_seconds, "quantize_seconds": quantize_seconds,
               "measure_seconds": time.perf_counter() - start}

@@ -25,10 +25,11 @@ from distillery.measure import FIGURES
 from tasks.common import read_json, report_path, write_json_atomic
 from distillery.serving_input import MAX_ROWS_KEY
 from tasks.evaluate import champion_checks
+from tasks.promotion import CHAMPION, aliases_by_version, ensure_champion, registry_lock
 from tasks.task_identity import SIGNATURE_TAG, check_task_identity, differences
 from tasks.validate import profile_tag
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHALLENGER = "challenger"
 PROMOTION_REPORT = "promotion"  # reports/promotion.json: the last registration's full decision
 DECISION_TAG = "gate_decision"  # the same decision, as JSON, on the registered version
 SERVING_PACKAGES = ("onnxruntime", "numpy", "pandas", "transformers", "tokenizers")
@@ -125,20 +126,6 @@ def _champion(client, name: str):
         return client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
-
-
-def aliases_by_version(client, name: str) -> dict[str, set[str]]:
-    """{version: {aliases}}; search results do not carry aliases, the registered model does."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        aliases = client.get_registered_model(name).aliases
-    except MlflowException:
-        return {}
-    out: dict[str, set[str]] = {}
-    for alias, version in aliases.items():
-        out.setdefault(str(version), set()).add(alias)
-    return out
 
 
 def _find_same_model(client, name: str, md5: str):
@@ -268,8 +255,6 @@ def recover_pending(client, name: str, *, orphaned_only: bool = True) -> list[di
     A version whose decision was recorded gets the aliases that decision gives it (idempotently:
     a move already made is not made twice), then its marker is cleared. One without a recorded
     decision is tagged abandoned, loses any alias, and is never promoted or reused."""
-    from tasks.promotion import ensure_champion
-
     done = []
     for v in pending_versions(client, name):
         if orphaned_only and not _orphaned(v):
@@ -300,8 +285,6 @@ def recover_if_idle(client, name: str, wait_s: float = 5.0) -> list[dict] | None
     now (then None: nothing is touched)."""
     from filelock import Timeout
 
-    from tasks.promotion import registry_lock
-
     lock = registry_lock(client.tracking_uri)
     try:
         lock.acquire(timeout=wait_s)
@@ -324,8 +307,6 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
 
     import mlflow
     import psutil
-
-    from tasks.promotion import ensure_champion, registry_lock
 
     name, metric = params.register.model_name, params.gate.metric
     qdir = Path(root) / params.paths.quantized_dir

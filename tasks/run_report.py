@@ -18,7 +18,8 @@ from distillery.html_report import ReportError, render_report
 from distillery.measure import FIGURES
 from tasks.common import STAGES, read_json, report_path
 from tasks.evaluate import FINAL_STAGE, MODEL_STAGES
-from tasks.register import CHAMPION, PROMOTION_REPORT, data_md5s, git_lineage
+from tasks.promotion import CHAMPION
+from tasks.register import PROMOTION_REPORT, data_md5s, git_lineage
 from tasks.tracking import PROJECT_TAG, STAGE_TAG
 
 REPORT_FILE = "index.html"

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -83,7 +82,7 @@ def run(ctx: StageContext, compute: Callable[[list[dict]], object] | None = None
     """
     from distillery.augment import augment_batches
     from distillery.data import iter_split
-    from distillery.modeling import replace_dir
+    from distillery.fileio import atomic_dir
     from tasks.models import checked_validated
 
     p, a, d = ctx.params, ctx.params.augment, ctx.params.distill
@@ -123,17 +122,12 @@ def run(ctx: StageContext, compute: Callable[[list[dict]], object] | None = None
     (compute or compute_in_process)(missing)
     prune_chunks(cache, every)
 
-    out = ctx.path(p.paths.logits_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")  # written whole, then swapped in: never half a set
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    agree = write_fused_logits(tmp / LOGITS_FILE, rows.path, specs_by_teacher, [w for _, w in teachers],
-                               d.temperature, len(labels))
-    logits_seconds = time.perf_counter() - start - augment_seconds
-    os.replace(rows.path, tmp / SET_FILE)  # the rows with their labels (-1: augmented) are the distillation set
-    os.replace(cache, tmp / CHUNKS_DIR)  # the chunks move with the set (a kill right here costs them)
-    replace_dir(tmp, out)
+    with atomic_dir(ctx.path(p.paths.logits_dir)) as tmp:  # written whole, then swapped in: never half a set
+        agree = write_fused_logits(tmp / LOGITS_FILE, rows.path, specs_by_teacher, [w for _, w in teachers],
+                                   d.temperature, len(labels))
+        logits_seconds = time.perf_counter() - start - augment_seconds
+        os.replace(rows.path, tmp / SET_FILE)  # the rows with their labels (-1: augmented) are the distillation set
+        os.replace(cache, tmp / CHUNKS_DIR)  # the chunks move with the set (a kill right here costs them)
     for entry, correct in zip(info, agree[:-1]):
         entry["train_accuracy"] = correct / n_train if n_train else 0.0
     report = {"rows": n_rows, "train_rows": n_train, "augmented_rows": n_rows - n_train,
@@ -142,6 +136,19 @@ def run(ctx: StageContext, compute: Callable[[list[dict]], object] | None = None
               "chunks": len(every), "chunks_computed": len(missing)}
     write_report(ctx, "soft_targets", report)
     return report
+
+
+def load_distill_set(ctx: StageContext):
+    """(texts + labels, teacher logits) written by the soft_targets stage; label -1 marks an
+    augmented text (no gold label)."""
+    from distillery.data import load_split
+
+    d = ctx.path(ctx.params.paths.logits_dir)
+    data, logits = load_split(d / SET_FILE), np.load(d / LOGITS_FILE, allow_pickle=False)
+    if len(logits) != len(data):
+        raise ValueError(f"{d}: {len(data)} texts but {len(logits)} rows of teacher logits; "
+                         "run `dvc repro -f soft_targets`")
+    return data, logits
 
 
 def _teacher_labels(model_dir: Path) -> list:

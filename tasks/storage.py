@@ -12,8 +12,10 @@ import contextlib
 import logging
 from pathlib import Path
 
+from distillery.errors import DistilleryError
 
-class RemoteError(RuntimeError):
+
+class RemoteError(DistilleryError, RuntimeError):
     """A push or pull failed, or no remote is configured; the message names the remote."""
 
 

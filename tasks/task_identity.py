@@ -14,11 +14,12 @@ import json
 from pathlib import Path
 
 from distillery.config import Params
+from distillery.errors import DistilleryError
 
 SIGNATURE_TAG = "task_signature"
 
 
-class TaskMismatch(RuntimeError):
+class TaskMismatch(DistilleryError, RuntimeError):
     """The run's task is not the champion's; the message says what differs and what to do."""
 
 

@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 
 from distillery.config import Params
+from distillery.errors import DistilleryError
 
 STAGE_TAG = "distillery.stage"
 # On each parent run: which process on which machine runs it, for which project. A run left
@@ -227,7 +228,7 @@ def log_gate_checks(client, run_id: str, checks: list[dict]) -> None:
     client.log_batch(run_id, metrics=metrics, tags=tags)
 
 
-class RegistryUnavailable(RuntimeError):
+class RegistryUnavailable(DistilleryError, RuntimeError):
     """The MLflow tracking server could not be reached, after bounded retries; the message names it."""
 
 

@@ -10,7 +10,6 @@ the flow runs it after this stage (`length_shift`); `dvc repro` alone skips it.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from distillery.config import Params
@@ -88,7 +87,7 @@ def _run_suite(ctx: StageContext, files: dict[str, str], sources: dict):
     """The label map, the GX suite on both splits (eval against train for leakage), the label
     map against the teacher's, and the Data Docs swapped into place."""
     from distillery.data import DataError, LabelMap
-    from distillery.fileio import replace_dir, temp_dir_for
+    from distillery.fileio import atomic_dir
     from distillery.validation import CLASSES_PRESENT, Failure, SuiteRunner, row_keys, teacher_label_failure
 
     p = ctx.params
@@ -101,16 +100,12 @@ def _run_suite(ctx: StageContext, files: dict[str, str], sources: dict):
     if labels is not None:
         problems.append(teacher_label_failure(labels.names, _teacher_head_labels(ctx), p.teacher.model,
                                               p.teacher.finetune))
-    docs_tmp = temp_dir_for(ctx.path(docs_rel(p)))
-    try:
+    with atomic_dir(ctx.path(docs_rel(p))) as docs_tmp:
         runner = SuiteRunner(docs_tmp)
-        results = [runner.validate(sources[name].frame, name, rel, p.data, p.validate_cfg, names,
+        results = [runner.validate(sources[name].frame, name, rel, p.data, p.validate_, names,
                                    row_keys(sources["train"].frame) if name == "eval" else None)
                    for name, rel in files.items()]
         runner.build_docs()
-        replace_dir(docs_tmp, ctx.path(docs_rel(p)))
-    finally:
-        shutil.rmtree(docs_tmp, ignore_errors=True)
     for f in filter(None, problems):  # the label map is train's (declared, or inferred from it)
         results[0].failures.append(f)
         results[0].success = False
@@ -137,7 +132,7 @@ def length_shift(root: Path, params: Params, client) -> dict:
     from distillery.data import load_split
     from distillery.drift import check_length_shift
 
-    cfg = params.validate_cfg.length_shift
+    cfg = params.validate_.length_shift
     try:
         champ = client.get_model_version_by_alias(params.register.model_name, "champion")
     except MlflowException:

@@ -25,7 +25,7 @@ ATOL = 1e-5  # on weights and loss; measured: 7.5e-8 largest weight difference (
 
 
 def run_command(root: Path, name: str, launcher: list[str], env: dict) -> None:
-    proc = subprocess.run([*launcher, "-m", "distillery.cli", "--project-dir", str(root), "stage", name],
+    proc = subprocess.run([*launcher, "-m", "distillery_cli", "--project-dir", str(root), "stage", name],
                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

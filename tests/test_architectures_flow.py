@@ -18,7 +18,7 @@ import onnx
 import pytest
 import yaml
 
-from distillery.cli import configure_environment
+from distillery.env import configure_environment
 from tests.helpers import make_project, tiny_params
 from tests.test_pipeline_e2e import run_flow, versions
 from tests.tiny_families import FAMILIES, NON_WORDPIECE, make_family_teacher

@@ -6,7 +6,7 @@ whole module, in order:
 1. A real `distillery run` process is SIGKILLed during the distill stage; the next run
    completes, reusing validate, teacher and soft_targets, and registers the champion.
 2. A corpus of bad inputs, generated here: each goes through the real entry point
-   (`distillery.cli.main(["run"])`, in-process; one case as a real process) and must stop at
+   (`distillery_cli.cli.main(["run"])`, in-process; one case as a real process) and must stop at
    the right place with one message naming the file, column, key or rows, while nothing is
    trained or registered, the champion stays, and the earlier outputs stay as they were.
 3. The good data again: nothing is retrained, the registry is unchanged.
@@ -30,7 +30,7 @@ from typing import Callable
 import pytest
 import yaml
 
-from distillery.cli import configure_environment
+from distillery.env import configure_environment
 from tests.helpers import make_project, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -394,7 +394,7 @@ def inputs_restored(project):
 def ensure_champion(root: Path) -> None:
     """The corpus needs a champion; test 1 makes it (this runs the flow only if that test failed)."""
     if not registry(root)["aliases"]:
-        from distillery.cli import main
+        from distillery_cli.cli import main
 
         assert main(["--project-dir", str(root), "run"]) == 0
 
@@ -405,7 +405,7 @@ def run_main(root: Path, args: list[str]) -> tuple[int, str]:
     import contextlib
     import io
 
-    from distillery.cli import main
+    from distillery_cli.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

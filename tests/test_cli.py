@@ -3,7 +3,7 @@
 import logging
 import sys
 
-from distillery.cli import _UserErrorsOnce
+from flows.prefect_api import _UserErrorsOnce
 from distillery.data import DataError
 
 
@@ -28,7 +28,7 @@ def test_user_errors_are_printed_once():
 
 
 def test_new_task_needs_a_reason(tmp_path, capsys):
-    from distillery.cli import main
+    from distillery_cli.cli import main
 
     assert main(["--project-dir", str(tmp_path), "run", "--new-task"]) == 2
     err = capsys.readouterr().err

@@ -73,7 +73,7 @@ def test_a_code_change_reruns_its_stage_and_the_ones_after_it_only(finished_proj
                                                                     monkeypatch):
     """A finished tiny project whose code is a copy (first on PYTHONPATH, so the copy is what the
     stages run); an edit to a module only quantize imports re-runs quantize and evaluate, then register."""
-    from distillery.cli import configure_environment
+    from distillery.env import configure_environment
     from flows.pipeline import pipeline
 
     root = copy_project(finished_project, tmp_path / "p")

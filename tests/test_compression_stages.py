@@ -59,7 +59,7 @@ def test_techniques_run_together_and_each_leaves_its_mark(project):
 
 def test_soft_targets_are_reproducible_and_fuse_both_teachers(project):
     from tasks.common import stage_context
-    from tasks.models import load_distill_set
+    from tasks.soft_targets import load_distill_set
 
     ctx = stage_context(project)
     data, fused = load_distill_set(ctx)

@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from distillery.cli import configure_environment
+from distillery.env import configure_environment
 from tests.helpers import cue_text, make_project, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -67,7 +67,7 @@ def project(tmp_path_factory, prefect_harness):
 
 
 def run_flow(root: Path, overrides: list[str]) -> dict:
-    from distillery.cli import prepare_params
+    from distillery_cli.cli import prepare_params
     from flows.pipeline import pipeline
 
     prepare_params(root, None, COMMON + overrides)
@@ -143,7 +143,7 @@ def test_better_on_average_but_worse_on_a_slice_stays_challenger_with_the_slice_
 def test_another_task_replaces_the_champion_only_with_new_task_and_its_reason(project, capsys):
     from mlflow import MlflowClient
 
-    from distillery.cli import main
+    from distillery_cli.cli import main
     from tasks.promotion import HISTORY_TAG, STACK_TAG
 
     for src, dest in (("a_train.csv", "c_train.csv"), ("eval.csv", "c_eval.csv")):

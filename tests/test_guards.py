@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distillery.cli import main
+from distillery_cli.cli import main
 from distillery.config import ConfigError, load_params
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -150,7 +150,7 @@ DISTILL_EPOCHS = 40  # ~0.2 s each on the tiny model: the signal lands inside tr
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_harness):
-    from distillery.cli import configure_environment
+    from distillery.env import configure_environment
     from distillery.demo_data import make_demo_dataset
     from tests.helpers import make_project, tiny_params
 

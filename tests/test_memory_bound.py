@@ -103,7 +103,7 @@ def peak_rss_mb(args: list[str], cwd: Path) -> float:
 
 
 def stage_peak(root: Path) -> float:
-    return peak_rss_mb(["-m", "distillery.cli", "--project-dir", str(root), "stage", "soft_targets"], root)
+    return peak_rss_mb(["-m", "distillery_cli", "--project-dir", str(root), "stage", "soft_targets"], root)
 
 
 def load_whole_peak(root: Path) -> float:

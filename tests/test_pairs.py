@@ -151,18 +151,18 @@ def test_bilstm_on_pairs_and_clashing_columns_are_refused_naming_the_keys():
 
 
 def test_validation_checks_the_second_text_and_leakage_on_the_pair():
-    from distillery.validation import LEAKAGE, TEXT_NOT_BLANK, row_keys, validate_frame
+    from distillery.validation import LEAKAGE, TEXT_NOT_BLANK, SuiteRunner, row_keys
 
     raw = tiny_params()
     raw["data"]["text_pair_column"] = "second"
     p = params_from_dict(raw)
-    cfg = p.validate_cfg.model_copy(update={"suite": p.validate_cfg.suite.model_copy(
+    cfg = p.validate_.model_copy(update={"suite": p.validate_.suite.model_copy(
         update={"row_count": None, "min_class_rows": None, "max_class_share": None})})
     train = pd.DataFrame({"text": ["a", "b", "c", "d"], "text_pair": ["x", "y", "z", "w"], "label": [0, 1, 0, 1]})
     # Eval repeats train's first texts with new second texts (no leak), one whole pair (a leak),
     # and has one blank second text.
     eval_ = pd.DataFrame({"text": ["a", "b", "c", "e"], "text_pair": ["new", "other", "z", " "], "label": [0, 1, 0, 1]})
-    res = validate_frame(eval_, "eval", "eval.csv", p.data, cfg, ["0", "1"], row_keys(train))
+    res = SuiteRunner().validate(eval_, "eval", "eval.csv", p.data, cfg, ["0", "1"], row_keys(train))
     by = {f.expectation: f for f in res.failures}
     assert by[TEXT_NOT_BLANK].column == "second" and [s["row"] for s in by[TEXT_NOT_BLANK].sample_rows] == [4]
     assert by[LEAKAGE].unexpected_count == 1 and by[LEAKAGE].sample_rows[0]["text_pair"] == "z"

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 import yaml
 
-from distillery.cli import configure_environment
+from distillery.env import configure_environment
 from tests.helpers import free_port, make_project, tiny_params, wait_for_http
 from tests.test_pipeline_e2e import run_flow, versions
 

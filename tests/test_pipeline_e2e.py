@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from distillery.cli import configure_environment
+from distillery.env import configure_environment
 from distillery.measure import FIGURES
 from tasks.common import STAGES
 from tests.helpers import (external_refs, free_port, make_cue_dataset, make_project, shift_labels, tiny_params,
@@ -72,7 +72,7 @@ def project(tmp_path_factory, prefect_harness):
 
 
 def run_flow(root: Path, overrides: list[str] | None = None) -> dict:
-    from distillery.cli import prepare_params
+    from distillery_cli.cli import prepare_params
     from flows.pipeline import pipeline
 
     prepare_params(root, None, overrides or [])
@@ -459,7 +459,7 @@ def test_run_report_opens_in_headless_chromium_with_its_plots_and_tables(project
     assert f"`{page}`" in markdown and f"runs:/{parent.info.run_id}/report/index.html" in markdown
 
     # `distillery report` rebuilds the same page for the last run (only the time it was written differs).
-    from distillery.cli import main
+    from distillery_cli.cli import main
 
     assert main(["--project-dir", str(project), "report"]) == 0
     written = re.compile(r"report written [0-9T:+-]+")

@@ -18,7 +18,7 @@ from transformers.pytorch_utils import prune_linear_layer
 
 from distillery.onnx_model import DEFAULT_MAX_LENGTH, OnnxClassifier
 from distillery import quantization
-from distillery.config import QuantizeConfig
+from distillery.config import MeasureConfig, QuantizeConfig
 from distillery.quant_select import (BuildInputs, build_and_select, build_variant, select_candidate,
                                      split_training_rows)
 from distillery.quantization import (calibration_feeds, export_onnx, optimize_fp32_graph, quantize_dynamic_int8,
@@ -28,6 +28,7 @@ OPSET = 18
 MAX_LENGTH = 32
 BIG_VOCAB = 2048
 LABELS = ["positive", "negative", "neutral"]  # deliberately not alphabetical
+MEASURE = MeasureConfig(latency_samples=5, warmup=1, throughput_batch_size=8)
 # 5 specials + 26 letters + 65 syllables = 96 word pieces
 WORDS = list("abcdefghijklmnopqrstuvwxyz") + [c + v for c in "bcdfghlmnprst" for v in "aeiou"]
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
@@ -346,8 +347,6 @@ def test_training_rows_for_calibration_and_selection_are_disjoint_when_possible(
 
 def test_build_and_select_keeps_one_directory_and_reports_every_candidate(medium, tokenizer, tmp_path):
     big_vocab = medium[1]
-    from distillery.measure import latency_ms
-
     def package(d):
         tokenizer.save_pretrained(d)
         (d / "labels.json").write_text(json.dumps({"labels": LABELS}))
@@ -359,7 +358,7 @@ def test_build_and_select_keeps_one_directory_and_reports_every_candidate(medium
     chosen, report = build_and_select(
         big_vocab, tmp_path / "work", q, _inputs(tokenizer), package=package,
         load=lambda d: OnnxClassifier.from_dir(d, threads=1), selection=(texts, gold),
-        latency=lambda clf: latency_ms(clf, texts, 5, 1), batch_size=8)
+        measure=MEASURE)
     assert report["variant"] == "int4_embeddings" and chosen.name == "int4_embeddings" and report["within_limit"]
     assert report["fp32_selection_accuracy"] == 1.0
     rows = {c["name"]: c for c in report["candidates"]}
@@ -373,7 +372,7 @@ def test_build_and_select_keeps_one_directory_and_reports_every_candidate(medium
     _, report = build_and_select(
         big_vocab, tmp_path / "work2", strict, _inputs(tokenizer), package=package,
         load=lambda d: OnnxClassifier.from_dir(d, threads=1), selection=(texts, gold),
-        latency=lambda clf: latency_ms(clf, texts, 5, 1), batch_size=8)
+        measure=MEASURE)
     winner = {c["name"]: c for c in report["candidates"]}[report["variant"]]
     assert winner["accuracy_drop"] <= 0.0 and report["within_limit"]
 

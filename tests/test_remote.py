@@ -30,10 +30,11 @@ def tracked_files(root: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 def test_second_clone_pulls_and_trains_nothing(tmp_path, prefect_harness):
     """Cost: one tiny pipeline run plus a no-change run (~60-90 s on 2 shared cores)."""
-    from distillery.cli import configure_environment, main
     from distillery.code_deps import link_code
     from distillery.demo_data import make_demo_dataset
+    from distillery.env import configure_environment
     from flows.pipeline import pipeline
+    from distillery_cli.cli import main
 
     params = tiny_params()
     train, eval_ = make_demo_dataset(params["data"]["demo_rows"], params["base"]["seed"])

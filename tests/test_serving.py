@@ -194,7 +194,7 @@ LABELLED = [("good movie", "positive"), ("bad movie", "negative"), ("great", "po
 
 
 def test_shadow_feedback_report_equal_a_hand_count_and_gate_promotion(project, tmp_path, capsys):
-    from distillery.cli import main
+    from distillery_cli.cli import main
     from tasks.promotion import current_champion, rollback
 
     log_path = tmp_path / "predictions.db"
@@ -338,7 +338,7 @@ def test_paired_accuracy_by_hand():
 def test_serve_model_cli_as_a_subprocess(project, tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "distillery.cli", "--project-dir", str(project["root"]),
+    proc = subprocess.Popen([sys.executable, "-m", "distillery_cli", "--project-dir", str(project["root"]),
                              "serve-model", "--port", str(port), "--log", str(tmp_path / "p.db"),
                              "--poll-interval", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

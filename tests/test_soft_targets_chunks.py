@@ -20,7 +20,7 @@ CHUNK_ROWS = 16
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, prefect_harness):
-    from distillery.cli import configure_environment
+    from distillery.env import configure_environment
     from distillery.demo_data import make_demo_dataset
 
     params = tiny_params(augment={"copies": 1}, soft_targets={"chunk_rows": 10**6, "workers": 0},
@@ -57,7 +57,7 @@ def chunk_files(root: Path) -> list[Path]:
 
 
 def test_dask_chunks_match_one_process_and_resume(project):
-    from distillery.cli import main
+    from distillery_cli.cli import main
 
     # The single-process path: one chunk holding every row, scored by one predict_logits call.
     whole = run_stage(project, "soft_targets")

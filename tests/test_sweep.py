@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distillery.cli import configure_environment
+from distillery.env import configure_environment
 from tests.helpers import make_cue_dataset, make_project, tiny_params
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ def member_figures(root: Path, name: str) -> dict:
 def test_sweep_runs_every_member_on_dask_and_the_choice_reproduces(project):
     from mlflow import MlflowClient
 
-    from distillery.cli import prepare_params
+    from distillery_cli.cli import prepare_params
     from distillery.config import load_params, params_from_dict, read_raw
     from distillery.onnx_model import OnnxClassifier
     from flows.pipeline import pipeline

@@ -4,7 +4,7 @@ less than random batches, stay seeded, and a model trained on them still learns.
 import numpy as np
 import torch
 
-from distillery.training import Encoded, collate, iter_batches, train
+from distillery.training import Encoded, TrainSpec, collate, iter_batches, train
 
 
 def _padded_over_real(batches, lengths):
@@ -78,8 +78,10 @@ def test_training_on_grouped_batches_learns_a_length_independent_rule():
     enc = Encoded(ids, pad_id=0)
     model = _BagOfTokens()
     ce = torch.nn.CrossEntropyLoss()
-    result = train(model, enc, labels, loss_fn=lambda s, t, y: ce(s, y), epochs=8, batch_size=32,
-                   learning_rate=0.5, seed=0, device=torch.device("cpu"), desc="test")
+    spec = TrainSpec(loss_fn=lambda s, t, y: ce(s, y), epochs=8, batch_size=32, learning_rate=0.5, seed=0,
+                     device=torch.device("cpu"), desc="test")
+    assert spec.group_by_length
+    result = train(model, enc, labels, spec)
     assert result.steps == 8 * -(-600 // 32)
     with torch.no_grad():
         logits = model(**collate(enc, np.arange(600), torch.device("cpu"))).logits

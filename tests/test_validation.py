@@ -13,7 +13,7 @@ from distillery.data import read_table
 from distillery.validation import (CLASS_BALANCE, CLASS_ROWS_MIN, CLASSES_PRESENT, DUPLICATES, LABEL_IN_SET, LABEL_MAP,
                                    LABEL_NOT_NULL, LEAKAGE, REQUIRED_COLUMN, ROW_COUNT, TEXT_LENGTH, TEXT_NOT_BLANK,
                                    TEXT_NOT_NULL, SuiteRunner, ValidationFailed, build_expectations, format_failures,
-                                   summary_markdown, teacher_label_failure, unreadable, validate_frame)
+                                   summary_markdown, teacher_label_failure, unreadable)
 
 # User column names differ from the internal text/label so messages can be checked for them.
 DATA = DataConfig(train_path="train.csv", eval_path="eval.csv", text_column="review",
@@ -30,7 +30,7 @@ def clean(n: int = 40) -> pd.DataFrame:
 
 
 def run(df, labels=LABELS, vcfg=VCFG, data=DATA):
-    return validate_frame(df, "train", "data/train.csv", data, vcfg, labels)
+    return SuiteRunner().validate(df, "train", "data/train.csv", data, vcfg, labels)
 
 
 def only_failure(result, check):
@@ -150,7 +150,7 @@ def test_format_failures_and_exception(tmp_path):
     df = clean()
     df.loc[4, "text"] = None
     df.loc[7, "label"] = "meh"
-    bad, good = run(df), validate_frame(clean(), "eval", "data/eval.csv", DATA, VCFG, LABELS)
+    bad, good = run(df), SuiteRunner().validate(clean(), "eval", "data/eval.csv", DATA, VCFG, LABELS)
     text = format_failures([bad, good])
     assert "2 check(s) in 1 of 2 split(s)" in text
     assert "data/train.csv (split 'train', 40 rows)" in text
@@ -184,7 +184,7 @@ def test_3000_rows_validate_quickly():
 def test_sst2_dev_passes(sst2_dir):
     data = DataConfig(train_path="train.tsv", eval_path="dev.tsv", text_column="sentence", labels=[0, 1])
     df = read_table(sst2_dir / "dev.tsv", "sentence", "label")
-    result = validate_frame(df, "eval", str(sst2_dir / "dev.tsv"), data, ValidateConfig(), [0, 1])
+    result = SuiteRunner().validate(df, "eval", str(sst2_dir / "dev.tsv"), data, ValidateConfig(), [0, 1])
     assert result.success, format_failures([result])
 
 
@@ -227,13 +227,13 @@ def test_duplicates_above_threshold_only_warn():
 def test_leakage_above_threshold_fails_on_eval():
     train, eval_ = clean(), clean().assign(text=[f"eval review {i}" for i in range(40)])
     eval_.loc[[3, 8, 20, 33, 39], "text"] = train["text"][[0, 1, 2, 3, 4]].values  # 12.5% > 10%
-    result = validate_frame(eval_, "eval", "data/eval.csv", DATA, VCFG, LABELS, train_texts=train["text"])
+    result = SuiteRunner().validate(eval_, "eval", "data/eval.csv", DATA, VCFG, LABELS, train_texts=train["text"])
     f = only_failure(result, LEAKAGE)
     assert f.column == "review" and "5 of 40 rows (12.5%) have a text that is also in train" in f.details
     assert rows_of(f) == [4, 9, 21]
     ok = eval_.copy()
     ok.loc[[20, 33, 39], "text"] = ["fresh a", "fresh b", "fresh c"]  # 2 of 40 = 5%
-    assert validate_frame(ok, "eval", "e.csv", DATA, VCFG, LABELS, train_texts=train["text"]).success
+    assert SuiteRunner().validate(ok, "eval", "e.csv", DATA, VCFG, LABELS, train_texts=train["text"]).success
 
 
 @pytest.mark.parametrize("teacher,finetune,needle", [

@@ -7,9 +7,7 @@ need them, so `distillery --help` and config errors answer at once.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
 import os
 import shutil
 import signal
@@ -18,116 +16,35 @@ import threading
 import traceback
 from pathlib import Path
 
-from distillery.config import PARAMS_FILE, ConfigError, apply_overrides, load_params, params_from_dict, read_raw
-
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "DVC_NO_ANALYTICS": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "GX_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-
-
-# Set by the flow for the stages it runs through DVC: a stage's expected error is then printed
-# once, by `distillery run`, instead of by the stage, DVC and Prefect in turn.
-IN_FLOW_ENV = "DISTILLERY_IN_FLOW"
-
-
-def configure_environment(root: Path) -> None:
-    """Offline, no telemetry, project-local Prefect state; stage commands find this interpreter."""
-    for k, v in OFFLINE_ENV.items():
-        os.environ.setdefault(k, v)
-    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
-    bindir = str(Path(sys.executable).parent)
-    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-
-
-def expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the user's input, not a bug: printed as one message, no traceback."""
-    errors: list[type[BaseException]] = [ConfigError, FileNotFoundError]
-    for mod, name in (("tasks.promotion", "PromotionError"), ("distillery.data", "DataError"), ("distillery.validation", "ValidationFailed"),
-                      ("distillery.modeling", "ModelLoadError"), ("flows.pipeline", "StageFailed"),
-                      ("tasks.tracking", "RegistryUnavailable"),
-                      ("distillery.html_report", "ReportError"), ("distillery.browser", "BrowserError"),
-                      ("distillery.interrupts", "LockHeld"),
-                      ("distillery.slices", "SliceError"), ("distillery.suite", "SuiteError"),
-                      ("tasks.task_identity", "TaskMismatch"), ("tasks.storage", "RemoteError")):
-        module = sys.modules.get(mod)
-        if module is not None and hasattr(module, name):
-            errors.append(getattr(module, name))
-    return tuple(errors)
-
-
-class _UserErrorsOnce(logging.Filter):
-    """Prefect logs a failed task and flow with a traceback and the full message, four times over.
-    For errors that are the user's input (bad data, bad params), `distillery run` prints the
-    message once itself: on the console, Prefect's records of them are dropped, and its state
-    lines keep their first line. (The Prefect API and UI still get every record in full.)"""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        errors = expected_errors()
-        exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and isinstance(exc, errors):
-            return False
-        message = record.getMessage()
-        if any(e.__name__ in message for e in errors) and ("\n" in message or "\\n" in message):
-            first = message.replace("\\n", "\n").split("\n")[0]
-            record.msg, record.args = f"{first} ...", ()
-        return True
-
-
-def quiet_user_errors_on_console() -> None:
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    for logger in (logging.getLogger(), logging.getLogger("prefect")):
-        for handler in logger.handlers:
-            if isinstance(handler, PrefectConsoleHandler) and not any(
-                    isinstance(f, _UserErrorsOnce) for f in handler.filters):
-                handler.addFilter(_UserErrorsOnce())
+from distillery.config import PARAMS_FILE, ConfigError, load_params, params_from_dict, params_text_with, read_raw
+from distillery.env import IN_FLOW_ENV, configure_environment
+from distillery.errors import user_error_types
+from distillery.fileio import write_atomically
+from flows.prefect_api import own_prefect_api, quiet_user_errors_on_console
 
 
 def prepare_params(root: Path, params_file: str | None, overrides: list[str]) -> None:
     """Validate the params to run with and make them the project's params.yaml (which DVC tracks).
 
     Like `dvc exp run --set-param`, overrides are written into params.yaml (comments kept),
-    so `dvc repro` and the run agree on what was run.
+    so `dvc repro` and the run agree on what was run: the text validated is the text written.
     """
+    import yaml
+
     target = root / PARAMS_FILE
     source = Path(params_file) if params_file else target
-    raw = apply_overrides(read_raw(source), overrides, str(source))
-    params_from_dict(raw, str(source), root)  # fails here, before anything is touched
-    from distillery.fileio import write_atomically  # a kill mid-write must not truncate the user's params
-
-    if source.resolve() != target.resolve():
+    raw = read_raw(source)  # a missing, empty or unreadable file: an error that names it
+    text = params_text_with(source, overrides) if overrides else None
+    params_from_dict(yaml.safe_load(text) if text else raw, str(source), root)  # fails here, before anything is touched
+    copied = source.resolve() != target.resolve()
+    # a kill mid-write must not truncate the user's params
+    if text is not None:
+        write_atomically(target, lambda tmp: tmp.write_text(text))
+    elif copied:
         write_atomically(target, lambda tmp: shutil.copyfile(source, tmp))
+    if copied:
         print(f"params: using {source} (copied to {target.name}, which DVC tracks)")
     if overrides:
-        from ruamel.yaml import YAML
-
-        yaml = YAML()  # round-trip mode: keeps the file's comments and layout
-        yaml.representer.add_representer(
-            type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
-        doc = yaml.load(target.read_text())
-        for item in overrides:
-            from distillery.config import parse_override
-
-            keys, value = parse_override(item)
-            node = doc
-            for k in keys[:-1]:
-                node = node.setdefault(k, {})
-            node[keys[-1]] = value
-
-        def dump(tmp: Path) -> None:
-            with tmp.open("w") as fh:
-                yaml.dump(doc, fh)
-
-        write_atomically(target, dump)
         print(f"params: {', '.join(overrides)} written to {target.name}")
 
 
@@ -149,35 +66,6 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _die_with_parent() -> None:
-    """In the server's process before exec (Linux): SIGTERM it when the run dies, even by SIGKILL,
-    so a killed run leaves no server behind now that the group signal no longer reaches it."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
-
-
-def _detached_prefect_server():
-    """Prefect's temporary API server, started in a session of its own. Prefect starts it in the
-    run's process group, so a SIGTERM / Ctrl-C to the group killed it first, and the run then
-    retried the dead API for minutes to record its end. Out of the group, it outlives the flow's
-    last API call and is stopped by PID (`server.stop()`) once the run is done."""
-    import functools
-    import subprocess
-    from unittest import mock
-
-    from prefect.server.api.server import SubprocessASGIServer
-
-    class DetachedServer(SubprocessASGIServer):
-        def _run_uvicorn_command(self):
-            popen = functools.partial(subprocess.Popen, start_new_session=True, preexec_fn=_die_with_parent)
-            with mock.patch.object(subprocess, "Popen", popen):
-                return super()._run_uvicorn_command()
-
-    return DetachedServer()
-
-
 def cmd_pull(args) -> int:
     """A fresh clone gets every stage output of dvc.lock from the remote: `distillery run` then trains nothing."""
     root = Path(args.project_dir).resolve()
@@ -188,37 +76,6 @@ def cmd_pull(args) -> int:
     print(f"dvc pull: {got['fetched']} file(s) fetched from remote {got['remote']!r} ({got['url']}); "
           f"{got['added']} added, {got['modified']} modified in the workspace")
     return 0
-
-
-@contextlib.contextmanager
-def own_prefect_api():
-    """With no PREFECT_API_URL set, this process's temporary Prefect API (see
-    `_detached_prefect_server`); this process and its children (they inherit the environment) use it.
-    The sweep's Dask workers need this too: each would otherwise start a server of its own (~25 s)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    if PREFECT_API_URL.value():
-        yield
-        return
-    server = _detached_prefect_server()
-    server.start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")))
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
-        _drain_prefect_workers()  # the run's last logs and events reach the API before it stops
-        server.stop()
-
-
-def _drain_prefect_workers() -> None:
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for worker in (APILogWorker, EventsWorker):
-        with contextlib.suppress(Exception):
-            worker.drain_all(timeout=5)
 
 
 def cmd_sweep(args) -> int:
@@ -242,7 +99,6 @@ def cmd_stage(args) -> int:
     configure_environment(root)
     import importlib
 
-    from distillery.fileio import write_atomically
     from tasks.common import remove_stage_leftovers, stage_context
 
     err_file = None
@@ -267,7 +123,7 @@ def cmd_stage(args) -> int:
 
         if isinstance(exc, (Interrupted, KeyboardInterrupt)):
             raise  # not an error of the stage: main() says so and exits 143 / 130
-        expected = isinstance(exc, expected_errors())
+        expected = isinstance(exc, user_error_types())
         message = str(exc) if expected else traceback.format_exc()
         if err_file is not None:
             write_atomically(err_file, lambda tmp: tmp.write_text(f"{message}\n"))
@@ -395,7 +251,6 @@ def cmd_feedback(args) -> int:
 
 def cmd_shadow_report(args) -> int:
     root, params = _project(args)
-    from distillery.fileio import write_atomically
     from distillery.serving.server import DEFAULT_LOG, SHADOW_REPORT
     from distillery.serving.shadow_report import format_table, render_html, shadow_report
 
@@ -631,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
               "from the stages that finished", file=sys.stderr)
         return code
     except BaseException as exc:
-        if isinstance(exc, expected_errors()):
+        if isinstance(exc, user_error_types()):
             print(f"distillery: error: {exc}", file=sys.stderr)
             return 2 if isinstance(exc, ConfigError) else 1
         raise
