@@ -1,8 +1,8 @@
 """The Distillery pipeline as a Prefect flow.
 
-Reads top to bottom like the pipeline: each DVC stage (dvc.yaml's, in its order: tasks/graph.py)
-runs as a Prefect task of the same name *through DVC* (`dvc repro --single-item <stage>`), so there is one code
-path and an unchanged stage is skipped by DVC, not retrained. The flow adds what DVC
+Reads top to bottom like the pipeline: each stage of dvc.yaml, in its order (tasks/graph.py), runs
+as a Prefect task of the same name *through DVC* (`dvc repro --single-item <stage>`), so there is
+one code path and an unchanged stage is skipped by DVC, not retrained. The flow adds what DVC
 cannot: MLflow tracking (one parent run, a nested run per stage), the registry step
 with promotion, and Prefect artifacts with the validation summary, the stage table and
 the gate decision. It also guards what DVC cannot see: the text-length drift against the
