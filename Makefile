@@ -60,7 +60,8 @@ postgresql:
 test: $(STAMP) chromium postgresql images-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The fast loop while changing code: unit and stage tests, no real pipelines (`slow`): ~1.5 minutes.
+# The fast loop while changing code: unit and stage tests, no real pipelines (`slow`): ~1.5 minutes on an
+# idle 2-core machine (README: Tests).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 

@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-from tasks.common import STAGES
 from tasks.tracking import flatten
 
 # Report keys (dotted, as MLflow logs them) that hold seconds of model compute.
@@ -46,7 +45,7 @@ def run_first(work: Path) -> dict:
             "registration": {k: reg.get(k) for k in ("version", "new_version", "promoted", "reason")}}
 
 
-def task_walls(flow_run_id: str) -> dict[str, float]:
+def task_walls(flow_run_id: str, stages: list[str]) -> dict[str, float]:
     """Wall seconds of each task run of the flow run, by task name (stages and register)."""
     from uuid import UUID
 
@@ -58,7 +57,7 @@ def task_walls(flow_run_id: str) -> dict[str, float]:
     walls = {}
     for r in runs:
         if r.start_time and r.end_time:
-            name = r.name if r.name in STAGES else r.name.rsplit("-", 1)[0]  # "register-3f2" -> "register"
+            name = r.name if r.name in stages else r.name.rsplit("-", 1)[0]  # "register-3f2" -> "register"
             walls[name] = (r.end_time - r.start_time).total_seconds()
     return walls
 
@@ -94,7 +93,7 @@ def pipeline_figures(first: dict, walls: dict[str, float], reports: dict[str, di
                      bench_measure_seconds: dict[str, float], rerun: dict) -> dict:
     """Per-stage and whole-run figures, and the share outside model compute."""
     stages, compute_reported, compute_total = [], 0.0, 0.0
-    for stage in STAGES:
+    for stage in first["ran"]:  # the flow's stages, in dvc.yaml's order
         parts = stage_compute(reports.get(stage, {}))
         estimated = None
         if "measure_seconds" not in parts and stage in STAGE_ROWS:
@@ -111,7 +110,7 @@ def pipeline_figures(first: dict, walls: dict[str, float], reports: dict[str, di
                        "compute_reported": parts, "measure_seconds_estimated": estimated,
                        "outside_compute_seconds": None if wall is None else wall - compute})
     whole = first["wall_seconds"]
-    in_tasks = sum(w for s, w in walls.items() if s in STAGES)
+    in_tasks = sum(w for s, w in walls.items() if s in first["ran"])
     fresh = all(first["ran"].values())  # compute figures describe this run only if every stage ran
     return {
         "fresh_run": fresh,

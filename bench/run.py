@@ -127,7 +127,7 @@ def run_pipeline(work: Path) -> tuple[dict, dict, dict, float | None]:
     print(f"bench: running the pipeline in {work}")
     with compare.OtherCpu() as other:
         first = pipeline_timing.run_first(work)
-    walls = pipeline_timing.task_walls(first["flow_run_id"])
+    walls = pipeline_timing.task_walls(first["flow_run_id"], list(first["ran"]))
     print("bench: no-change rerun (fresh process)")
     rerun = pipeline_timing.rerun_unchanged(work, work / "logs" / "rerun.log")
     return first, walls, rerun, other.share
@@ -204,8 +204,8 @@ def run_benchmark(data_dir: str | Path, *, quick: bool = False, overrides: list[
     `tiny_overrides`: KEY=VALUE items for the tiny profile's project only (bench/tiny.py)."""
     from bench import pipeline_timing
     from bench.tiny import has_tiny
-    from tasks.common import STAGES, read_json, report_path, stage_context
-    from tasks.register import git_lineage
+    from distillery.lineage import git_lineage
+    from tasks.common import read_json, report_path, stage_context
 
     data_dir = Path(data_dir).resolve()
     work = Path(work_dir or REPO / "bench" / "work" / (f"{benchmark}-quick" if quick else benchmark)).resolve()
@@ -234,7 +234,7 @@ def run_benchmark(data_dir: str | Path, *, quick: bool = False, overrides: list[
         specs, rows, built, sizes = measure_models(ctx, work, extra)
     paired = sizes.pop("paired")
     p = ctx.params
-    reports = {s: read_json(report_path(work, p, s)) for s in STAGES if report_path(work, p, s).exists()}
+    reports = {s: read_json(report_path(work, p, s)) for s in first["ran"] if report_path(work, p, s).exists()}
     pipeline = pipeline_timing.pipeline_figures(first, walls, reports,
                                                 {k: r["measure_seconds"] for k, r in rows.items()}, rerun)
     pipeline.update(fresh_project=fresh, other_cpu_share=other_share)

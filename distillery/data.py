@@ -8,7 +8,8 @@ train) and is what a model directory stores. Validated splits are written as
 Parquet with an int64 class index, in one directory swapped into place whole,
 with a manifest of the md5 of every source file as it was read: the training
 stages check it (`check_validated`), so data that changed after validation is
-never trained on.
+never trained on, even by a direct `distillery stage NAME` call (in the flow, DVC's own record
+decides what runs; see distillery/lineage.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from distillery.errors import DistilleryError
-from distillery.fileio import atomic_dir, md5_file, write_atomically
+from distillery.fileio import atomic_dir, write_atomically
+from distillery.lineage import MISSING, content_md5
 
 TEXT = "text"
 TEXT_PAIR = "text_pair"  # the second text of a sentence-pair task (data.text_pair_column)
@@ -481,7 +483,7 @@ def write_validated(out_dir: str | Path, splits: dict[str, TextDataset], labels:
         manifest: dict[str, Any] = {"labels": labels.names, "splits": {}}
         for name, data in splits.items():
             split_file = save_split(data, tmp / f"{name}.parquet")
-            manifest["splits"][name] = {"file": split_file.name, "md5": md5_file(split_file),
+            manifest["splits"][name] = {"file": split_file.name, "md5": content_md5(split_file),
                                         "rows": len(data), "source": sources[name]["path"],
                                         "source_md5": sources[name]["md5"]}
         (tmp / LABELS_FILE).write_text(json.dumps(labels.to_json(), indent=2))
@@ -503,25 +505,13 @@ def check_validated(out_dir: str | Path, root: str | Path) -> dict:
         raise DataError(f"{path}: unreadable manifest; run the validate stage again") from None
     for name, entry in splits.items():
         split_file = out_dir / entry["file"]
-        if not split_file.is_file() or md5_file(split_file) != entry["md5"]:
+        if not split_file.is_file() or content_md5(split_file) != entry["md5"]:
             raise DataError(f"{split_file}: differs from what the validate stage wrote (md5 {entry['md5']}); "
                             "it was changed after validation: run the validate stage again")
         source = root / entry["source"]
-        now = md5_file(source) if source.is_file() else "missing"
+        now = content_md5(source) if source.is_file() else MISSING
         if now != entry["source_md5"]:
             raise DataError(f"{entry['source']}: changed since it was validated ({name} split: md5 "
                             f"{entry['source_md5']} when validated, {now} now); nothing was trained on it. "
                             "Run again to validate the new data first")
     return manifest
-
-
-def validated_is_stale(out_dir: str | Path, root: str | Path) -> bool:
-    """True when validated data exists but no longer matches its sources, or has no manifest
-    (`check_validated` fails): the validate stage must run again, whatever DVC's record says."""
-    if not Path(out_dir).exists():
-        return False  # never validated: DVC runs the stage anyway
-    try:
-        check_validated(out_dir, root)
-    except DataError:
-        return True
-    return False

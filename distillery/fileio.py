@@ -8,7 +8,6 @@ Temporary names all start with `.<target name>.`, so what a killed writer left b
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -93,12 +92,3 @@ def remove_leftovers(path: str | Path) -> list[Path]:
         else:
             p.unlink(missing_ok=True)
     return found
-
-
-def md5_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """md5 of a file's bytes, as DVC records it for a file dependency."""
-    h = hashlib.md5()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()

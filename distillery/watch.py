@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distillery.fileio import md5_file
+from distillery.lineage import content_md5
 
 
 def _signature(path: Path) -> tuple[int, int] | None:
@@ -38,7 +38,7 @@ class DataWatcher:
         for path in map(Path, paths):
             sig = _signature(path)
             if path not in self._seen:  # baseline
-                self._seen[path], self.hashes[path] = sig, (md5_file(path) if sig else None)
+                self._seen[path], self.hashes[path] = sig, (content_md5(path) if sig else None)
                 continue
             if sig == self._seen[path]:
                 self._pending.pop(path, None)
@@ -48,7 +48,7 @@ class DataWatcher:
                 continue
             del self._pending[path]
             self._seen[path] = sig
-            digest = md5_file(path) if sig else None
+            digest = content_md5(path) if sig else None
             if digest is not None and digest != self.hashes.get(path):
                 changed.append(path)
             self.hashes[path] = digest

@@ -100,14 +100,18 @@ def cmd_stage(args) -> int:
     import importlib
 
     from tasks.common import remove_stage_leftovers, stage_context
+    from tasks.graph import stage_graph
 
     err_file = None
     try:
         params = load_params(root / PARAMS_FILE)
+        graph = stage_graph(root)  # dvc.yaml, the one declaration of the stages
+        if args.name not in graph:
+            raise ConfigError(f"dvc.yaml: no stage {args.name!r} (its stages: {', '.join(graph)})")
         err_file = root / params.paths.reports_dir / "errors" / f"{args.name}.txt"
         err_file.unlink(missing_ok=True)
-        module = importlib.import_module(f"tasks.{args.name}")
-        for p in remove_stage_leftovers(root, module.io(params)):
+        module = importlib.import_module(graph[args.name].module)
+        for p in remove_stage_leftovers(root, [*graph[args.name].outs, *graph[args.name].metrics]):
             print(f"{args.name}: removed {p.relative_to(root)}, left by an interrupted run")
         ctx = stage_context(root, uses_torch=getattr(module, "USES_TORCH", True))
         st = params.soft_targets
@@ -374,9 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, help="worker processes of the local cluster (default: sweep.workers)")
     sweep.set_defaults(func=cmd_sweep)
     stage = sub.add_parser("stage", help="run one pipeline stage (called by dvc.yaml)")
-    from tasks.common import STAGES
-
-    stage.add_argument("name", choices=STAGES)
+    stage.add_argument("name", help="a stage of the project's dvc.yaml")
     stage.set_defaults(func=cmd_stage)
     status = sub.add_parser("status", help="champion and challenger versions, their figures, the last gate")
     status.set_defaults(func=cmd_status)

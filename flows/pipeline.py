@@ -1,8 +1,8 @@
 """The Distillery pipeline as a Prefect flow.
 
-Reads top to bottom like the pipeline: each DVC stage runs as a Prefect task of the
-same name *through DVC* (`dvc repro --single-item <stage>`), so there is one code
-path and an unchanged stage is skipped by DVC, not retrained. The flow adds what DVC
+Reads top to bottom like the pipeline: each stage of dvc.yaml, in its order (tasks/graph.py), runs
+as a Prefect task of the same name *through DVC* (`dvc repro --single-item <stage>`), so there is
+one code path and an unchanged stage is skipped by DVC, not retrained. The flow adds what DVC
 cannot: MLflow tracking (one parent run, a nested run per stage), the registry step
 with promotion, and Prefect artifacts with the validation summary, the stage table and
 the gate decision. It also guards what DVC cannot see: the text-length drift against the
@@ -12,7 +12,7 @@ champion's data, and that the data a training stage reads is exactly what was va
 from __future__ import annotations
 
 import contextlib
-import importlib
+import functools
 import logging
 import os
 from pathlib import Path
@@ -22,14 +22,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from distillery.config import PARAMS_FILE, load_params
-from distillery.data import DataError, check_validated, validated_is_stale
 from distillery.env import IN_FLOW_ENV
 from distillery.errors import DistilleryError
 from distillery.interrupts import Interrupted, clear_stale_dvc_locks, deferred, exit_code_for_stage
+from distillery.lineage import changed_since_validation
 from distillery.report import COLUMNS, format_figure, gate_rows
 from flows.progress import stage_progress
 from tasks import tracking
-from tasks.common import STAGES, read_json, report_path
+from tasks.common import read_json, report_path
+from tasks.graph import stage_graph
 from tasks.register import register_model
 from tasks.run_report import markdown_link, write_run_report
 from tasks.storage import RemoteError, describe_remote, push_outputs
@@ -75,7 +76,7 @@ def ensure_dvc(root: Path) -> None:
     print(f"dvc: initialised a DVC project in {root}")
 
 
-def run_dvc_stage(root: Path, stage: str, force: bool = False) -> bool:
+def run_dvc_stage(root: Path, stage: str) -> bool:
     """Run one stage through DVC. Returns False when DVC skipped it as unchanged."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
@@ -88,7 +89,7 @@ def run_dvc_stage(root: Path, stage: str, force: bool = False) -> bool:
         # DVC resolves targets and stage paths against the process cwd, so run from the project
         # root (stages run one at a time in this flow; nothing else depends on cwd meanwhile).
         with contextlib.chdir(root), Repo(str(root)) as repo:
-            return bool(repo.reproduce(targets=[f"dvc.yaml:{stage}"], single_item=True, force=force))
+            return bool(repo.reproduce(targets=[f"dvc.yaml:{stage}"], single_item=True))
     except DvcException as exc:
         signum = _stage_signal(exc)
         if signum is not None:  # the stage command was stopped by SIGINT / SIGTERM (Ctrl-C to the group)
@@ -112,34 +113,29 @@ def _stage_signal(exc: BaseException) -> int | None:
     return None
 
 
-def check_stage_inputs(root: Path, params, stage: str, deps: list[str]) -> bool:
-    """Before a stage that reads the validated data: is it still exactly what validation passed?
-    Checked here, before DVC would delete the stage's earlier outputs. For validate itself:
-    True when its last outputs no longer match their sources (then it must run, changed or not)."""
-    vdir = params.paths.validated_dir
-    if stage == "validate":
-        return validated_is_stale(root / vdir, root)
-    if vdir in deps:
-        try:
-            check_validated(root / vdir, root)
-        except DataError as exc:
-            raise StageFailed(f"stage {stage!r} not started: {exc}") from None
-    return False
+def check_stage_inputs(root: Path, params, stage: str, deps: tuple[str, ...]) -> None:
+    """Before a stage that reads the validated data: are the data files still those the validate
+    stage passed (their DVC hashes against dvc.lock)? Checked here, before DVC would delete the
+    stage's earlier outputs. It only refuses: whether a stage runs is DVC's decision alone."""
+    if params.paths.validated_dir in deps:
+        changed = changed_since_validation(root, params)
+        if changed:
+            raise StageFailed(f"stage {stage!r} not started: {'; '.join(changed)}; nothing was trained on it. "
+                              "Run again to validate the new data first")
 
 
+@functools.cache
 def stage_task(stage: str):
+    """The Prefect task of a stage (made once per name): the stage through DVC."""
     @task(name=stage, task_run_name=stage)
-    def _run(root: str, force: bool = False) -> bool:
+    def _run(root: str) -> bool:
         with stage_progress(stage) as progress:  # the stage's training loops, shown in the Prefect UI
-            ran = run_dvc_stage(Path(root), stage, force)
+            ran = run_dvc_stage(Path(root), stage)
             progress["result"] = "ran" if ran else "unchanged, skipped by DVC"
         get_run_logger().info("%s: %s", stage, "ran" if ran else "unchanged, skipped by DVC")
         return ran
 
     return _run
-
-
-STAGE_TASKS = {s: stage_task(s) for s in STAGES}
 
 
 def publish_validation(report: dict, shift: dict | None) -> None:
@@ -253,6 +249,7 @@ def pipeline(project_dir: str = ".", new_task_reason: str | None = None) -> dict
     root = Path(project_dir).resolve()
     params = load_params(root / PARAMS_FILE)
     ensure_dvc(root)
+    graph = stage_graph(root)  # dvc.yaml: the stages, in order, and what each reads and writes
     client = tracking.client_for(root, params)
     exp_id = tracking.experiment_id(client, root, params)
     for run_id in tracking.close_interrupted_runs(client, exp_id, root):
@@ -271,13 +268,12 @@ def pipeline(project_dir: str = ".", new_task_reason: str | None = None) -> dict
         with get_client(sync_client=True) as prefect_client:
             os.environ["PREFECT_API_URL"] = str(prefect_client.api_url)
     try:
-        for stage in STAGES:
-            io = importlib.import_module(f"tasks.{stage}").io(params)
+        for stage, io in graph.items():
             ran[stage], status, extra = False, "FAILED", {}
             try:
-                force = check_stage_inputs(root, params, stage, io.deps)
+                check_stage_inputs(root, params, stage, io.deps)
                 ran[stage] = True  # until DVC says it skipped the stage
-                ran[stage] = STAGE_TASKS[stage](str(root), force)
+                ran[stage] = stage_task(stage)(str(root))
                 if stage == "validate":
                     extra["length_shift"] = shift = length_shift(root, params, client)
                     print(f"validate: text length vs the champion's data: {shift['status']}: {shift['reason']}")
@@ -294,13 +290,13 @@ def pipeline(project_dir: str = ".", new_task_reason: str | None = None) -> dict
                 reports = [o for o in io.outs if o.startswith(f"{params.paths.reports_dir}/")]
                 tracking.log_stage_run(client, exp_id, parent, stage, ran=ran[stage],
                                        report={**report, **extra} if report is not None else None,
-                                       params=tracking.section_params(params, io.params),
-                                       artifacts=[root / m for m in io.metrics + reports], status=status)
+                                       params=tracking.section_params(params, list(io.params)),
+                                       artifacts=[root / m for m in (*io.metrics, *reports)], status=status)
         thresholds = read_json(report_path(root, params, "gate"))
         summary = read_json(report_path(root, params, "evaluate"))
         client.set_tag(parent, "gate_passed", str(thresholds["passed"]).lower())
         tracking.log_gate_checks(client, parent, thresholds["checks"])
-        check_stage_inputs(root, params, "register", [params.paths.validated_dir])  # it re-scores the champion on eval
+        check_stage_inputs(root, params, "register", (params.paths.validated_dir,))  # it re-scores the champion on eval
         with deferred():  # a registry write is one transaction: a signal waits for its end (seconds)
             registration = register(str(root), parent, str(fr_id) if fr_id else None, new_task_reason)
         # The full decision: the thresholds plus the champion comparison made at registration.

@@ -1,8 +1,9 @@
 """Scheduled retraining: the flow a schedule or a new-data event starts.
 
-It first asks whether anything changed since the champion was trained: the md5 of the train
-and eval files and the params hash against the champion's lineage tags, and `dvc status`
-(a stage whose inputs, params or outputs differ from dvc.lock). If nothing changed it trains
+It first asks whether anything changed since the champion was trained: DVC's hash of the train
+and eval files and the params hash against the champion's lineage tags (both sides from
+distillery/lineage.py), and `dvc status` (a stage whose inputs, params or outputs differ from
+dvc.lock). If nothing changed it trains
 nothing and records the check: a Prefect artifact and an MLflow run tagged
 `distillery.retrain=nothing_to_do`. Otherwise it runs the pipeline (a subflow; DVC re-runs only
 what changed) and the gate decides what happens to the new model.
@@ -20,7 +21,7 @@ from prefect.runtime import flow_run
 
 from distillery.config import PARAMS_FILE, load_params
 from distillery.env import configure_environment
-from distillery.fileio import md5_file
+from distillery.lineage import current_data_identity
 from flows.pipeline import pipeline
 from tasks import tracking
 from tasks.register import _champion
@@ -30,13 +31,9 @@ ARTIFACT_KEY = "distillery-retrain"
 
 
 def current_lineage(root: Path, params) -> dict[str, str]:
-    """What the champion's lineage tags would say if it were trained now."""
-    def md5(rel: str) -> str:
-        path = root / rel
-        return md5_file(path) if path.is_file() else "missing"
-
-    return {"data_md5_train": md5(params.data.train_path), "data_md5_eval": md5(params.data.eval_path),
-            "params_hash": params.section_hash()}
+    """What the champion's lineage tags would say if it were trained now (the same keys and hashes
+    as the registry's lineage tags: distillery/lineage.py)."""
+    return {**current_data_identity(root, params), "params_hash": params.section_hash()}
 
 
 def dvc_stale_stages(root: Path) -> list[str]:

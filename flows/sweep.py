@@ -15,7 +15,6 @@ their figures, and the smallest one that passes the gate written as a params fil
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import os
 import shutil
@@ -29,9 +28,10 @@ from distillery.config import PARAMS_FILE, ConfigError, load_params, params_from
 from distillery.fileio import write_atomically
 from distillery.sweep import (TABLE_COLUMNS, choose_smallest_passing, describe, expand_space, member_name,
                               member_params, pareto_front, plot_front, table_markdown)
-from flows.pipeline import STAGE_TASKS, check_stage_inputs, ensure_dvc
+from flows.pipeline import check_stage_inputs, ensure_dvc, stage_task
 from tasks import tracking
-from tasks.common import STAGES, write_json_atomic
+from tasks.common import write_json_atomic
+from tasks.graph import stage_graph
 from tasks.sweep import run_member
 
 BEST_PARAMS = "best.params.yaml"
@@ -77,10 +77,10 @@ def write_best_params(root: Path, overrides: dict, path: Path) -> Path:
 def prepare_pipeline(root: Path, params) -> dict[str, bool]:
     """The stages every member depends on, through DVC as `distillery run` runs them."""
     ran = {}
-    for stage in STAGES[: STAGES.index("soft_targets") + 1]:
-        io = importlib.import_module(f"tasks.{stage}").io(params)
-        force = check_stage_inputs(root, params, stage, io.deps)
-        ran[stage] = STAGE_TASKS[stage](str(root), force)
+    graph = stage_graph(root)
+    for stage in list(graph)[: list(graph).index("soft_targets") + 1]:
+        check_stage_inputs(root, params, stage, graph[stage].deps)
+        ran[stage] = stage_task(stage)(str(root))
     return ran
 
 

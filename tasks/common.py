@@ -1,30 +1,18 @@
-"""What every stage shares: its context (project root, params), its declared I/O, its report.
+"""What every stage shares: its context (project root, params), its report.
 
-A stage reads and writes files only. Each stage module declares `io(params)`, the
-files it reads and writes; `dvc.yaml` declares the same (a test checks they agree),
-and the stage code takes its paths from there, never from literals.
+A stage reads and writes files only; `dvc.yaml` declares which (read through DVC's API:
+tasks/graph.py), and the stage code takes its paths from params.yaml, never from literals.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from distillery.config import PARAMS_FILE, Params, load_params
 from distillery.fileio import write_atomically
-
-STAGES = ("demo_data", "validate", "teacher", "soft_targets", "distill", "prune", "quantize", "evaluate")
-
-
-@dataclass(frozen=True)
-class StageIO:
-    deps: list[str]
-    outs: list[str] = field(default_factory=list)
-    metrics: list[str] = field(default_factory=list)
-    params: list[str] = field(default_factory=list)
-
 
 @dataclass
 class StageContext:
@@ -60,11 +48,12 @@ def stage_context(root: str | Path | None = None, uses_torch: bool = True) -> St
     return StageContext(root, params)
 
 
-def remove_stage_leftovers(root: Path, io: StageIO) -> list[Path]:
-    """Temp files and directories that a killed run of this stage left beside its outputs."""
+def remove_stage_leftovers(root: Path, outs: list[str]) -> list[Path]:
+    """Temp files and directories that a killed run of a stage left beside its outputs (`outs`:
+    the stage's outs and metrics as dvc.yaml declares them, see tasks/graph.py)."""
     from distillery.fileio import remove_leftovers
 
-    return [p for out in io.outs + io.metrics for p in remove_leftovers(Path(root) / out)]
+    return [p for out in outs for p in remove_leftovers(Path(root) / out)]
 
 
 def write_json_atomic(path: Path, data: dict) -> Path:

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from distillery.config import Params
-from tasks.common import StageContext, StageIO
+from tasks.common import StageContext
 
 USES_TORCH = False  # the stage runs without importing torch (saves ~3 s)
-
-
-def io(p: Params) -> StageIO:
-    return StageIO(deps=[], outs=[p.paths.demo_dir], params=["base.seed", "data.demo_rows"])
 
 
 def run(ctx: StageContext) -> dict:

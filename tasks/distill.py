@@ -8,14 +8,7 @@ import time
 from functools import partial
 
 from distillery.config import Params
-from tasks.common import StageContext, StageIO, report_rel, write_report
-
-
-def io(p: Params) -> StageIO:
-    return StageIO(deps=[p.paths.validated_dir, p.paths.teacher_dir, p.paths.logits_dir],
-                   outs=[p.paths.student_dir], metrics=[report_rel(p, "distill")],
-                   params=["base", "data.max_length", "data.truncation", "student", "distill",
-                           "measure"])
+from tasks.common import StageContext, write_report
 
 
 def intermediate_loss(params: Params, teacher, built):

@@ -24,21 +24,20 @@ from distillery.gate import (Check, champion_check, evaluate_gate, fidelity_chec
 from distillery.measure import FIGURES
 from distillery.stats import paired_comparison
 from distillery.suite import load_suite, regressions, score_suite
-from tasks.common import StageContext, StageIO, read_json, report_path, report_rel, write_json_atomic, write_report
+from tasks.common import StageContext, read_json, report_path, write_json_atomic, write_report
+from tasks.graph import Stage, reads_reports_of, stage_graph
 
-MODEL_STAGES = ("teacher", "distill", "prune", "quantize")
-FINAL_STAGE = "quantize"
+FINAL_STAGE = "quantize"  # the stage whose model is gated and registered (paths.quantized_dir)
 
 
-def io(p: Params) -> StageIO:
-    return StageIO(deps=[report_rel(p, s) for s in MODEL_STAGES] + [p.paths.validated_dir, p.paths.teacher_dir,
-                                                                     p.paths.quantized_dir, p.data.eval_path,
-                                                                     p.gate.suite],
-                   metrics=[report_rel(p, "evaluate"), report_rel(p, "gate")], params=["base.seed", "gate"])
+def model_stages(graph: dict[str, Stage]) -> list[str]:
+    """The stages compared here: those whose reports this stage reads (dvc.yaml's deps), in graph order."""
+    return reads_reports_of(graph, "evaluate")
 
 
 def stage_table(reports: dict[str, dict]) -> list[dict]:
-    return [{"stage": s, **{k: reports[s][k] for k in FIGURES}} for s in MODEL_STAGES if s in reports]
+    """One row per model stage, in the order of `reports` (graph order)."""
+    return [{"stage": s, **{k: r[k] for k in FIGURES}} for s, r in reports.items()]
 
 
 def eval_data(root, params: Params):
@@ -72,7 +71,7 @@ def compare_stages(reports: dict[str, dict], gold: np.ndarray, n_classes: int, r
     g = params.gate
     teacher = predictions(reports["teacher"], "teacher", len(gold))
     out = {}
-    for s in MODEL_STAGES:
+    for s in reports:
         pred = predictions(reports[s], s, len(gold))
         out[s] = {"fidelity": float((pred == teacher).mean()) if len(gold) else 0.0,
                   "slices": slice_figures(rows, pred, gold, n_classes)}
@@ -143,7 +142,7 @@ def champion_checks(root, params: Params, figures: dict, gate: dict, champion_va
 
 def run(ctx: StageContext) -> dict:
     p = ctx.params
-    reports = {s: read_json(report_path(ctx.root, p, s)) for s in MODEL_STAGES}
+    reports = {s: read_json(report_path(ctx.root, p, s)) for s in model_stages(stage_graph(ctx.root))}
     eval_set, labels = eval_data(ctx.root, p)
     rows = slice_rows(ctx.root, p, eval_set, labels, str(ctx.path(p.paths.teacher_dir)))
     compared = compare_stages(reports, eval_set.labels, len(labels), rows, p)

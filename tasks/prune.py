@@ -9,14 +9,7 @@ from functools import partial
 
 import numpy as np
 
-from distillery.config import Params
-from tasks.common import StageContext, StageIO, report_rel, write_report
-
-
-def io(p: Params) -> StageIO:
-    return StageIO(deps=[p.paths.validated_dir, p.paths.student_dir, p.paths.logits_dir],
-                   outs=[p.paths.pruned_dir], metrics=[report_rel(p, "prune")],
-                   params=["base", "data.max_length", "data.truncation", "distill", "prune", "measure"])
+from tasks.common import StageContext, write_report
 
 
 def pass_through(ctx: StageContext, model, tokenizer, labels: list[str], meta: dict, eval_set) -> dict:

@@ -9,14 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-from distillery.config import Params
-from tasks.common import StageContext, StageIO, report_rel, write_report
-
-
-def io(p: Params) -> StageIO:
-    return StageIO(deps=[p.paths.validated_dir, p.paths.pruned_dir], outs=[p.paths.quantized_dir],
-                   metrics=[report_rel(p, "quantize")],
-                   params=["base.seed", "base.threads", "data.max_length", "data.truncation", "quantize", "measure"])
+from tasks.common import StageContext, write_report
 
 
 def ort_fusable(model) -> bool:

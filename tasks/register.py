@@ -11,16 +11,15 @@ happen here, in one task, under a lock, so concurrent pipeline runs cannot inter
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import signal
-import subprocess
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 
 from distillery.config import Params
 from distillery.gate import CHAMPION_CHECK, Check, GateDecision, decide_promotion
+from distillery.lineage import content_md5, data_identity, git_lineage
 from distillery.measure import FIGURES
 from tasks.common import read_json, report_path, write_json_atomic
 from distillery.serving_input import MAX_ROWS_KEY
@@ -78,40 +77,9 @@ def log_served_model(model_dir: Path, max_rows_per_request: int | None):
         model_config={MAX_ROWS_KEY: max_rows_per_request})
 
 
-def git_lineage(root: Path) -> dict:
-    def git(*args):
-        r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": commit or "none", "git_dirty": "unknown" if dirty is None else str(bool(dirty)).lower()}
-
-
-def data_md5s(root: Path, params: Params) -> dict:
-    """md5 of the train and eval data as DVC recorded them for the validate stage."""
-    import yaml
-
-    lock = Path(root) / "dvc.lock"
-    if not lock.exists():
-        return {}
-    deps = yaml.safe_load(lock.read_text()).get("stages", {}).get("validate", {}).get("deps", [])
-    by_path = {d["path"]: d.get("md5", "") for d in deps}
-    return {"data_md5_train": by_path.get(params.data.train_path, "unknown"),
-            "data_md5_eval": by_path.get(params.data.eval_path, "unknown")}
-
-
-def model_md5(model_dir: Path) -> str:
-    h = hashlib.md5()
-    for f in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-        h.update(f.relative_to(model_dir).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def lineage_tags(root: Path, params: Params, flow_run_id: str | None) -> dict[str, str]:
     teacher = read_json(report_path(root, params, "teacher")).get("identity", {})
-    return {**git_lineage(root), **data_md5s(root, params),
+    return {**git_lineage(root), **data_identity(root, params),
             "params_hash": params.section_hash(),
             "teacher": teacher.get("name_or_path", params.teacher.model),
             "teacher_source": str(teacher.get("source", "")),
@@ -313,7 +281,7 @@ def register_model(root: Path, params: Params, client, exp_id: str, parent_run_i
     gate = read_json(report_path(root, params, "gate"))
     thresholds = GateDecision.from_dict(gate)
     figures = read_json(report_path(root, params, "quantize"))
-    md5 = model_md5(qdir)
+    md5 = content_md5(qdir)  # DVC's hash of the directory, as dvc.lock records it
     base = {"model_name": name, "metric": metric, "candidate_value": float(figures[metric]),
             "flow_run_id": flow_run_id, "decided_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     with registry_lock(client.tracking_uri):

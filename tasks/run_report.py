@@ -15,11 +15,13 @@ from pathlib import Path
 
 from distillery.config import Params
 from distillery.html_report import ReportError, render_report
+from distillery.lineage import data_identity, git_lineage
 from distillery.measure import FIGURES
-from tasks.common import STAGES, read_json, report_path
-from tasks.evaluate import FINAL_STAGE, MODEL_STAGES
+from tasks.common import read_json, report_path
+from tasks.evaluate import FINAL_STAGE, model_stages
+from tasks.graph import stage_graph
 from tasks.promotion import CHAMPION
-from tasks.register import PROMOTION_REPORT, data_md5s, git_lineage
+from tasks.register import PROMOTION_REPORT
 from tasks.tracking import PROJECT_TAG, STAGE_TAG
 
 REPORT_FILE = "index.html"
@@ -52,8 +54,9 @@ def _figures(path: Path) -> dict:
 
 def _stage_rows(root: Path, params: Params, children: dict, record: dict | None) -> tuple[list[dict], dict]:
     """One row per stage with its state in this run; figures of the model stages it measured."""
-    rows, reports = [], {}
-    for stage in STAGES:
+    graph = stage_graph(root)
+    rows, reports, compared = [], {}, model_stages(graph)
+    for stage in graph:
         run = children.get(stage)
         if run is None:
             state = "not reached"
@@ -62,7 +65,7 @@ def _stage_rows(root: Path, params: Params, children: dict, record: dict | None)
         else:
             state = "ran" if run.data.tags.get("distillery.ran") == "true" else "skipped (unchanged, DVC)"
         figures = None
-        if stage in MODEL_STAGES and state not in ("not reached", "failed"):
+        if stage in compared and state not in ("not reached", "failed"):
             reports[stage] = _figures(report_path(root, params, stage))
             figures = {k: reports[stage][k] for k in FIGURES}
         rows.append({"stage": stage, "state": state, "figures": figures})
@@ -133,7 +136,7 @@ def _lineage(client, root: Path, params: Params, parent, record: dict | None) ->
         rows += [(k, version.tags[k]) for k in LINEAGE_KEYS if k in version.tags]
         return rows
     # Not registered by this run: what lineage would have been recorded, read now.
-    here = {**git_lineage(root), **data_md5s(root, params), "params_hash": tags.get("params_hash", "")}
+    here = {**git_lineage(root), **data_identity(root, params), "params_hash": tags.get("params_hash", "")}
     return rows + [("registered version", "none (the run did not reach registration)")] + [
         (k, here[k]) for k in LINEAGE_KEYS if k in here]
 
@@ -149,8 +152,7 @@ def gather(root: Path, params: Params, client, parent_run_id: str) -> dict:
     if record is not None and tags.get("registered_version") != record.get("version"):
         record = None  # an earlier run's registration
     stages, reports = _stage_rows(root, params, children, record)
-    points = [{"key": s, "kind": "final" if s == FINAL_STAGE else s, **reports[s]} for s in MODEL_STAGES
-              if s in reports]
+    points = [{"key": s, "kind": "final" if s == FINAL_STAGE else s, **r} for s, r in reports.items()]
     champion = _champion_point(client, params, record)
     final = next((p for p in points if p["kind"] == "final"), None)
     if champion is not None and champion.get("this_run") and final is not None:

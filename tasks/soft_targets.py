@@ -6,11 +6,11 @@ Computed once per dataset: distill and prune read them from disk, so the teacher
 run inside a training loop (except for the intermediate-layer losses, which need the
 main teacher's hidden states). Extra teachers are identified by path in params.yaml
 (DVC cannot template a list of directories as deps): after replacing one in place, run
-`dvc repro -f soft_targets`; their weights' md5s are recorded in the report.
+`dvc repro -f soft_targets`; their DVC hashes (distillery/lineage.py) are recorded in the report.
 
 The logits are computed in chunks of `soft_targets.chunk_rows` rows, each a task (on Dask when
 the CLI passes `compute`, see flows/soft_targets.py; else in this process) that writes its own
-Parquet file in `<logits_dir>/chunks/`, named by what determines its content (the teacher's md5,
+Parquet file in `<logits_dir>/chunks/`, named by what determines its content (the teacher directory's DVC hash,
 the rows, max_length). The folder is `persist` in dvc.yaml, so a killed run leaves its finished
 chunks there and the next run computes only the missing ones; distill and prune still read the
 fused `logits.npy` beside them.
@@ -33,28 +33,14 @@ from typing import Callable
 import numpy as np
 
 from distillery.config import Params
-from tasks.common import StageContext, StageIO, report_rel, write_report
+from distillery.lineage import content_md5
+from tasks.common import StageContext, write_report
 
 SET_FILE = "distill_set.parquet"
 LOGITS_FILE = "logits.npy"
 CHUNKS_DIR = "chunks"              # <logits_dir>/chunks: one Parquet file per chunk (kept: dvc.yaml `persist`)
 CHUNK_TEXTS = "texts.parquet"      # the rows to score, one row group per chunk
 CHUNK_FORMAT = "1"                 # part of every chunk's identity: bump when the file layout changes
-
-
-def io(p: Params) -> StageIO:
-    return StageIO(deps=[p.paths.validated_dir, p.paths.teacher_dir], outs=[p.paths.logits_dir],
-                   metrics=[report_rel(p, "soft_targets")],
-                   params=["base", "data.max_length", "data.truncation", "augment", "distill.max_train_rows", "distill.temperature",
-                           "distill.teacher_weight", "distill.teachers"])
-
-
-def _md5(model_dir: Path) -> str:
-    h = hashlib.md5()
-    for f in sorted(model_dir.iterdir()):
-        if f.suffix in (".safetensors", ".onnx"):
-            h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def _classifier(model_dir: Path, max_length: int, threads: int, truncation: str = "head"):
@@ -100,7 +86,7 @@ def run(ctx: StageContext, compute: Callable[[list[dict]], object] | None = None
             raise ValueError(f"params.yaml: distill.teachers: {model_dir} classifies into {their_labels}, "
                              f"the data into {labels}")
         info.append({"path": str(model_dir.relative_to(ctx.root) if model_dir.is_relative_to(ctx.root) else model_dir),
-                     "weight": weight, "md5": _md5(model_dir)})
+                     "weight": weight, "md5": content_md5(model_dir)})
 
     start = time.perf_counter()
     cache = ctx.path(p.paths.logits_dir) / CHUNKS_DIR

@@ -5,15 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distillery.config import Params
-from tasks.common import StageContext, StageIO, report_rel, write_report
-
-
-def io(p: Params) -> StageIO:
-    return StageIO(deps=[p.paths.validated_dir], outs=[p.paths.teacher_dir],
-                   metrics=[report_rel(p, "teacher")],
-                   params=["base", "data.max_length", "data.truncation", "teacher",
-                           "measure"])
+from tasks.common import StageContext, write_report
 
 
 def run(ctx: StageContext) -> dict:

@@ -102,7 +102,7 @@ def numeric_metrics(report: dict) -> dict[str, float]:
 
 
 def section_params(params: Params, keys: list[str]) -> dict[str, str]:
-    """The params a stage depends on (as declared in its io()), flattened for MLflow."""
+    """The params a stage depends on (as dvc.yaml declares them), flattened for MLflow."""
     d = params.as_dict()
     out = {}
     for key in keys:

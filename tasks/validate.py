@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distillery.config import Params
-from tasks.common import StageContext, StageIO, report_rel, write_report
+from tasks.common import StageContext, write_report
 
 VALIDATION_DOCS = "validation"
 USES_TORCH = False  # the stage runs without importing torch (saves ~3 s)
@@ -22,11 +22,6 @@ PROFILE_TAG = "data_length_profile"  # on each registered version: its data's te
 
 def docs_rel(p: Params) -> str:
     return f"{p.paths.reports_dir}/{VALIDATION_DOCS}"
-
-
-def io(p: Params) -> StageIO:
-    return StageIO(deps=[p.data.train_path, p.data.eval_path], outs=[p.paths.validated_dir, docs_rel(p)],
-                   metrics=[report_rel(p, "validate")], params=["data", "validate", "teacher.model", "teacher.finetune"])
 
 
 def run(ctx: StageContext) -> dict:

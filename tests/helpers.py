@@ -178,3 +178,25 @@ def stop_group(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             return
     proc.wait(timeout=30)
+
+
+class Story:
+    """Steps that change one shared project (a module's), in their order, each run once.
+
+    A test asks for the step whose outcome it checks (`reach`); every step before it that has not
+    run yet runs first. So a test runs alone (`pytest tests/x.py::test_y`) or in the module, with
+    the project built once per module. A step captures what its test compares against (files
+    before, outputs) in the value it returns, since later steps change the project.
+    """
+
+    def __init__(self, root: Path, steps: dict):
+        self.root, self.steps, self.results = root, steps, {}
+
+    def reach(self, name: str):
+        if name not in self.steps:
+            raise KeyError(f"no step {name!r}; steps: {', '.join(self.steps)}")
+        for step, run in self.steps.items():
+            if step not in self.results:
+                self.results[step] = run(self.root)
+            if step == name:
+                return self.results[step]

@@ -44,7 +44,7 @@ def stages_in_process(monkeypatch):
     import flows.pipeline
     from tests.helpers import run_stage
 
-    def run_here(root, stage, force=False):
+    def run_here(root, stage):
         with contextlib.chdir(root):
             run_stage(root, stage)
         return True

@@ -431,8 +431,8 @@ def test_bad_input_stops_at_the_right_place_and_loses_nothing(project, inputs_re
 
         real = flows.pipeline.run_dvc_stage
 
-        def then_change_the_data(root, stage, force=False):
-            ran = real(root, stage, force)
+        def then_change_the_data(root, stage):
+            ran = real(root, stage)
             if stage == "validate":  # validated, and now the file changes before training
                 (root / TRAIN).write_text((root / TRAIN).read_text() + "a row that arrived late,positive\n")
             return ran

@@ -33,31 +33,51 @@ def project(tmp_path_factory):
     return root
 
 
-def test_techniques_run_together_and_each_leaves_its_mark(project):
-    for stage in ("demo_data", "validate", "teacher"):
-        run_stage(project, stage)
-    shutil.copytree(project / "models" / "teacher", project / "teacher_v0")  # an "earlier run's" checkpoint
-    soft = run_stage(project, "soft_targets")
+def compress(root) -> dict:
+    """Every stage up to quantize, in this process; their reports."""
+    reports = {stage: run_stage(root, stage) for stage in ("demo_data", "validate", "teacher")}
+    shutil.copytree(root / "models" / "teacher", root / "teacher_v0")  # an "earlier run's" checkpoint
+    reports.update({stage: run_stage(root, stage) for stage in ("soft_targets", "distill", "prune", "quantize")})
+    return reports
+
+
+@pytest.fixture(scope="module")
+def compressed(project) -> dict:
+    """The project compressed once (whichever test asks first): each stage's report."""
+    return compress(project)
+
+
+@pytest.fixture
+def params_restored(project):
+    """A test that edits params.yaml leaves it as it found it."""
+    saved = (project / "params.yaml").read_text()
+    yield
+    (project / "params.yaml").write_text(saved)
+
+
+def test_techniques_run_together_and_each_leaves_its_mark(project, compressed):
+    reports = compressed
+    soft = reports["soft_targets"]
     assert soft["augmented_rows"] > 0 and soft["rows"] == soft["train_rows"] + soft["augmented_rows"]
     assert [t["weight"] for t in soft["teachers"]] == [2.0, 1.0]
 
-    distill = run_stage(project, "distill")
+    distill = reports["distill"]
     assert distill["student"]["hidden_size"] == 16
     assert distill["student"]["vocab_size"] < distill["student"]["teacher_vocab"]
     cfg = json.loads((project / "models" / "student" / "config.json").read_text())
     assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["max_position_embeddings"]) == (16, 3, 64)
 
-    prune = run_stage(project, "prune")
+    prune = reports["prune"]
     assert len(prune["steps"]) == 2 and prune["dropped_layers"] == [1]
     assert len(prune["structure"]["heads"]) == 2               # 3 layers, one dropped
     assert sum(prune["structure"]["heads"]) == 2                # 2 + 2 heads, half removed
     assert prune["structure"]["intermediate"] == [16, 16]       # 32 neurons, half removed
 
-    quant = run_stage(project, "quantize")
+    quant = reports["quantize"]
     assert quant["accuracy"] >= 0 and (project / "models" / "quantized" / "model.onnx").exists()
 
 
-def test_soft_targets_are_reproducible_and_fuse_both_teachers(project):
+def test_soft_targets_are_reproducible_and_fuse_both_teachers(project, compressed, params_restored):
     from tasks.common import stage_context
     from tasks.soft_targets import load_distill_set
 
@@ -76,7 +96,7 @@ def test_soft_targets_are_reproducible_and_fuse_both_teachers(project):
     assert single.shape == before.shape and not np.allclose(single, before)
 
 
-def test_a_teacher_with_other_labels_is_refused(project):
+def test_a_teacher_with_other_labels_is_refused(project, compressed, params_restored):
     from distillery.modeling import LABELS_FILE
 
     other = project / "teacher_other"

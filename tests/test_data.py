@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from distillery.data import (DataError, LabelMap, TextDataset, check_validated, load_split, read_source, read_table,
-                             save_split, validated_is_stale, write_validated)
+                             save_split, write_validated)
 
 
 def write(path: Path, text: str) -> Path:
@@ -326,12 +326,11 @@ def test_validated_dir_is_checked_against_its_sources(tmp_path):
     out, src, manifest = validated(tmp_path)
     assert sorted(p.name for p in out.iterdir()) == ["eval.parquet", "labels.json", "manifest.json", "train.parquet"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp dir left
-    assert check_validated(out, tmp_path) == manifest and not validated_is_stale(out, tmp_path)
+    assert check_validated(out, tmp_path) == manifest
     src.write_text("text,label\na,pos\nb,pos\n")  # the data changed after validation
     with pytest.raises(DataError, match=r"^train.csv: changed since it was validated \(train split: md5 [0-9a-f]{32} "
                                         r"when validated, [0-9a-f]{32} now\)"):
         check_validated(out, tmp_path)
-    assert validated_is_stale(out, tmp_path)
 
 
 def test_validated_split_edited_by_hand_is_refused(tmp_path):
@@ -342,8 +341,6 @@ def test_validated_split_edited_by_hand_is_refused(tmp_path):
     (out / "manifest.json").unlink()
     with pytest.raises(DataError, match="manifest.json: not found"):
         check_validated(out, tmp_path)
-    assert validated_is_stale(out, tmp_path)  # e.g. written by an older version: validate again
-    assert not validated_is_stale(tmp_path / "never", tmp_path)  # nothing validated yet: DVC decides
 
 
 def test_rewriting_the_validated_dir_swaps_it_whole(tmp_path):

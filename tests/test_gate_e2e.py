@@ -5,7 +5,8 @@ Two models of the same quality by construction, trained on learnable cue data (s
 - A never predicts `positive` (its positives are labelled neutral),
 - B never predicts `negative`.
 The eval rows hold 30 negatives, 26 positives and 64 neutrals, so B is about 4 rows (0.033)
-worse than A overall: a difference well inside its paired interval. In order:
+worse than A overall: a difference well inside its paired interval. The module's project goes
+through these runs in order (`STEPS`; each test reaches the run it checks, so it also runs alone):
 
 1. A is registered (first champion).
 2. B, under the strict point rule (max_regression 0): refused, the record says the point rule decided.
@@ -29,7 +30,7 @@ import pandas as pd
 import pytest
 
 from distillery.env import configure_environment
-from tests.helpers import cue_text, make_project, tiny_params
+from tests.helpers import Story, cue_text, make_project, tiny_params
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -87,16 +88,34 @@ def aliases(root: Path) -> dict[str, set]:
     return aliases_by_version(MlflowClient(tracking_uri=uri, registry_uri=uri), NAME)
 
 
-def test_first_model_becomes_champion(project):
-    reg = run_flow(project, [])["registration"]
+STEPS = {
+    "a_first": lambda root: run_flow(root, []),
+    "b_point_rule": lambda root: run_flow(root, ["data.train_path=b_train.csv", "gate.champion_rule=point",
+                                                 "gate.max_regression=0.0"]),
+    "b_non_inferiority": lambda root: run_flow(root, ["data.train_path=b_train.csv", "quantize.per_channel=false",
+                                                      "gate.champion_rule=non_inferiority",
+                                                      "gate.max_regression=0.25"]),
+    "a_worse_on_a_slice": lambda root: run_flow(root, [
+        "data.train_path=a_train.csv", "quantize.per_channel=false", "gate.max_regression=0.25",
+        "gate.max_slice_regression=0.1",
+        "gate.slices=[{name: positives, label: [positive]}, {name: neutrals, label: [neutral]}]"]),
+}
+
+
+@pytest.fixture(scope="module")
+def story(project):
+    return Story(project, STEPS)
+
+
+def test_first_model_becomes_champion(story):
+    reg = story.reach("a_first")["registration"]
     assert reg["version"] == "1" and reg["promoted"] is True
     assert reg["task"]["signature"] == {"labels": ["negative", "neutral", "positive"], "input_columns": ["text"],
                                         "text_pair": False}
 
 
-def test_equivalent_challenger_is_refused_by_the_strict_point_rule(project):
-    reg = run_flow(project, ["data.train_path=b_train.csv", "gate.champion_rule=point",
-                             "gate.max_regression=0.0"])["registration"]
+def test_equivalent_challenger_is_refused_by_the_strict_point_rule(project, story):
+    reg = story.reach("b_point_rule")["registration"]
     check = checks(reg["decision"])["regression_vs_champion"]
     comp = check["comparison"]
     assert reg["version"] == "2" and reg["promoted"] is False and check["rule"] == "point"
@@ -107,9 +126,8 @@ def test_equivalent_challenger_is_refused_by_the_strict_point_rule(project):
     assert aliases(project)["1"] == {"champion"}
 
 
-def test_equivalent_challenger_is_promoted_under_non_inferiority(project):
-    reg = run_flow(project, ["data.train_path=b_train.csv", "quantize.per_channel=false",
-                             "gate.champion_rule=non_inferiority", "gate.max_regression=0.25"])["registration"]
+def test_equivalent_challenger_is_promoted_under_non_inferiority(project, story):
+    reg = story.reach("b_non_inferiority")["registration"]
     check = checks(reg["decision"])["regression_vs_champion"]
     comp = check["comparison"]
     assert reg["version"] == "3" and reg["promoted"] is True, reg["reason"]
@@ -119,10 +137,8 @@ def test_equivalent_challenger_is_promoted_under_non_inferiority(project):
     assert aliases(project)["3"] == {"challenger", "champion"}
 
 
-def test_better_on_average_but_worse_on_a_slice_stays_challenger_with_the_slice_named(project):
-    result = run_flow(project, ["data.train_path=a_train.csv", "quantize.per_channel=false",
-                                "gate.max_regression=0.25", "gate.max_slice_regression=0.1",
-                                "gate.slices=[{name: positives, label: [positive]}, {name: neutrals, label: [neutral]}]"])
+def test_better_on_average_but_worse_on_a_slice_stays_challenger_with_the_slice_named(project, story):
+    result = story.reach("a_worse_on_a_slice")
     reg = result["registration"]
     by_name = checks(reg["decision"])
     overall, slice_check = by_name["regression_vs_champion"], by_name["slice_vs_champion:positives"]

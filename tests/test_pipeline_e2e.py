@@ -1,8 +1,9 @@
 """End to end: the Prefect flow over the DVC stages on a random-init tiny BERT and ~90 rows,
-with MLflow and Prefect state in temp dirs. The tests run in order and share one project:
-first run (no champion yet), no-change rerun, a better challenger promoted, a challenger failing
-a threshold, a worse challenger kept by the champion comparison, promotion and rollback, and a
-run whose data fails validation.
+with MLflow and Prefect state in temp dirs. The tests share one project, built once, and the
+story of its runs (`STEPS`): first run (no champion yet), no-change rerun, a better challenger
+promoted, a challenger failing a threshold, a worse challenger kept by the champion comparison,
+promotion and rollback, and a run whose data fails validation. Each test reaches the step it
+checks (tests/helpers.Story), so any test runs alone too.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import yaml
 
 from distillery.env import configure_environment
 from distillery.measure import FIGURES
-from tasks.common import STAGES
-from tests.helpers import (external_refs, free_port, make_cue_dataset, make_project, shift_labels, tiny_params,
-                           wait_for_http)
+from tasks.graph import stage_names
+from tests.helpers import (Story, external_refs, free_port, make_cue_dataset, make_project, shift_labels,
+                           tiny_params, wait_for_http)
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -69,6 +70,11 @@ def project(tmp_path_factory, prefect_harness):
     root = make_project(root, params, texts)
     configure_environment(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def story(project):
+    return Story(project, STEPS)
 
 
 def run_flow(root: Path, overrides: list[str] | None = None) -> dict:
@@ -122,8 +128,59 @@ def checks_by_name(decision: dict) -> dict[str, dict]:
     return {c["name"]: c for c in decision["checks"]}
 
 
-def test_first_run_trains_every_stage_and_registers_champion(project):
-    result = run_flow(project)
+def rerun_unchanged(root: Path) -> dict:
+    before = {"decision": promotion_record(root)["decision"],
+              "mtimes": mtimes(root, "models", "data/validated", "data/teacher_logits", "reports")}
+    return {"before": before, "result": run_flow(root)}
+
+
+def promote_and_roll_back(root: Path) -> dict:
+    """The CLI's promotion commands, in order, with the registry after each."""
+    out = {}
+    for key, args in (("refused", ["promote", "3"]), ("worse", ["promote", "4"]),
+                      ("no_reason", ["promote", "3", "--force"]),
+                      ("forced", ["promote", "3", "--force", "--reason", "size budget waived for the demo"]),
+                      ("back", ["rollback"]), ("further", ["rollback"]), ("nothing_before", ["rollback"])):
+        out[key] = cli(root, *args)
+        out[f"{key}.versions"] = versions(root)
+        if key == "back":
+            from tasks.promotion import history
+
+            out["back.history"] = [(h["kind"], h["from"], h["version"]) for h in history(client(root), NAME)]
+            out["back.status"] = cli(root, "status").stdout
+    return out
+
+
+def data_failing_validation(root: Path) -> dict:
+    from flows.pipeline import StageFailed
+
+    bad = root / "bad_train.csv"
+    good = (root / "data/demo/train.csv").read_text().splitlines()
+    bad.write_text("\n".join(good[:30] + ["a perfectly fine sentence,not-a-label"]) + "\n")
+    teacher_before = mtimes(root, "models/teacher")
+    try:
+        run_flow(root, ["data.train_path=bad_train.csv"])
+    except StageFailed as exc:
+        return {"error": exc, "teacher_before": teacher_before}
+    return {"error": None, "teacher_before": teacher_before}
+
+
+STEPS = {  # the project's story, in order (each step once per module)
+    "first_run": run_flow,
+    "rerun_unchanged": rerun_unchanged,
+    "better_challenger": lambda root: run_flow(root, CUE_DATA),
+    "challenger_failing_a_threshold": lambda root: run_flow(root, ["prune.ffn_fraction=0.75",
+                                                                   "gate.max_size_mb=0.0001"]),
+    "worse_challenger": lambda root: run_flow(root, [
+        "data.train_path=cue_train_shifted.csv", "prune.ffn_fraction=0.5", "gate.max_size_mb=10.0",
+        f"validate.length_shift.fail_psi={SHIPPED_FAIL_PSI}"]),
+    "promote_and_roll_back": promote_and_roll_back,
+    "data_failing_validation": data_failing_validation,
+}
+
+
+def test_first_run_trains_every_stage_and_registers_champion(project, story):
+    result = story.reach("first_run")
     assert all(result["ran"].values()), result["ran"]
     reports = {s: yaml.safe_load((project / "reports" / f"{s}.json").read_text())
                for s in ("teacher", "distill", "prune", "quantize")}
@@ -203,9 +260,10 @@ def test_first_run_trains_every_stage_and_registers_champion(project):
     assert profile["train"]["rows"] == len(pd.read_parquet(project / "data/validated/train.parquet"))
 
 
-def test_every_file_written_belongs_to_a_declared_output(project):
+def test_every_file_written_belongs_to_a_declared_output(project, story):
     from dvc.repo import Repo
 
+    story.reach("first_run")
     with Repo(str(project)) as repo:
         outs = [str(o.def_path) for s in repo.index.stages for o in s.outs]
     tracked = set(subprocess.run(["git", "ls-files"], cwd=project, capture_output=True, text=True).stdout.split())
@@ -224,10 +282,9 @@ def test_every_file_written_belongs_to_a_declared_output(project):
     assert all((project / r).is_file() for r in REGISTRY_RECORDS)
 
 
-def test_second_run_with_nothing_changed_trains_nothing(project):
-    first_decision = promotion_record(project)["decision"]
-    before = mtimes(project, "models", "data/validated", "data/teacher_logits", "reports")
-    result = run_flow(project)
+def test_second_run_with_nothing_changed_trains_nothing(project, story):
+    step = story.reach("rerun_unchanged")
+    first_decision, before, result = step["before"]["decision"], step["before"]["mtimes"], step["result"]
     assert not any(result["ran"].values()), result["ran"]  # writing promotion.json changed no stage
     after = mtimes(project, "models", "data/validated", "data/teacher_logits", "reports")
     changed = {Path(p).relative_to(project).as_posix() for p in after if after[p] != before.get(p)}
@@ -242,8 +299,9 @@ def test_second_run_with_nothing_changed_trains_nothing(project):
     assert parent.data.metrics["quantize.accuracy"] == pytest.approx(first["accuracy"])
 
 
-def test_champion_served_over_http_answers_like_the_pipeline(project):
+def test_champion_served_over_http_answers_like_the_pipeline(project, story):
     """`mlflow models serve` on the champion, real HTTP requests, answers equal the pipeline's own."""
+    story.reach("rerun_unchanged")  # the champion is the model on disk (until a challenger comes)
     import json
     import signal
     import urllib.error
@@ -287,9 +345,9 @@ def test_champion_served_over_http_answers_like_the_pipeline(project):
         assert len(probs) == 3 and abs(sum(probs) - 1.0) < 1e-4
 
 
-def test_better_challenger_is_promoted_over_the_champion_rescored_on_the_current_data(project):
+def test_better_challenger_is_promoted_over_the_champion_rescored_on_the_current_data(project, story):
     """New, learnable data: the new model beats the champion scored on the *new* eval rows."""
-    result = run_flow(project, CUE_DATA)
+    result = story.reach("better_challenger")
     # The guard saw the shift (it would have stopped the run at the shipped fail_psi) and let it through.
     assert validate_run_metrics(project, result["mlflow_run_id"])["length_shift.splits.train.psi"] > SHIPPED_FAIL_PSI
     reg = result["registration"]
@@ -318,10 +376,11 @@ def test_better_challenger_is_promoted_over_the_champion_rescored_on_the_current
     assert parent.data.tags[f"gate.{CHAMPION_CHECK}.rule"] == "non_inferiority"
 
 
-def test_every_run_logs_the_same_metric_names(project):
+def test_every_run_logs_the_same_metric_names(project, story):
     """First run (no champion, every stage ran), no-change rerun (every stage skipped by DVC) and the
     challenger run (compared with a champion): the same metric names, on the parent run and on each
     stage's run, so runs line up column by column in MLflow's compare view."""
+    story.reach("better_challenger")
     c = client(project)
     exp = c.get_experiment_by_name("distillery")
     parents = c.search_runs([exp.experiment_id], filter_string="tags.mlflow.runName LIKE 'pipeline-%'",
@@ -345,13 +404,13 @@ def test_every_run_logs_the_same_metric_names(project):
         arts = pc.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
             any_=[UUID(parents[2].data.tags["prefect_flow_run_id"])])))
     progress = {a.key: a for a in arts if a.type == "progress"}
-    assert set(progress) == {f"progress-{s.replace('_', '-')}" for s in STAGES}
+    assert set(progress) == {f"progress-{s.replace('_', '-')}" for s in stage_names(project)}
     assert all(a.data == 100.0 and a.task_run_id is not None for a in progress.values())
     assert progress["progress-distill"].description == "distill: ran"
 
 
-def test_challenger_failing_a_threshold_is_registered_but_champion_stays(project):
-    result = run_flow(project, ["prune.ffn_fraction=0.75", "gate.max_size_mb=0.0001"])
+def test_challenger_failing_a_threshold_is_registered_but_champion_stays(project, story):
+    result = story.reach("challenger_failing_a_threshold")
     ran = result["ran"]
     assert not ran["teacher"] and not ran["distill"]  # only what changed is re-run
     assert ran["prune"] and ran["quantize"] and ran["evaluate"]
@@ -368,10 +427,9 @@ def test_challenger_failing_a_threshold_is_registered_but_champion_stays(project
     assert versions(project) == {"1": set(), "2": {"champion"}, "3": {"challenger"}}
 
 
-def test_worse_challenger_is_kept_by_the_champion_comparison_with_the_reason(project):
+def test_worse_challenger_is_kept_by_the_champion_comparison_with_the_reason(project, story):
     """Every threshold passes, but the model (trained on shifted labels) is worse than the champion."""
-    result = run_flow(project, ["data.train_path=cue_train_shifted.csv", "prune.ffn_fraction=0.5",
-                                "gate.max_size_mb=10.0", f"validate.length_shift.fail_psi={SHIPPED_FAIL_PSI}"])
+    result = story.reach("worse_challenger")
     # The length guard is back on; the texts are the champion's (only the labels differ), so it passes.
     assert validate_run_metrics(project, result["mlflow_run_id"])["length_shift.splits.train.psi"] < 0.01
     thresholds = yaml.safe_load((project / "reports/gate.json").read_text())
@@ -414,7 +472,7 @@ def last_parent_run(root: Path):
     return c.get_run(last_pipeline_run(c, c.get_experiment_by_name("distillery").experiment_id, root))
 
 
-def test_run_report_opens_in_headless_chromium_with_its_plots_and_tables(project, tmp_path):
+def test_run_report_opens_in_headless_chromium_with_its_plots_and_tables(project, story, tmp_path):
     """The last run's reports/index.html (the worse challenger above) is one self-contained page:
     Chromium fetches nothing, decodes both plots and lays out every table; the page is the parent
     run's MLflow artifact and the Prefect artifact links it."""
@@ -422,6 +480,7 @@ def test_run_report_opens_in_headless_chromium_with_its_plots_and_tables(project
     from distillery.config import load_params
     from tasks.run_report import gather
 
+    story.reach("worse_challenger")
     page = project / "reports/index.html"
     html = page.read_text()
     assert external_refs(html) == []
@@ -466,7 +525,8 @@ def test_run_report_opens_in_headless_chromium_with_its_plots_and_tables(project
     assert written.sub("", page.read_text()) == written.sub("", html)
 
 
-def test_status_command_shows_champion_challenger_and_gate_decisions(project):
+def test_status_command_shows_champion_challenger_and_gate_decisions(project, story):
+    story.reach("worse_challenger")
     out = subprocess.run([str(BIN / "distillery"), "--project-dir", str(project), "status"],
                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     assert out.returncode == 0, out.stderr
@@ -485,43 +545,34 @@ def cli(project: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
 
 
-def test_promote_refuses_failed_gate_unless_forced_and_rollback_restores(project):
-    refused = cli(project, "promote", "3")
+def test_promote_refuses_failed_gate_unless_forced_and_rollback_restores(project, story):
+    out = story.reach("promote_and_roll_back")
+    refused, worse = out["refused"], out["worse"]
     assert refused.returncode == 1 and "failed its gate" in refused.stderr and "size_mb" in refused.stderr
-    worse = cli(project, "promote", "4")  # the champion comparison is part of the gate
+    # the champion comparison is part of the gate
     assert worse.returncode == 1 and "failed its gate" in worse.stderr and CHAMPION_CHECK in worse.stderr
-    assert versions(project) == {"1": set(), "2": {"champion"}, "3": set(), "4": {"challenger"}}
-    no_reason = cli(project, "promote", "3", "--force")
+    assert out["worse.versions"] == {"1": set(), "2": {"champion"}, "3": set(), "4": {"challenger"}}
+    no_reason = out["no_reason"]
     assert no_reason.returncode == 1 and "--force needs --reason" in no_reason.stderr
-    forced = cli(project, "promote", "3", "--force", "--reason", "size budget waived for the demo")
-    assert forced.returncode == 0, forced.stderr
-    assert versions(project) == {"1": set(), "2": set(), "3": {"champion"}, "4": {"challenger"}}
-    back = cli(project, "rollback")
-    assert back.returncode == 0, back.stderr
-    assert versions(project) == {"1": set(), "2": {"champion"}, "3": set(), "4": {"challenger"}}
-    from tasks.promotion import history
-
-    kinds = [(h["kind"], h["from"], h["version"]) for h in history(client(project), NAME)]
-    assert kinds == [("auto_promote", None, "1"), ("auto_promote", "1", "2"), ("forced_promote", "2", "3"),
-                     ("rollback", "3", "2")]
-    assert "size budget waived" in cli(project, "status").stdout
-    further = cli(project, "rollback")  # the champion before version 2
+    assert out["forced"].returncode == 0, out["forced"].stderr
+    assert out["forced.versions"] == {"1": set(), "2": set(), "3": {"champion"}, "4": {"challenger"}}
+    assert out["back"].returncode == 0, out["back"].stderr
+    assert out["back.versions"] == {"1": set(), "2": {"champion"}, "3": set(), "4": {"challenger"}}
+    assert out["back.history"] == [("auto_promote", None, "1"), ("auto_promote", "1", "2"),
+                                   ("forced_promote", "2", "3"), ("rollback", "3", "2")]
+    assert "size budget waived" in out["back.status"]
+    further = out["further"]  # the champion before version 2
     assert further.returncode == 0, further.stderr
-    assert versions(project) == {"1": {"champion"}, "2": set(), "3": set(), "4": {"challenger"}}
-    nothing_before = cli(project, "rollback")
+    assert out["further.versions"] == {"1": {"champion"}, "2": set(), "3": set(), "4": {"challenger"}}
+    nothing_before = out["nothing_before"]
     assert nothing_before.returncode == 1 and "no earlier champion" in nothing_before.stderr
 
 
-def test_data_failing_validation_stops_before_training_and_leaves_registry(project):
-    bad = project / "bad_train.csv"
-    good = (project / "data/demo/train.csv").read_text().splitlines()
-    bad.write_text("\n".join(good[:30] + ["a perfectly fine sentence,not-a-label"]) + "\n")
-    teacher_before = mtimes(project, "models/teacher")
-    from flows.pipeline import StageFailed
-
-    with pytest.raises(StageFailed) as exc:
-        run_flow(project, ["data.train_path=bad_train.csv"])
-    msg = str(exc.value)
+def test_data_failing_validation_stops_before_training_and_leaves_registry(project, story):
+    step = story.reach("data_failing_validation")
+    teacher_before = step["teacher_before"]
+    assert step["error"] is not None, "the flow did not fail"
+    msg = str(step["error"])
     assert "validate" in msg and "bad_train.csv" in msg and "not-a-label" in msg
     assert versions(project) == {"1": {"champion"}, "2": set(), "3": set(), "4": {"challenger"}}
     assert mtimes(project, "models/teacher") == teacher_before

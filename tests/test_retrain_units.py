@@ -7,7 +7,7 @@ import json
 import os
 
 from distillery.progress import PROGRESS_ENV, read_progress, report_progress
-from distillery.fileio import md5_file
+from distillery.lineage import content_md5
 from distillery.watch import DataWatcher
 
 
@@ -20,7 +20,7 @@ def bump(path, text: str) -> None:
 def test_file_md5_is_the_md5_of_the_bytes(tmp_path):
     f = tmp_path / "train.csv"
     f.write_bytes(b"text,label\r\nfine,positive\n")  # no newline normalisation (DVC 3 hashes bytes)
-    assert md5_file(f) == hashlib.md5(b"text,label\r\nfine,positive\n").hexdigest()
+    assert content_md5(f) == hashlib.md5(b"text,label\r\nfine,positive\n").hexdigest()
 
 
 def test_watcher_reports_new_content_once_when_the_file_holds_still(tmp_path):

@@ -1,6 +1,7 @@
 """Scheduled retraining and the dashboards, against real servers on 127.0.0.1.
 
-One project (a random-init tiny BERT, ~90 rows under `incoming/`) serves the module, in order:
+One project (a random-init tiny BERT, ~90 rows under `incoming/`) serves the module, and its story
+(`STEPS`, each test reaches the step it checks, so any test runs alone too):
 `distillery ui` starts the MLflow UI and a real Prefect server over the project's stores;
 `distillery schedule` creates the deployment with its cron schedule and new-data trigger there;
 `distillery serve` runs its runs and watches the data. New data is written: the watcher's event
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, make_project, tiny_params
+from tests.helpers import Story, free_port, make_project, tiny_params
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -115,6 +116,9 @@ def stack(tmp_path_factory):
     try:
         s.wait_for_output("ui", "Ctrl-C stops both")
         started = descendants(s.procs["ui"].pid)
+        s.story = Story(root, {"scheduled": lambda _: schedule(s), "new_data_run": lambda _: new_data_run(s),
+                               "nothing_changed_run": lambda _: nothing_changed_run(s),
+                               "stopped": lambda _: stop_serve_and_ui(s)})
         yield s
     finally:  # whatever a failed test left running: every group this module started
         for proc in s.procs.values():
@@ -181,13 +185,63 @@ def test_ui_serves_mlflow_and_prefect_over_http(stack):
     assert (stack.root / "mlruns" / "mlflow.db").is_file() and (stack.root / ".prefect").is_dir()
 
 
+def schedule(s: Stack) -> dict:
+    """`distillery schedule`, first without a Prefect server to talk to, then with the module's."""
+    cmd = [str(BIN / "distillery"), "--project-dir", str(s.root), "schedule", "--cron", CRON]
+    return {"no_server": subprocess.run(cmd, env={k: v for k, v in s.env.items() if k != "PREFECT_API_URL"},
+                                        capture_output=True, text=True),
+            "out": subprocess.run(cmd, env=s.env, capture_output=True, text=True)}
+
+
+def new_data_run(s: Stack):
+    """`distillery serve` watching; new data lands: another draw of the demo data (the same classes
+    and lengths, other rows). Returns the retrain run the automation started, once final."""
+    s.start("serve", "serve", "--watch-interval", "1")
+    s.wait_for_output("serve", "watch: watching")
+    from distillery.demo_data import make_demo_dataset
+
+    train, _ = make_demo_dataset(90, 7)
+    train.iloc[:60].to_csv(s.root / TRAIN, index=False)
+    return wait_for_final(s, lambda r: r.created_by is not None and r.created_by.type == "AUTOMATION")
+
+
+def nothing_changed_run(s: Stack) -> dict:
+    """What the schedule does at 03:00 on Monday: a run of the deployment; with what was there before."""
+    c = mlflow_client(s.root)
+    exp = c.get_experiment_by_name("distillery")
+    before = {"runs": {r.info.run_id for r in pipeline_runs(c, exp)}, "files": mtimes(s.root, "models", "data", "reports"),
+              "versions": [str(v.version) for v in c.search_model_versions(f"name='{NAME}'")]}
+    with s.prefect() as pc:
+        dep = pc.read_deployment_by_name(f"distillery-retrain/{s.root.name}")
+        created = pc.create_flow_run_from_deployment(dep.id)
+    return {"before": before, "run": wait_for_final(s, lambda r: r.id == created.id)}
+
+
+def stop_serve_and_ui(s: Stack) -> dict:
+    """Ctrl-C to `serve` (started by the new-data step), then to `ui`; what each did and left."""
+    serve = s.procs["serve"]
+    os.kill(serve.pid, signal.SIGINT)
+    out = {"serve_rc": serve.wait(timeout=60)}
+    with s.prefect() as c:
+        out["paused"] = c.read_deployment_by_name(f"distillery-retrain/{s.root.name}").paused
+    ui = s.procs["ui"]
+    out["children"] = children = descendants(ui.pid)
+    os.kill(ui.pid, signal.SIGINT)
+    out["ui_rc"] = ui.wait(timeout=60)
+    deadline = time.time() + 10
+    while any(alive(p) for p in children) and time.time() < deadline:
+        time.sleep(0.2)
+    return out
+
+
+def pipeline_runs(c, exp):
+    return c.search_runs([exp.experiment_id], filter_string="tags.mlflow.runName LIKE 'pipeline-%'")
+
+
 def test_schedule_creates_the_deployment_with_its_cron_and_new_data_trigger(stack):
-    no_server = subprocess.run([str(BIN / "distillery"), "--project-dir", str(stack.root), "schedule", "--cron", CRON],
-                               env={k: v for k, v in stack.env.items() if k != "PREFECT_API_URL"},
-                               capture_output=True, text=True)
+    step = stack.story.reach("scheduled")
+    no_server, out = step["no_server"], step["out"]
     assert no_server.returncode == 2 and "PREFECT_API_URL" in no_server.stderr
-    out = subprocess.run([str(BIN / "distillery"), "--project-dir", str(stack.root), "schedule", "--cron", CRON],
-                         env=stack.env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     with stack.prefect() as c:
         dep = c.read_deployment_by_name(f"distillery-retrain/{stack.root.name}")
@@ -201,14 +255,7 @@ def test_schedule_creates_the_deployment_with_its_cron_and_new_data_trigger(stac
 
 
 def test_new_data_starts_a_run_through_the_trigger_and_it_trains(stack):
-    stack.start("serve", "serve", "--watch-interval", "1")
-    stack.wait_for_output("serve", "watch: watching")
-    from distillery.demo_data import make_demo_dataset
-
-    # New data lands: another draw of the demo data (the same classes and lengths, other rows).
-    train, _ = make_demo_dataset(90, 7)
-    train.iloc[:60].to_csv(stack.root / TRAIN, index=False)
-    run = wait_for_final(stack, lambda r: r.created_by is not None and r.created_by.type == "AUTOMATION")
+    run = stack.story.reach("new_data_run")
     assert run.state.is_completed(), f"{run.state}\n{stack.logs['serve'].read_text()[-3000:]}"
     markdown = next(a.data for a in artifacts_of(stack, run.id) if a.key == "distillery-retrain")
     assert "# Retraining check: changed: pipeline run" in markdown and "no champion yet" in markdown
@@ -220,12 +267,13 @@ def test_new_data_starts_a_run_through_the_trigger_and_it_trains(stack):
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
         tasks = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[pipelines[0].id])))
-    from tasks.common import STAGES
+    from tasks.graph import stage_names
 
+    stages = stage_names(stack.root)
     names = {t.name for t in tasks}
-    assert names >= set(STAGES) and any(n.startswith("register") for n in names), names
+    assert names >= set(stages) and any(n.startswith("register") for n in names), names
     progress = {a.key: a for a in artifacts_of(stack, pipelines[0].id) if a.type == "progress"}
-    assert set(progress) == {f"progress-{s.replace('_', '-')}" for s in STAGES}
+    assert set(progress) == {f"progress-{s.replace('_', '-')}" for s in stages}
     assert all(a.data == 100.0 for a in progress.values()), {k: a.data for k, a in progress.items()}
     assert progress["progress-distill"].description == "distill: ran"
     c = mlflow_client(stack.root)
@@ -239,20 +287,14 @@ def test_new_data_starts_a_run_through_the_trigger_and_it_trains(stack):
 
 
 def test_a_run_with_nothing_changed_trains_nothing(stack):
+    step = stack.story.reach("nothing_changed_run")
+    run, before = step["run"], step["before"]
     c = mlflow_client(stack.root)
     exp = c.get_experiment_by_name("distillery")
-    pipeline_runs = lambda: c.search_runs([exp.experiment_id], filter_string="tags.mlflow.runName LIKE 'pipeline-%'")
-    before_runs = {r.info.run_id for r in pipeline_runs()}
-    before_files = mtimes(stack.root, "models", "data", "reports")
-    before_versions = [str(v.version) for v in c.search_model_versions(f"name='{NAME}'")]
-    with stack.prefect() as pc:  # what the schedule does at 03:00 on Monday: a run of the deployment
-        dep = pc.read_deployment_by_name(f"distillery-retrain/{stack.root.name}")
-        created = pc.create_flow_run_from_deployment(dep.id)
-    run = wait_for_final(stack, lambda r: r.id == created.id)
     assert run.state.is_completed(), f"{run.state}\n{stack.logs['serve'].read_text()[-3000:]}"
-    assert mtimes(stack.root, "models", "data", "reports") == before_files  # nothing trained, nothing rewritten
-    assert {r.info.run_id for r in pipeline_runs()} == before_runs  # no pipeline run at all
-    assert [str(v.version) for v in c.search_model_versions(f"name='{NAME}'")] == before_versions
+    assert mtimes(stack.root, "models", "data", "reports") == before["files"]  # nothing trained, nothing rewritten
+    assert {r.info.run_id for r in pipeline_runs(c, exp)} == before["runs"]  # no pipeline run at all
+    assert [str(v.version) for v in c.search_model_versions(f"name='{NAME}'")] == before["versions"]
     assert len(flow_runs(stack, "distillery-pipeline")) == 1
     markdown = next(a.data for a in artifacts_of(stack, run.id) if a.key == "distillery-retrain")
     assert "# Retraining check: nothing to do" in markdown and "Started by: by hand" in markdown
@@ -263,30 +305,23 @@ def test_a_run_with_nothing_changed_trains_nothing(stack):
 
 
 def test_mlflow_ui_shows_the_registered_model_with_aliases_and_lineage(stack):
+    stack.story.reach("new_data_run")
     base = f"http://127.0.0.1:{stack.mlflow_port}/api/2.0/mlflow"
     model = json.loads(get(f"{base}/registered-models/get?name={NAME}")[1])["registered_model"]
     assert {a["alias"]: a["version"] for a in model["aliases"]} == {"champion": "1", "challenger": "1"}
     version = json.loads(get(f"{base}/model-versions/get?name={NAME}&version=1")[1])["model_version"]
     tags = {t["key"]: t["value"] for t in version["tags"]}
-    from distillery.fileio import md5_file
+    from distillery.lineage import content_md5
 
-    assert tags["data_md5_train"] == md5_file(stack.root / TRAIN)  # the new data, as DVC hashed it
+    assert tags["data_md5_train"] == content_md5(stack.root / TRAIN)  # the new data, as DVC hashed it
     assert {"git_commit", "params_hash", "teacher", "prefect_flow_run_id", "gate_decision"} <= set(tags)
 
 
 def test_ctrl_c_stops_serve_and_then_both_dashboards(stack):
-    serve = stack.procs["serve"]
-    os.kill(serve.pid, signal.SIGINT)
-    assert serve.wait(timeout=60) in (0, 130)
-    with stack.prefect() as c:  # nothing serves it now: Prefect paused its schedule
-        assert c.read_deployment_by_name(f"distillery-retrain/{stack.root.name}").paused is True
-    ui = stack.procs["ui"]
-    children = descendants(ui.pid)
-    assert len(children) >= 2  # the MLflow and the Prefect server (and their workers)
-    os.kill(ui.pid, signal.SIGINT)
-    assert ui.wait(timeout=60) == 0
+    out = stack.story.reach("stopped")
+    assert out["serve_rc"] in (0, 130)
+    assert out["paused"] is True  # nothing serves it now: Prefect paused its schedule
+    assert len(out["children"]) >= 2  # the MLflow and the Prefect server (and their workers)
+    assert out["ui_rc"] == 0
     assert "stopping the dashboards" in stack.logs["ui"].read_text()
-    deadline = time.time() + 10
-    while any(alive(p) for p in children) and time.time() < deadline:
-        time.sleep(0.2)
-    assert not [p for p in children if alive(p)]
+    assert not [p for p in out["children"] if alive(p)]
