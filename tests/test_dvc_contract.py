@@ -81,7 +81,7 @@ def test_a_stage_dvc_yaml_does_not_declare_is_refused_by_name():
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-m", "distillery.cli", "--project-dir", str(ROOT), "stage", "nosuch"],
+    run = subprocess.run([sys.executable, "-m", "distillery_cli", "--project-dir", str(ROOT), "stage", "nosuch"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     assert "dvc.yaml: no stage 'nosuch' (its stages: demo_data, validate," in run.stderr
