@@ -141,7 +141,7 @@ def run_tiny(work: Path, ctx, main_raw: dict, data_dir: Path, *, quick: bool, ov
     from bench.compare import ModelSpec
     from distillery.config import params_from_dict
     from distillery.modeling import count_parameters, load_model_dir
-    from tasks.common import STAGES, read_json, report_path
+    from tasks.common import read_json, report_path
 
     p = ctx.params
     raw = tiny.build_tiny_params(data_dir, quick, overrides, tiny_overrides, benchmark, main_raw,
@@ -154,8 +154,8 @@ def run_tiny(work: Path, ctx, main_raw: dict, data_dir: Path, *, quick: bool, ov
           f"{seeded} soft-target chunk(s) linked)")
     with bench_environment(twork):
         first = pipeline_timing.run_first(twork)
-        walls = pipeline_timing.task_walls(first["flow_run_id"])
-    reports = {s: read_json(report_path(twork, tp, s)) for s in STAGES if report_path(twork, tp, s).exists()}
+        walls = pipeline_timing.task_walls(first["flow_run_id"], list(first["ran"]))
+    reports = {s: read_json(report_path(twork, tp, s)) for s in first["ran"] if report_path(twork, tp, s).exists()}
     main_soft = report_path(work, p, "soft_targets")
     main_md5 = (read_json(main_soft).get("teachers") or [{}])[0].get("md5") if main_soft.exists() else None
     profile = BENCHMARKS[benchmark]["tiny"].relative_to(REPO).as_posix()

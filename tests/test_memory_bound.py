@@ -43,7 +43,7 @@ def project(dest: Path, rows: int) -> Path:
     """A project whose validated train split holds `rows` generated rows (validate itself is not the
     stage under test: the split is written with the validate stage's own writer)."""
     from distillery.data import LabelMap, TextDataset, write_validated
-    from distillery.fileio import md5_file
+    from distillery.lineage import content_md5
 
     params = tiny_params(soft_targets={"chunk_rows": CHUNK_ROWS, "workers": 0}, augment={"copies": 0})
     params["data"]["max_length"] = 16
@@ -63,7 +63,7 @@ def project(dest: Path, rows: int) -> Path:
     for split, path in (("train", p["data"]["train_path"]), ("eval", p["data"]["eval_path"])):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(f"text,label\nstand-in for the {split} source,neg\n")
-        sources[split] = {"path": path, "md5": md5_file(root / path)}
+        sources[split] = {"path": path, "md5": content_md5(root / path)}
     train = texts(rows)
     splits = {"train": TextDataset(train, np.arange(rows) % 2), "eval": TextDataset(train[:8], np.arange(8) % 2)}
     write_validated(root / p["paths"]["validated_dir"], splits, labels, sources)
