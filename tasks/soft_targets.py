@@ -86,20 +86,20 @@ def run(ctx: StageContext, compute: Callable[[list[dict]], object] | None = None
             raise ValueError(f"params.yaml: distill.teachers: {model_dir} classifies into {their_labels}, "
                              f"the data into {labels}")
         info.append({"path": str(model_dir.relative_to(ctx.root) if model_dir.is_relative_to(ctx.root) else model_dir),
-                     "weight": weight, "md5": content_md5(model_dir)})
+                     "weight": weight, "md5": teacher_identity(model_dir)})
 
     start = time.perf_counter()
     cache = ctx.path(p.paths.logits_dir) / CHUNKS_DIR
     with ChunkedRows(cache, size, [(model_dir, e["md5"]) for (model_dir, _), e in zip(teachers, info)], p) as rows:
         for batch in iter_split(train_file, size, limit=d.max_train_rows):
             rows.add(batch.inputs, train=True, labels=batch.labels)
-        n_train = rows.count
+        n_train = rows.added
         aug_start = time.perf_counter()
         for batch, _ in augment_batches(train_rows, a.copies, mask_prob=a.mask_prob, replace_prob=a.replace_prob,
                                         ngram_prob=a.ngram_prob, max_ngram=a.max_ngram, seed=p.base.seed):
             rows.add(batch, train=False)
         augment_seconds = time.perf_counter() - aug_start
-    n_rows, specs_by_teacher = rows.count, rows.specs
+    n_rows, specs_by_teacher = rows.added, rows.specs
     print(f"soft_targets: {n_train} training rows + {n_rows - n_train} augmented ({a.copies} per row)")
     every = [s for specs in specs_by_teacher for s in specs]
     missing = list({s["out"]: s for s in every if not Path(s["out"]).exists()}.values())  # identical teachers share
@@ -122,6 +122,16 @@ def run(ctx: StageContext, compute: Callable[[list[dict]], object] | None = None
               "chunks": len(every), "chunks_computed": len(missing)}
     write_report(ctx, "soft_targets", report)
     return report
+
+
+def teacher_identity(model_dir: Path) -> str:
+    """What a teacher's logits depend on: its weights, config, tokenizer and labels, by DVC's file
+    hashes; not distillery.json's provenance, so the same teacher saved again by another project
+    (e.g. `finetune: false` over this project's teacher) finds its chunks."""
+    from distillery.modeling import META_FILE
+
+    files = sorted(f for f in model_dir.iterdir() if f.is_file() and f.name != META_FILE)
+    return hashlib.md5("\0".join(f"{f.name}:{content_md5(f)}" for f in files).encode()).hexdigest()
 
 
 def load_distill_set(ctx: StageContext):
@@ -154,7 +164,8 @@ class ChunkedRows:
     def __init__(self, cache: Path, chunk_rows: int, teachers: list[tuple[Path, str]], p: Params):
         self.cache, self.size, self.teachers, self.p = cache, max(chunk_rows, 1), teachers, p
         self.path = cache / CHUNK_TEXTS
-        self.count, self.specs = 0, [[] for _ in teachers]
+        self.count, self.specs = 0, [[] for _ in teachers]  # count: rows written (whole chunks so far)
+        self.added = 0  # rows given to add(), written or still pending
         self._rows: list = []
         self._labels: list[int] = []
         self._writer = self._tmp = None
@@ -177,6 +188,7 @@ class ChunkedRows:
             self._pairs = isinstance(rows[0], tuple)
         self._rows += rows
         self._labels += list(labels) if train else [-1] * len(rows)
+        self.added += len(rows)
         while len(self._rows) >= self.size:
             self._flush(self.size)
 

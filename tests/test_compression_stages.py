@@ -58,6 +58,9 @@ def params_restored(project):
 def test_techniques_run_together_and_each_leaves_its_mark(project, compressed):
     reports = compressed
     soft = reports["soft_targets"]
+    validated = yaml.safe_load((project / "params.yaml").read_text())["paths"]["validated_dir"]
+    train_rows = json.loads((project / validated / "manifest.json").read_text())["splits"]["train"]["rows"]
+    assert soft["train_rows"] == train_rows > 0  # every training row, also when they fill no whole chunk
     assert soft["augmented_rows"] > 0 and soft["rows"] == soft["train_rows"] + soft["augmented_rows"]
     assert [t["weight"] for t in soft["teachers"]] == [2.0, 1.0]
 
