@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import re
 import shutil
@@ -200,3 +202,13 @@ class Story:
                 self.results[step] = run(self.root)
             if step == name:
                 return self.results[step]
+
+
+@contextlib.contextmanager
+def prefect_client(api: str):
+    """A sync Prefect client on the API at `api` (this test's server), settings restored after."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+        yield client

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import copy_project, free_port, stop_group
+from tests.helpers import copy_project, free_port, prefect_client, stop_group
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -69,24 +69,6 @@ def start_server(procs: Procs, port: int) -> subprocess.Popen:
         assert proc.poll() is None, procs.text("prefect-server")[-3000:]
         assert time.time() < deadline, "the Prefect server did not answer in 180 s"
         time.sleep(0.5)
-
-
-def prefect_client(api: str):
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    class _Client:
-        def __enter__(self):
-            self.settings = temporary_settings({PREFECT_API_URL: api})
-            self.settings.__enter__()
-            self.client = get_client(sync_client=True).__enter__()
-            return self.client
-
-        def __exit__(self, *exc):
-            self.client.__exit__(*exc)
-            self.settings.__exit__(*exc)
-
-    return _Client()
 
 
 def wait_for_state(api: str, run_id, done, timeout: float, serve_log: str = ""):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Story, free_port, make_project, tiny_params
+from tests.helpers import Story, free_port, make_project, prefect_client, tiny_params
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -65,21 +65,7 @@ class Stack:
             time.sleep(0.5)
 
     def prefect(self):
-        from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        class _Client:
-            def __enter__(inner):
-                inner.settings = temporary_settings({PREFECT_API_URL: self.api})
-                inner.settings.__enter__()
-                inner.client = get_client(sync_client=True).__enter__()
-                return inner.client
-
-            def __exit__(inner, *exc):
-                inner.client.__exit__(*exc)
-                inner.settings.__exit__(*exc)
-
-        return _Client()
+        return prefect_client(self.api)
 
 
 def descendants(pid: int) -> list[int]:
