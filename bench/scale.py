@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.workdir import build_params, make_work_project, prepare_data
+from distillery.config import PARAMS_FILE
+from tasks.graph import stage_names
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("validate", "teacher", "soft_targets", "distill", "prune", "quantize", "evaluate")
 TARGETS = {"k": 1.1, "rss_ratio": 1.5, "speedup": 1.6}
 
 
@@ -64,10 +65,16 @@ def growth(rows: list[int], values: list[float]) -> float:
     return float(np.polyfit(np.log(rows), np.log(values), 1)[0])
 
 
+def measured_stages(work: Path) -> list[str]:
+    """The project's stages (dvc.yaml, through tasks.graph) whose cost grows with the data: all but
+    demo_data, which the bench's own data replaces."""
+    return [s for s in stage_names(work) if s != "demo_data"]
+
+
 def summarize(results: dict[int, dict[str, dict]]) -> dict[str, dict]:
     sizes = sorted(results)
     out = {}
-    for stage in STAGES:
+    for stage in results[sizes[0]]:
         secs = [results[n][stage]["seconds"] for n in sizes]
         rss = [results[n][stage]["peak_rss_mb"] for n in sizes]
         out[stage] = {"k": growth(sizes, secs), "rss_ratio": rss[-1] / rss[0]}
@@ -80,7 +87,7 @@ def markdown(results: dict, fits: dict, speedup: dict | None) -> str:
     head += "|---" * (len(sizes) + 3) + "|\n"
     rows = "".join(f"| {s} | " + " | ".join(f"{results[n][s]['seconds']:.1f} / {results[n][s]['peak_rss_mb']:.0f}"
                                            for n in sizes)
-                   + f" | {fits[s]['k']:.2f} | {fits[s]['rss_ratio']:.2f} |\n" for s in STAGES)
+                   + f" | {fits[s]['k']:.2f} | {fits[s]['rss_ratio']:.2f} |\n" for s in fits)
     text = f"# Cost growth, {dt.date.today()}\n\n{head}{rows}\nTargets: k <= {TARGETS['k']}, RSS ratio <= " \
            f"{TARGETS['rss_ratio']}, soft_targets speed-up on 2 workers >= {TARGETS['speedup']}.\n"
     if speedup:
@@ -97,7 +104,7 @@ def plot(results: dict, path: Path) -> None:
 
     sizes = sorted(results)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for stage in STAGES:
+    for stage in results[sizes[0]]:
         a.plot(sizes, [results[n][stage]["seconds"] for n in sizes], marker="o", label=stage)
         b.plot(sizes, [results[n][stage]["peak_rss_mb"] for n in sizes], marker="o", label=stage)
     for ax, label in ((a, "wall time (s)"), (b, "peak RSS (MB)")):
@@ -131,14 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         prepare_data(raw, bench, args.work_dir / f"rows-{rows}-data")
         make_work_project(work, raw, reuse=False, note=f"scale bench {rows} rows")
         with (args.work_dir / f"rows-{rows}.log").open("w") as log:
-            results[rows] = {s: run_stage(work, s, log) for s in STAGES}
+            results[rows] = {s: run_stage(work, s, log) for s in measured_stages(work)}
             print(json.dumps({"rows": rows, **results[rows]}), flush=True)
             if i == len(args.rows) // 2:  # the speed-up of the Dask path, at the middle size
                 import yaml
 
-                params = yaml.safe_load((work / "params.yaml").read_text())
+                params = yaml.safe_load((work / PARAMS_FILE).read_text())
                 params["soft_targets"]["workers"] = 2
-                (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+                (work / PARAMS_FILE).write_text(yaml.safe_dump(params, sort_keys=False))
                 shutil.rmtree(work / raw["paths"]["logits_dir"], ignore_errors=True)
                 dask = run_stage(work, "soft_targets", log)
                 speedup = {"rows": rows, "one_process_s": results[rows]["soft_targets"]["seconds"],

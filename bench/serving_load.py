@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from distillery.config import PARAMS_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "distillery-student"
 SST2_DEV = ROOT.parent / "shared" / "data" / "sst2" / "dev.tsv"
@@ -162,13 +164,13 @@ def main(argv=None) -> int:
     os.environ.update(env)
     work = Path(tempfile.mkdtemp(prefix="serving-load-"))
     model_dir = Path(args.model_dir) if args.model_dir else build_standin(work / "model")
-    (work / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (work / PARAMS_FILE).write_text((ROOT / PARAMS_FILE).read_text())
 
     from distillery.config import load_params
     from tasks import tracking
     from tasks.serving_registry import register_model_dir
 
-    params = load_params(work / "params.yaml", check_files=False)
+    params = load_params(work / PARAMS_FILE, check_files=False)
     client = tracking.client_for(work, params)
     version = register_model_dir(client, tracking.experiment_id(client, work, params), NAME, model_dir)
     client.set_registered_model_alias(NAME, "champion", version)

@@ -21,6 +21,9 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from distillery.errors import DistilleryError
@@ -78,6 +81,65 @@ def deferred():
             signal.signal(sig, handler)
     if received:  # delivered to whatever handler was there before (Prefect's, or ours)
         os.kill(os.getpid(), received[0])
+
+
+def _stop_signal(exc: BaseException | None) -> int | None:
+    """The signal a stop exception stands for: ours (`Interrupted`), Ctrl-C's KeyboardInterrupt, or
+    a library's own form of it (Prefect's TerminationSignal carries `.signal`), else None."""
+    if isinstance(exc, Interrupted):
+        return exc.signum
+    if isinstance(exc, KeyboardInterrupt):
+        return int(signal.SIGINT)
+    if isinstance(exc, BaseException) and not isinstance(exc, Exception):
+        signum = getattr(exc, "signal", None)
+        if isinstance(signum, int) and signum in SIGNALS:
+            return signum
+    return None
+
+
+@contextlib.contextmanager
+def stop_requests() -> Callable[[], int | None]:
+    """Record every SIGTERM / SIGINT that reaches this process while the block runs; yields a
+    function returning the first one (or None). Main thread only.
+
+    A signal's Python handler runs between two bytecodes of the main thread, wherever it is: when
+    that is inside a finalizer (an asyncio transport's `__del__`, say), the exception the handler
+    raises (ours, or Prefect's TerminationSignal inside a flow) cannot propagate: Python prints
+    "Exception ignored in ..." and the run goes on as if nothing had been asked. Two records catch
+    it: the wakeup fd, to which the interpreter writes each signal's number before any Python
+    handler runs (so a signal swallowed anywhere is still seen), and `sys.unraisablehook`, which
+    takes such a stop exception silently instead of printing its traceback. The caller ends with
+    the signal's exit code when a run completed while a stop request was pending."""
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    seen: list[int] = []
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    previous_hook = sys.unraisablehook
+
+    def hook(unraisable):
+        signum = _stop_signal(unraisable.exc_value)
+        if signum is None:
+            previous_hook(unraisable)
+        else:
+            seen.append(signum)
+
+    def pending() -> int | None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while data := reader.recv(4096):
+                seen.extend(data)
+        return next((s for s in seen if s in SIGNALS), None)
+
+    sys.unraisablehook = hook
+    try:
+        yield pending
+    finally:
+        sys.unraisablehook = previous_hook
+        current = signal.set_wakeup_fd(previous_fd)
+        if current != writer.fileno():  # somebody else's since: leave theirs in place
+            signal.set_wakeup_fd(current)
+        reader.close()
+        writer.close()
 
 
 def stop_children(timeout: float = 5.0, exclude: set[int] | None = None) -> list[int]:

@@ -7,6 +7,7 @@ need them, so `distillery --help` and config errors answer at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -472,20 +473,29 @@ def add_serving_parsers(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from distillery.interrupts import Interrupted, install_handlers, stop_children
+    from distillery.interrupts import Interrupted, install_handlers, stop_children, stop_requests
 
     # `run` and the stages it starts: the long-running pipeline (serve, ui and watch keep their own
     # Ctrl-C handling).
     signalled = args.command in ("run", "stage") and threading.current_thread() is threading.main_thread()
     previous = install_handlers() if signalled else {}
+    recorded = stop_requests() if signalled else contextlib.nullcontext(lambda: None)
+    finished = False
     try:  # SIGTERM / SIGINT raise Interrupted: `finally` blocks run, and the exit code says so
-        return args.func(args)
+        with recorded as pending:
+            code = args.func(args)
+            signum = pending()
+            if signum is None:
+                return code
+            finished = True  # the signal's exception was lost on the way (raised inside a finalizer)
+            raise Interrupted(signum)
     except (Interrupted, KeyboardInterrupt) as exc:
         code = exc.exit_code if isinstance(exc, Interrupted) else 130
         stopped = stop_children()  # what the signal did not reach (it came to this process only)
         extra = f"; stopped {len(stopped)} child process(es)" if stopped else ""
-        print(f"distillery {args.command}: {exc or 'interrupted'} (exit {code}){extra}; the next run resumes "
-              "from the stages that finished", file=sys.stderr)
+        after = ("; it came as the run was finishing, and the run completed first" if finished else
+                 "; the next run resumes from the stages that finished")
+        print(f"distillery {args.command}: {exc or 'interrupted'} (exit {code}){extra}{after}", file=sys.stderr)
         return code
     except BaseException as exc:
         if isinstance(exc, user_error_types()):

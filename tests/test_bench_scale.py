@@ -1,10 +1,13 @@
 """bench/scale.py's arithmetic (the benchmark itself is not a test: hours on 2 cores). ~1 s."""
 
 import math
+from pathlib import Path
 
 import pytest
 
-from bench.scale import STAGES, growth, markdown, size_params, summarize
+from bench.scale import growth, markdown, measured_stages, size_params, summarize
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_sizes_past_the_real_rows_come_from_augmentation():
@@ -22,9 +25,15 @@ def test_growth_exponent_and_memory_ratio():
     assert growth(sizes, [2.0 * n for n in sizes]) == pytest.approx(1.0)
     assert growth(sizes, [3.0 * n ** 2 for n in sizes]) == pytest.approx(2.0)
     results = {n: {s: {"seconds": n / 1000, "peak_rss_mb": 500 + (n / 1000 if s == "distill" else 0)}
-                   for s in STAGES} for n in sizes}
+                   for s in measured_stages(REPO)} for n in sizes}
     fits = summarize(results)
     assert fits["teacher"]["k"] == pytest.approx(1.0) and fits["teacher"]["rss_ratio"] == pytest.approx(1.0)
     assert fits["distill"]["rss_ratio"] == pytest.approx(660 / 510)
     text = markdown(results, fits, {"rows": 40_000, "one_process_s": 10.0, "dask_s": 6.0, "speedup": 10 / 6})
     assert "1.67x" in text and "160,000 rows" in text and not math.isnan(fits["prune"]["k"])
+
+
+def test_the_measured_stages_are_the_graphs_but_demo_data():
+    stages = measured_stages(REPO)
+    assert stages[0] == "validate" and "demo_data" not in stages
+    assert {"teacher", "soft_targets", "distill", "prune", "quantize", "evaluate"} <= set(stages)

@@ -121,6 +121,70 @@ def test_a_signal_during_a_registry_write_waits_for_its_end():
             signal.signal(sig, handler)
 
 
+class _SignalsInFinalizer:
+    """An object whose finalizer is where the signal's handler runs: what an asyncio transport's
+    `__del__` did in a real run, so that the handler's exception could not propagate."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the handler runs between two of these bytecodes
+            pass
+
+
+def test_a_signal_whose_exception_a_finalizer_swallows_is_still_seen(capfd):
+    from distillery.interrupts import install_handlers, stop_requests
+
+    previous = install_handlers()
+    try:
+        with stop_requests() as pending:
+            assert pending() is None
+            _SignalsInFinalizer()  # dropped at once: __del__ runs, the handler raises inside it
+            steps = ["went on"]  # the exception was swallowed: the code goes on, as it did in the run
+            assert pending() == signal.SIGTERM
+        assert steps == ["went on"]
+        err = capfd.readouterr().err
+        assert "Exception ignored" not in err and "Traceback" not in err, err
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    # Without the record, the same exception goes to the unraisable hook (Python's default prints
+    # "Exception ignored in ..." with a traceback) and nothing else sees it.
+    lost = []
+    previous, hook = install_handlers(), sys.unraisablehook
+    sys.unraisablehook = lambda u: lost.append(u.exc_value)
+    try:
+        _SignalsInFinalizer()
+        steps.append("went on unaware")
+    finally:
+        sys.unraisablehook = hook
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert [type(e).__name__ for e in lost] == ["Interrupted"] and steps[-1] == "went on unaware"
+
+
+def test_the_cli_exits_143_when_a_run_completes_with_a_lost_sigterm(monkeypatch, capsys):
+    from distillery_cli import cli
+
+    def lost_signal_run(args):
+        _SignalsInFinalizer()
+        return 0
+
+    real = cli.build_parser
+
+    def parser():
+        p = real()
+        p._subparsers._group_actions[0].choices["run"].set_defaults(func=lost_signal_run)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", parser)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["run"]) == 143
+    assert signal.getsignal(signal.SIGTERM) is before and signal.set_wakeup_fd(-1) == -1
+    err = capsys.readouterr().err
+    assert "distillery run: interrupted by SIGTERM (exit 143); it came as the run was finishing" in err, err
+
+
 def test_a_stage_stopped_by_a_signal_interrupts_the_run():
     """Ctrl-C reaches DVC's stage command; DVC ignores SIGINT in the run itself and reports
     "exited with 130": the run takes it as the interrupt it is, not as a failed stage."""
