@@ -439,6 +439,53 @@ def iter_split(path: str | Path, batch_rows: int, limit: int | None = None) -> I
         raise DataError(f"{path}: not a readable Parquet file: {' '.join(str(exc).split())}") from None
 
 
+class SplitInputs:
+    """A split file's model inputs (texts, or (text, text_pair) tuples), read from disk on demand:
+    `batches()` streams them a row group at a time (`iter_split`), `take(rows)` reads only the row
+    groups that hold the given rows. For stages that must not hold the split (distill, prune):
+    what the student builder and the tokenizer need, in bounded memory."""
+
+    def __init__(self, path: str | Path, batch_rows: int = SPLIT_ROW_GROUP):
+        import pyarrow.parquet as pq
+
+        self.path, self.batch_rows = Path(path), batch_rows
+        _check_readable(self.path)
+        meta = pq.ParquetFile(self.path).metadata
+        self._n = meta.num_rows
+        self._starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+
+    def __len__(self) -> int:
+        return self._n
+
+    def batches(self) -> Iterator[list]:
+        for batch in iter_split(self.path, self.batch_rows):
+            yield batch.inputs
+
+    def labels(self) -> np.ndarray:
+        """The class indices of every row (8 bytes a row; no text is read)."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.path, columns=[LABEL], use_threads=False).column(LABEL).to_numpy()
+
+    def take(self, rows) -> list:
+        """The inputs of rows at these positions, in the order given."""
+        import pyarrow.parquet as pq
+
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self._n):
+            raise IndexError(f"{self.path}: rows out of range 0..{self._n - 1}")
+        groups = np.searchsorted(self._starts, rows, side="right") - 1
+        pf, out = pq.ParquetFile(self.path), [None] * len(rows)
+        for g in np.unique(groups):
+            table = pf.read_row_group(int(g), use_threads=False)
+            inputs = TextDataset(table.column(TEXT).to_pylist(), table.column(LABEL).to_numpy(),
+                                 table.column(TEXT_PAIR).to_pylist() if TEXT_PAIR in table.column_names
+                                 else None).inputs
+            for j in np.flatnonzero(groups == g):
+                out[j] = inputs[rows[j] - self._starts[g]]
+        return out
+
+
 def split_rows(path: str | Path) -> int:
     """The number of rows of a split file, from its Parquet footer (nothing else is read)."""
     import pyarrow.parquet as pq
