@@ -40,7 +40,7 @@ def run(ctx: StageContext) -> dict:
     from distillery.student import build_student
     from distillery.training import TrainSpec, is_main_process, train
     from tasks.models import checked_validated, measure_torch_model
-    from tasks.soft_targets import open_distill_set, tokenized
+    from tasks.distill_data import open_distill_set, tokenized
 
     p, d = ctx.params, ctx.params.distill
     vdir, labels = checked_validated(ctx)

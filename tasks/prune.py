@@ -33,7 +33,7 @@ def run(ctx: StageContext) -> dict:
     from distillery.modeling import load_model_dir
     from distillery.training import resolve_device
     from tasks.models import checked_validated
-    from tasks.soft_targets import open_distill_set, tokenized
+    from tasks.distill_data import open_distill_set, tokenized
 
     p = ctx.params
     device = resolve_device(p.base.device)

@@ -24,7 +24,6 @@ Augmentation holds 4 bytes per training word (the replacement pool, see distille
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import time
@@ -146,39 +145,6 @@ def load_distill_set(ctx: StageContext):
         raise ValueError(f"{d}: {len(data)} texts but {len(logits)} rows of teacher logits; "
                          "run `dvc repro -f soft_targets`")
     return data, logits
-
-
-def open_distill_set(ctx: StageContext):
-    """The distillation set without loading it (bounded memory, for distill and prune): (its rows
-    as `data.SplitInputs`, read in batches; their labels, -1 for augmented texts; the teacher
-    logits memory-mapped from logits.npy, read a batch's rows at a time)."""
-    from distillery.data import SplitInputs
-
-    d = ctx.path(ctx.params.paths.logits_dir)
-    rows, logits = SplitInputs(d / SET_FILE), np.load(d / LOGITS_FILE, mmap_mode="r", allow_pickle=False)
-    if len(logits) != len(rows):
-        raise ValueError(f"{d}: {len(rows)} texts but {len(logits)} rows of teacher logits; "
-                         "run `dvc repro -f soft_targets`")
-    return rows, rows.labels(), logits
-
-
-@contextlib.contextmanager
-def tokenized(ctx: StageContext, tokenizer, rows, out_dir: Path):
-    """`rows` (a `data.SplitInputs`) tokenized into a `token_store.TokenStore` in a temp folder
-    beside `out_dir` (the stage's output: `.NAME.tokens-*`, which `remove_leftovers` finds after a
-    kill), removed when the block ends."""
-    import shutil
-    import tempfile
-
-    from distillery.token_store import write_token_store
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tokens-", dir=out_dir.parent))
-    try:
-        p = ctx.params
-        yield write_token_store(folder, tokenizer, rows.batches(), p.data.max_length, p.data.truncation)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _teacher_labels(model_dir: Path) -> list:

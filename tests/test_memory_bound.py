@@ -168,3 +168,46 @@ def test_distill_peak_rss_does_not_grow_with_rows(scored):
           f"load_split of the distillation set grows by {whole_growth:.0f} MB")
     assert whole_growth > 2 * GROWTH_BOUND_MB  # a whole read would break the bound
     assert growth < GROWTH_BOUND_MB, f"distill grew by {growth:.0f} MB from {SMALL_ROWS} to {BIG_ROWS} rows"
+
+
+def validate_project(dest: Path, rows: int) -> Path:
+    """A project whose train file (CSV) holds `rows` generated rows, for the validate stage."""
+    import pandas as pd
+
+    params = tiny_params(data={"train_path": "incoming/train.csv", "eval_path": "incoming/eval.csv",
+                               "labels": ["neg", "pos"]})
+    params["validate"]["suite"]["row_count"] = {"min": 10, "max": 10_000_000}
+    root = make_project(dest, params, ["a tiny vocabulary"], hidden=16, layers=1, heads=2, intermediate=32)
+    (root / "incoming").mkdir()
+    for name, n, seed in (("train", rows, 0), ("eval", 40, 1)):
+        pd.DataFrame({"text": texts(n, seed), "label": np.array(["neg", "pos"])[np.arange(n) % 2]}).to_csv(
+            root / f"incoming/{name}.csv", index=False)
+    return root
+
+
+def test_validate_peak_rss_does_not_grow_with_rows(tmp_path):
+    """validate streams each file in batches of SOURCE_BATCH_ROWS rows (three passes: summary,
+    GX per batch, the validated split written batch by batch): one batch's peak at one batch of
+    rows, nearly the same at nearly four; reading the file whole (`read_source`, what it did
+    before) grows by several times the text."""
+    import json
+
+    from distillery.data import SOURCE_BATCH_ROWS
+
+    small, big = (validate_project(tmp_path / str(n), n) for n in (SOURCE_BATCH_ROWS, BIG_ROWS))
+    small_mb, big_mb = stage_peak(small, "validate"), stage_peak(big, "validate")
+    report = json.loads((big / "reports/validate.json").read_text())
+    assert report["success"] and report["rows"] == {"train": BIG_ROWS, "eval": 40}
+    assert json.loads((big / "data/validated/manifest.json").read_text())["splits"]["train"]["rows"] == BIG_ROWS
+    assert report["length_profile"]["train"]["rows"] == BIG_ROWS
+
+    code = ("import sys; from distillery.data import read_source; "
+            "print(len(read_source(sys.argv[1], 'text', 'label').frame))")
+    whole_growth = (peak_rss_mb([code, str(big / "incoming/train.csv")], big)
+                    - peak_rss_mb([code, str(small / "incoming/train.csv")], small))
+    text_mb = (big / "incoming/train.csv").stat().st_size / 1e6
+    growth = big_mb - small_mb
+    print(f"\nvalidate peak RSS: {small_mb:.0f} MB at {SOURCE_BATCH_ROWS} rows, {big_mb:.0f} MB at {BIG_ROWS} rows "
+          f"({text_mb:.0f} MB of CSV); read_source grows by {whole_growth:.0f} MB")
+    assert whole_growth > max(2 * GROWTH_BOUND_MB, text_mb)  # a whole read would break the bound
+    assert growth < GROWTH_BOUND_MB, f"validate grew by {growth:.0f} MB from {SOURCE_BATCH_ROWS} to {BIG_ROWS} rows"
