@@ -161,7 +161,6 @@ def length_shift(root: Path, params: Params, client) -> dict:
 
     from mlflow.exceptions import MlflowException
 
-    from distillery.data import load_split
     from distillery.drift import check_length_shift
 
     cfg = params.validate_.length_shift
@@ -176,9 +175,28 @@ def length_shift(root: Path, params: Params, client) -> dict:
         except ValueError:
             profile = None
     vdir = Path(root) / params.paths.validated_dir
-    texts = {name: load_split(vdir / f"{name}.parquet").texts for name in ("train", "eval")}
+    texts = {name: _StreamedTexts(vdir / f"{name}.parquet") for name in ("train", "eval")}
     return check_length_shift(texts, profile, str(champ.version) if champ is not None else None,
                               cfg.warn_psi, cfg.fail_psi)
+
+
+class _StreamedTexts:
+    """A validated split's texts, read a row group at a time whenever they are iterated (the
+    length-shift check counts characters: it never needs them all at once)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __len__(self) -> int:
+        from distillery.data import split_rows
+
+        return split_rows(self.path)
+
+    def __iter__(self):
+        from distillery.data import SPLIT_ROW_GROUP, iter_split
+
+        for batch in iter_split(self.path, SPLIT_ROW_GROUP):
+            yield from batch.texts
 
 
 def profile_tag(root: Path, params: Params) -> dict[str, str]:
