@@ -227,9 +227,33 @@ def iter_source(path: str | Path, text_column: str, label_column: str, text_pair
         frame.index = pd.RangeIndex(offset, offset + len(frame))
         offset += len(frame)
         yield frame
+        del frame, out, df
+        _release_freed_memory()
     if offset == 0:
         raise DataError(f"{path}: no data rows (header only)")
     labels.check()
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc `malloc_trim`) once a batch is done with: a
+    batch's texts are many kB-sized strings, which glibc takes from its heap and, once freed, keeps
+    there in fragments; without this, RSS crept up batch after batch (measured: +80 MB over four
+    batches of 16,384 rows of 1.7 kB texts). A no-op where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    global _LIBC
+    if _LIBC is None:
+        name = ctypes.util.find_library("c")
+        try:
+            _LIBC = ctypes.CDLL(name) if name else False
+        except OSError:
+            _LIBC = False
+    if _LIBC and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 def _iter_parquet(path: Path, columns: list[str], batch_rows: int) -> Iterator[pd.DataFrame]:
@@ -631,11 +655,16 @@ def save_split_batches(batches: Iterable[TextDataset], path: str | Path) -> int:
                 whole = len(pending) // SPLIT_ROW_GROUP * SPLIT_ROW_GROUP
                 if whole:
                     writer.write_table(pending.slice(0, whole), row_group_size=SPLIT_ROW_GROUP)
-                    pending = pending.slice(whole)
+                    rest = pending.slice(whole)  # copied: a slice would keep the written rows' buffers alive
+                    pending = pa.table({c: pa.array(rest.column(c).to_pylist(), rest.schema.field(c).type)
+                                        for c in rest.column_names}) if len(rest) else None
                 rows += len(table)
+                del table, columns, data
+                pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed pages too
+                _release_freed_memory()
             if writer is None:
                 raise DataError(f"{path}: cannot save split, no rows")
-            if len(pending):
+            if pending is not None and len(pending):
                 writer.write_table(pending, row_group_size=SPLIT_ROW_GROUP)
         finally:
             if writer is not None:
