@@ -427,9 +427,9 @@ class SuiteRunner:
 
 def _forget_metrics(source) -> None:
     """Drop the metrics GX's execution engine cached for a batch: it keys them by batch and keeps
-    them for the engine's life (whole columns among them), so over a split's batches they would
-    grow with the data (measured: +27 MB per batch of 16,384 rows of 1.7 kB texts). GX has no
-    public switch for the cache of a fluent data source's engine."""
+    them for the engine's life (whole columns of each batch among them), so over a split's batches
+    they would grow with the data. GX has no public switch for the cache of a fluent data source's
+    engine."""
     cache = getattr(source.get_execution_engine(), "_metric_cache", None)
     if hasattr(cache, "clear"):
         cache.clear()
