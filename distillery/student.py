@@ -239,7 +239,8 @@ def build_student(teacher: PreTrainedModel, tokenizer, cfg, texts: list, max_len
                   seed: int, batch_size: int = 32, truncation: str = "head") -> BuiltStudent:
     """The student `cfg` (params.yaml `student:`) describes, from a teacher and the training
     texts (used for the vocabulary and to score width importance; never eval data). `texts` may
-    be (text, text_pair) tuples; `truncation` is data.truncation.
+    be (text, text_pair) tuples, or a split on disk (`data.SplitInputs`, read in batches: the
+    builder then never holds the split); `truncation` is data.truncation.
 
     Order: copy layers -> trim the vocabulary -> score and shrink the width -> trim positions.
     `student.architecture: bilstm` builds a BiLSTM over the teacher's embeddings instead (bilstm.py).
@@ -262,10 +263,13 @@ def build_student(teacher: PreTrainedModel, tokenizer, cfg, texts: list, max_len
         student, tokenizer, keep = trim_vocabulary(student, tokenizer, texts, counted, cfg.vocab_min_frequency)
         info["vocab_size"] = len(keep)
     if cfg.hidden_size or cfg.heads or cfg.intermediate_size:
-        enc = encode_texts(tokenizer, texts, max_length, truncation)
         rng = np.random.default_rng(seed)
-        batches = [collate(enc, idx, torch.device("cpu"))
-                   for _, idx in zip(range(cfg.importance_batches), iter_batches(len(enc), batch_size, rng))]
+        chosen = [idx for _, idx in zip(range(cfg.importance_batches), iter_batches(len(texts), batch_size, rng))]
+        # Only the scored rows are tokenized (a split on disk reads only their row groups).
+        rows = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+        picked = texts.take(rows) if hasattr(texts, "take") else [texts[i] for i in rows]
+        enc = encode_texts(tokenizer, picked, max_length, truncation)
+        batches = [collate(enc, np.searchsorted(rows, idx), torch.device("cpu")) for idx in chosen]
         channels = shrink_width(student, activation_importance(student, batches), cfg.hidden_size, cfg.heads,
                                 cfg.intermediate_size)
         info.update(hidden_size=len(channels), structure=dict(student.config.distillery_structure))

@@ -49,6 +49,10 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def lengths(self) -> np.ndarray:
+        """Tokens per row (what length-grouped batches need; `token_store.TokenStore` has the same)."""
+        return np.fromiter((len(r) for r in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
 
 def encode_texts(tokenizer, texts: list, max_length: int, truncation: str = "head") -> Encoded:
     """Tokenize texts, or (text, text_pair) tuples, cut to `max_length` tokens by `truncation`
@@ -69,19 +73,20 @@ def encode_texts(tokenizer, texts: list, max_length: int, truncation: str = "hea
 
 
 def collate(enc: Encoded, idx: list[int] | np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-    """Pad the chosen rows to the longest of them."""
+    """Pad the chosen rows to the longest of them (`enc`: an `Encoded` or a `token_store.TokenStore`)."""
     rows = [enc.input_ids[i] for i in idx]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), enc.pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for j, r in enumerate(rows):
-        ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+        ids[j, : len(r)] = torch.from_numpy(np.array(r, dtype=np.int64))  # a copy: rows may be read-only maps
         mask[j, : len(r)] = 1
     batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
     if enc.token_type_ids is not None:
         types = torch.zeros((len(rows), width), dtype=torch.long)  # padding: segment 0
         for j, i in enumerate(idx):
-            types[j, : len(enc.token_type_ids[i])] = torch.tensor(enc.token_type_ids[i], dtype=torch.long)
+            t = np.array(enc.token_type_ids[i], dtype=np.int64)
+            types[j, : len(t)] = torch.from_numpy(t)
         batch["token_type_ids"] = types.to(device)
     return batch
 
@@ -235,9 +240,8 @@ def train(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, spec: TrainS
     sched = get_linear_schedule_with_warmup(opt, num_warmup_steps=int(0.06 * total), num_training_steps=total)
     rank, world = accelerator.process_index, accelerator.num_processes
     y_all = torch.tensor(np.asarray(labels), dtype=torch.long)  # copy: loaded arrays may be read-only
-    t_all = torch.tensor(np.asarray(teacher_logits), dtype=torch.float32) if teacher_logits is not None else None
-    lengths = np.fromiter((len(r) for r in enc.input_ids), dtype=np.int64, count=len(enc)) \
-        if spec.group_by_length else None
+    # Teacher logits are indexed per batch: a memory-mapped logits.npy is never read whole.
+    lengths = enc.lengths() if spec.group_by_length else None
     start, step, ema = time.perf_counter(), 0, None
     for epoch in range(epochs):
         bar = tqdm(list(iter_batches(len(enc), batch_size, rng, lengths)), desc=f"{desc} epoch {epoch + 1}/{epochs}",
@@ -247,7 +251,8 @@ def train(model: torch.nn.Module, enc: Encoded, labels: np.ndarray, spec: TrainS
             batch = collate(enc, idx, device)
             use_aux = aux_loss is not None and epoch < aux_epochs
             out, aux = net(batch, use_aux)
-            t = t_all[idx].to(device) if t_all is not None else None
+            t = torch.from_numpy(np.asarray(teacher_logits[idx], dtype=np.float32)).to(device) \
+                if teacher_logits is not None else None
             loss = loss_fn(out.logits, t, y_all[idx].to(device))
             if use_aux:
                 loss = loss + aux
@@ -274,7 +279,7 @@ def predict_logits(model: torch.nn.Module, enc: Encoded, batch_size: int, device
                    desc: str | None = None) -> np.ndarray:
     """Logits for every row, in input order. Rows are batched by length to limit padding."""
     model.to(device).eval()
-    order = np.argsort([len(r) for r in enc.input_ids], kind="stable")
+    order = np.argsort(enc.lengths(), kind="stable")
     out = np.zeros((len(enc), model.config.num_labels), dtype=np.float32)
     batches = [order[s : s + batch_size] for s in range(0, len(enc), batch_size)]
     for i, idx in enumerate(tqdm(batches, desc=desc, disable=desc is None, unit="batch", leave=False,

@@ -38,6 +38,7 @@ CHARS = "text_chars"         # characters in the row's text (checked here rather
                              # lengths, so its failing values are lengths, not 1 MB texts)
 PAIR_CHARS = "text_pair_chars"  # the same for the second text of a pair
 ROW_KEY = "row_text"         # what leakage and duplicates compare: the text, or the pair as one value
+REPEATED = "text_repeated"   # the row's key occurs more than once in its split (null: no key)
 
 # Short human names of the checks; they travel in each expectation's `meta`.
 READABLE = "file readable"
@@ -187,8 +188,10 @@ def build_expectations(data_cfg: DataConfig, validate_cfg: ValidateConfig,
             column=IN_TRAIN, value_set=[False], mostly=1.0 - s.max_leakage_share, **kw(
                 LEAKAGE, tcol, f"at most {s.max_leakage_share:.1%} of the eval rows have a {what} that is also in train")))
     if s.max_duplicate_share is not None:
-        exps.append(E.ExpectColumnValuesToBeUnique(
-            column=TEXT if pcol is None else ROW_KEY, mostly=1.0 - s.max_duplicate_share, **kw(
+        # Uniqueness over the whole split, batch by batch: REPEATED is derived from the split's
+        # key hashes (`SplitSummary`), so each batch's rows are judged against every other row.
+        exps.append(E.ExpectColumnValuesToBeInSet(
+            column=REPEATED, value_set=[False], mostly=1.0 - s.max_duplicate_share, **kw(
                 DUPLICATES, tcol, f"at most {s.max_duplicate_share:.1%} of the rows share their exact {what} "
                                   "with another row of the split", severity="warning")))
     return exps
@@ -203,19 +206,90 @@ def row_keys(df: pd.DataFrame) -> pd.Series:
                       for a, b in zip(df[TEXT], df[TEXT_PAIR])], index=df.index, dtype=object)
 
 
-def gx_frame(df: pd.DataFrame, train_texts: pd.Series | None = None,
-             label_names: list[str | int] | None = None) -> pd.DataFrame:
-    """The frame GX sees: positional index (row i+1 of the file), labels as text, and the
-    derived columns: class share, class size, and (given train's texts, `row_keys` of train for
-    pairs) whether a text is in train.
+def key_hashes(keys: pd.Series) -> np.ndarray:
+    """A 16-byte hash of each non-null row key (`row_keys`), as a structured array that sorts and
+    compares whole: two 64-bit hashes under different keys, so a false match between distinct texts
+    is out of reach (about n^2 / 2^129 for n rows)."""
+    keys = keys[keys.notna()]
+    out = np.empty(len(keys), _HASH)
+    for field_name, salt in zip(_HASH.names, ("distillery-key-a", "distillery-key-b")):
+        out[field_name] = pd.util.hash_pandas_object(keys, index=False, hash_key=salt).to_numpy() if len(keys) else []
+    return out
+
+
+_HASH = np.dtype([("a", "<u8"), ("b", "<u8")])
+
+
+def _member(hashes: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Which of `hashes` are in `sorted_set` (sorted, distinct)."""
+    if not len(sorted_set) or not len(hashes):
+        return np.zeros(len(hashes), bool)
+    pos = np.minimum(np.searchsorted(sorted_set, hashes), len(sorted_set) - 1)
+    return sorted_set[pos] == hashes
+
+
+@dataclass
+class SplitSummary:
+    """What the checks that look across rows need of a whole split, gathered batch by batch
+    (`add`, then `finish`): the row count, each label's count (as text) and the distinct label
+    values (few), and a 16-byte hash per row key. That is all the validate stage holds of a split
+    beside one batch: 16 bytes a row, against a row's whole text; the sorted distinct hashes
+    (`keys`) answer leakage and the repeated ones (`repeated`) duplicates."""
+
+    rows: int = 0
+    label_counts: dict = field(default_factory=dict)  # str(label) -> rows, in order of first appearance
+    labels_seen: dict = field(default_factory=dict)   # the labels as read (normalised), first appearance
+    keys: np.ndarray | None = None
+    repeated: np.ndarray | None = None
+    _hashes: list = field(default_factory=list)
+
+    def add(self, df: pd.DataFrame) -> None:
+        self.rows += len(df)
+        if LABEL in df.columns:
+            for v in df[LABEL]:
+                if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+                    continue
+                self.labels_seen.setdefault(v, None)
+                key = str(v)
+                self.label_counts[key] = self.label_counts.get(key, 0) + 1
+        if TEXT in df.columns:
+            self._hashes.append(key_hashes(row_keys(df)))
+
+    def finish(self) -> SplitSummary:
+        if self._hashes:
+            every = np.sort(np.concatenate(self._hashes))
+            self._hashes = []
+            self.keys = np.unique(every)
+            self.repeated = np.unique(every[1:][every[1:] == every[:-1]])
+        return self
+
+    def counts(self) -> pd.Series:
+        """Rows per class (as text), most frequent first, as `value_counts` orders them."""
+        return pd.Series(self.label_counts, dtype="int64").sort_values(ascending=False)
+
+
+def summarise(frames) -> SplitSummary:
+    summary = SplitSummary()
+    for df in frames:
+        summary.add(df)
+    return summary.finish()
+
+
+def gx_frame(df: pd.DataFrame, train_keys: np.ndarray | None = None,
+             label_names: list[str | int] | None = None, summary: SplitSummary | None = None) -> pd.DataFrame:
+    """The frame GX sees: positional index (row i+1 of the batch), labels as text, and the
+    derived columns, from the whole split's `summary` (default: of this frame alone): class share,
+    class size, whether the row's key repeats in the split, and (given train's key hashes,
+    `SplitSummary.keys`) whether it is in train.
     A label outside `label_names` is no class: it is reported once, as such, not as a tiny class."""
     out = df.reset_index(drop=True).copy()
+    summary = summary if summary is not None else summarise([out])
     if LABEL in out.columns:
         raw = out[LABEL]
         null = raw.isna()
         labels = pd.Series([None if n else str(v) for v, n in zip(raw, null)], dtype=object)
         out[LABEL] = labels
-        counts = labels[~null].value_counts()
+        counts = summary.counts()
         out[SHARE] = labels.map(counts / max(1, int(counts.sum()))).astype(float).fillna(0.0)
         # Unlabelled rows belong to no class: they are reported once, as null labels.
         sizes = labels.map(counts).astype(float)
@@ -230,8 +304,15 @@ def gx_frame(df: pd.DataFrame, train_texts: pd.Series | None = None,
         keys = row_keys(out)
         if TEXT_PAIR in out.columns:
             out[ROW_KEY] = keys
-        if train_texts is not None:
-            out[IN_TRAIN] = keys.isin(set(train_texts.dropna())) & keys.notna()
+        present = keys.notna().to_numpy()
+        hashes = key_hashes(keys)
+        repeated = np.full(len(out), None, dtype=object)
+        repeated[present] = _member(hashes, summary.repeated if summary.repeated is not None else hashes[:0]).tolist()
+        out[REPEATED] = repeated
+        if train_keys is not None:
+            in_train = np.zeros(len(out), bool)
+            in_train[present] = _member(hashes, train_keys)
+            out[IN_TRAIN] = in_train
     return out
 
 
@@ -251,40 +332,80 @@ class SuiteRunner:
     def validate(self, df: pd.DataFrame, split: str, file: str, data_cfg: DataConfig,
                  validate_cfg: ValidateConfig, label_names: list[str | int] | None,
                  train_texts: pd.Series | None = None) -> SplitValidation:
-        """Run the suite on one split (in this runner's GX context) and explain what failed."""
+        """Run the suite on one split held as one frame (`train_texts`: train's `row_keys`, for leakage)."""
+        train_keys = summarise([pd.DataFrame({TEXT: train_texts})]).keys if train_texts is not None else None
+        return self.validate_batches([df], split, file, data_cfg, validate_cfg, label_names,
+                                     summarise([df]), train_keys)
+
+    def validate_batches(self, batches, split: str, file: str, data_cfg: DataConfig,
+                         validate_cfg: ValidateConfig, label_names: list[str | int] | None,
+                         summary: SplitSummary, train_keys: np.ndarray | None = None) -> SplitValidation:
+        """Run the suite on one split, batch by batch (`batches`: its frames in row order, e.g.
+        `data.iter_source`; `summary`: of the whole split, for the checks across rows), in this
+        runner's GX context, and explain what failed. Each batch is one GX validation; their results
+        are combined into the split's (counts summed, first failing rows kept, row count and class
+        checks over the whole split), which replaces the first batch's in the store, so the Data
+        Docs show one validation per split, as GX would have run it on the whole split."""
         gx = self.gx
-        frame = gx_frame(df, train_texts, label_names)
-        batch = self.source.add_dataframe_asset(split).add_batch_definition_whole_dataframe("all_rows")
+        batch_def = self.source.add_dataframe_asset(split).add_batch_definition_whole_dataframe("all_rows")
         suite = self.context.suites.add(gx.ExpectationSuite(
             name=f"distillery_{split}",
             expectations=build_expectations(data_cfg, validate_cfg, label_names,
-                                            with_leakage=train_texts is not None)))
-        definition = gx.ValidationDefinition(name=f"validate_{split}", data=batch, suite=suite)
+                                            with_leakage=train_keys is not None)))
+        definition = gx.ValidationDefinition(name=f"validate_{split}", data=batch_def, suite=suite)
         # SUMMARY keeps only the first few failing values and their index (a row number here);
         # COMPLETE would copy every failing value, which on a large bad file is the whole file.
-        result = definition.run(batch_parameters={"dataframe": frame}, result_format={
-            "result_format": "SUMMARY", "partial_unexpected_count": max(1, validate_cfg.sample_rows)})
+        fmt = {"result_format": "SUMMARY", "partial_unexpected_count": max(1, validate_cfg.sample_rows)}
+        store = self.context.validation_results_store
+        result, merged, columns, offset, key = None, None, None, 0, None
+        samples: list[list[dict]] = []
+        for df in batches:
+            frame = gx_frame(df, train_keys, label_names, summary)
+            if result is None:
+                known = set(store.list_keys())
+                result = definition.run(batch_parameters={"dataframe": frame}, result_format=fmt)
+                key = next(iter(set(store.list_keys()) - known), None)
+                columns, part = list(df.columns), result
+                merged = _Combined(result, fmt)
+                samples = [[] for _ in result.results]
+            else:
+                from great_expectations.validator.v1_validator import Validator
 
+                part = Validator(batch_definition=batch_def, batch_parameters={"dataframe": frame},
+                                 result_format=fmt).validate_expectation_suite(suite)
+                merged.add(part, offset)
+            for taken, r in zip(samples, part.results):
+                for i in (r.result or {}).get("partial_unexpected_index_list") or []:
+                    if len(taken) < validate_cfg.sample_rows:
+                        taken.append(_sample(df, int(i), offset))
+            offset += len(df)
+            del frame, part
+            _forget_metrics(self.source)
+        if merged.batches > 1:
+            merged.finish()
+            if key is not None:
+                store.set(key, result)
         missing = {c for c in (TEXT, LABEL) + ((TEXT_PAIR,) if data_cfg.text_pair_column else ())
-                   if c not in frame.columns}
+                   if c not in columns}
+        counts = summary.counts()
         found = []
-        for r in result.results:
+        for r, taken in zip(result.results, samples):
             if r.success:
                 continue
             cfg = r.expectation_config
             gx_column = cfg.kwargs.get("column")
             check = cfg.meta.get("check", cfg.type)
             derived_from_missing = (gx_column in (SHARE, CLASS_ROWS) and LABEL in missing) or (
-                gx_column in (CHARS, IN_TRAIN, ROW_KEY) and TEXT in missing) or (
+                gx_column in (CHARS, IN_TRAIN, ROW_KEY, REPEATED) and TEXT in missing) or (
                 gx_column == PAIR_CHARS and TEXT_PAIR in missing)
             if check != REQUIRED_COLUMN and (gx_column in missing or derived_from_missing):
                 continue  # a consequence of the missing column, already reported once
-            failure = _failure(r, check, cfg.meta.get("column"), df, frame, validate_cfg)
+            failure = _failure(r, check, cfg.meta.get("column"), columns, counts, summary.rows, taken)
             failure.severity = WARNING if str(getattr(cfg.severity, "value", cfg.severity)) == "warning" else FAILURE
             found.append(failure)
         found.sort(key=lambda f: ORDER.index(f.expectation) if f.expectation in ORDER else len(ORDER))
         failures = [f for f in found if f.severity == FAILURE]
-        return SplitValidation(split=split, file=str(file), rows=len(frame), success=not failures,
+        return SplitValidation(split=split, file=str(file), rows=summary.rows, success=not failures,
                                failures=failures, warnings=[f for f in found if f.severity == WARNING],
                                gx_result=_json_safe(result.describe_dict(), _GX_STRING_KEPT))
 
@@ -302,6 +423,16 @@ class SuiteRunner:
             elif p.is_dir() and not any(p.iterdir()):
                 p.rmdir()
         return self.docs_dir / "index.html"
+
+
+def _forget_metrics(source) -> None:
+    """Drop the metrics GX's execution engine cached for a batch: it keys them by batch and keeps
+    them for the engine's life (whole columns of each batch among them), so over a split's batches
+    they would grow with the data. GX has no public switch for the cache of a fluent data source's
+    engine."""
+    cache = getattr(source.get_execution_engine(), "_metric_cache", None)
+    if hasattr(cache, "clear"):
+        cache.clear()
 
 
 def _ephemeral_context(gx, docs_dir: Path | None):
@@ -323,19 +454,106 @@ def _ephemeral_context(gx, docs_dir: Path | None):
     return gx.get_context(project_config=config, mode="ephemeral")
 
 
-def _failure(r, check: str, column: str | None, df: pd.DataFrame, frame: pd.DataFrame,
-             cfg: ValidateConfig) -> Failure:
+class _Combined:
+    """The GX results of a split's batches, combined into the first batch's result object: what GX
+    would have found on the whole split. Map checks (per row) sum their counts and keep the first
+    failing values and rows (batch offsets added), and GX's own `_format_map_output` rebuilds their
+    result; the row count is summed, the column maximum (class share: already the whole split's) is
+    the largest, a class is missing when no batch has it. A check GX could not evaluate on some
+    batch keeps that batch's error."""
+
+    def __init__(self, first, fmt: dict):
+        self.first, self.fmt, self.batches = first, fmt, 1
+        self.state = [self._start(r) for r in first.results]
+
+    @staticmethod
+    def _start(r) -> dict:
+        res = r.result or {}
+        return {"error": r if _exception_message(r.exception_info) else None,
+                "element_count": res.get("element_count", 0), "unexpected_count": res.get("unexpected_count") or 0,
+                "missing_count": res.get("missing_count") or 0,
+                "values": list(res.get("partial_unexpected_list") or []),
+                "index": list(res.get("partial_unexpected_index_list") or []),
+                "observed": res.get("observed_value"), "missing_list": res.get("partial_missing_list"),
+                "success": r.success}
+
+    def add(self, part, offset: int) -> None:
+        self.batches += 1
+        limit = self.fmt["partial_unexpected_count"]
+        for st, r in zip(self.state, part.results):
+            if st["error"] is not None:
+                continue
+            if _exception_message(r.exception_info):
+                st["error"] = r
+                continue
+            res = r.result or {}
+            kind = r.expectation_config.type
+            st["element_count"] += res.get("element_count", 0)
+            st["unexpected_count"] += res.get("unexpected_count") or 0
+            st["missing_count"] += res.get("missing_count") or 0
+            st["values"] = (st["values"] + list(res.get("partial_unexpected_list") or []))[:limit]
+            st["index"] = (st["index"] + [offset + int(i) for i in res.get("partial_unexpected_index_list") or []])[:limit]
+            if kind == "expect_table_row_count_to_be_between":
+                st["observed"] = (st["observed"] or 0) + (res.get("observed_value") or 0)
+            elif kind == "expect_column_max_to_be_between":
+                values = [v for v in (st["observed"], res.get("observed_value")) if v is not None]
+                st["observed"] = max(values) if values else None
+            elif kind == "expect_column_distinct_values_to_contain_set":
+                now = set(res.get("partial_missing_list") or [])
+                st["missing_list"] = [v for v in st["missing_list"] or [] if v in now]
+            st["success"] = st["success"] and r.success
+
+    def finish(self) -> None:
+        from great_expectations.expectations.expectation import _format_map_output, _mostly_success
+        from great_expectations.expectations.expectation_configuration import parse_result_format
+
+        for i, (st, r) in enumerate(zip(self.state, self.first.results)):
+            if st["error"] is not None:
+                self.first.results[i] = st["error"]
+                continue
+            kind, kw = r.expectation_config.type, r.expectation_config.kwargs
+            if "unexpected_count" in (r.result or {}):  # a map check: GX's own summary of the sums
+                total, unexpected = st["element_count"], st["unexpected_count"]
+                nonnull = total - st["missing_count"]
+                success = unexpected == 0 or total == 0 or nonnull == 0 or _mostly_success(
+                    nonnull, unexpected, kw.get("mostly", 1.0))
+                out = _format_map_output(result_format=parse_result_format(self.fmt), success=success,
+                                         element_count=total, unexpected_count=unexpected,
+                                         nonnull_count=nonnull if "missing_count" in r.result else None,
+                                         unexpected_list=_json_safe(st["values"]), unexpected_index_list=st["index"])
+                r.success, r.result = bool(out["success"]), out["result"]
+            elif kind in ("expect_table_row_count_to_be_between", "expect_column_max_to_be_between"):
+                obs, low, high = _json_safe(st["observed"]), kw.get("min_value"), kw.get("max_value")
+                r.result = {**(r.result or {}), "observed_value": obs}
+                r.success = bool(obs is not None and (low is None or obs >= low) and (high is None or obs <= high))
+            elif kind == "expect_column_distinct_values_to_contain_set":
+                missing = st["missing_list"] or []
+                r.result = {**(r.result or {}), "missing_count": len(missing), "partial_missing_list": missing}
+                r.success = not missing
+            else:  # column present: the same on every batch
+                r.success = bool(st["success"])
+        results = self.first.results
+        ok = sum(bool(r.success) for r in results)
+        self.first.success = bool(ok == len(results))
+        self.first.statistics.update(evaluated_expectations=len(results), successful_expectations=ok,
+                                     unsuccessful_expectations=len(results) - ok,
+                                     success_percent=100.0 * ok / len(results) if results else None)
+
+
+def _failure(r, check: str, column: str | None, columns: list, counts: pd.Series, rows: int,
+             samples: list[dict]) -> Failure:
+    """One failed check in words: `columns` of the user's frame, `counts` the split's rows per
+    class (`SplitSummary.counts`), `samples` its first failing rows (`_sample`)."""
     res = r.result or {}
     kw = r.expectation_config.kwargs
     error = _exception_message(r.exception_info)
     if error:
         return Failure(check, column, f"GX could not evaluate it: {error}")
     if check == REQUIRED_COLUMN:
-        return Failure(check, column, f"column {column!r} not found; columns found: {list(map(str, df.columns))}")
+        return Failure(check, column, f"column {column!r} not found; columns found: {list(map(str, columns))}")
     if check == ROW_COUNT:
         return Failure(check, None, f"{res.get('observed_value')} rows; expected between "
                        f"{kw.get('min_value')} and {kw.get('max_value')}")
-    counts = frame[LABEL].dropna().value_counts() if LABEL in frame.columns else pd.Series(dtype=int)
     if check == CLASS_BALANCE:
         name, count = (counts.index[0], int(counts.iloc[0])) if len(counts) else (None, 0)
         return Failure(check, column, f"class {name!r} holds {count} of {int(counts.sum())} labelled rows "
@@ -347,7 +565,7 @@ def _failure(r, check: str, column: str | None, df: pd.DataFrame, frame: pd.Data
         return Failure(check, column, f"no rows of class(es) {absent}; the label map is {list(kw['value_set'])}, "
                        f"this split has {present}", len(absent))
     count = int(res.get("unexpected_count") or 0)
-    n = res.get("element_count", len(frame))
+    n = res.get("element_count", rows)
     details = f"{count} of {n} rows"
     if check == LABEL_IN_SET:
         values = ", ".join(f"{d['value']!r} ({d['count']}x)" for d in res.get("partial_unexpected_counts", []))
@@ -366,8 +584,7 @@ def _failure(r, check: str, column: str | None, df: pd.DataFrame, frame: pd.Data
     elif check == DUPLICATES:
         details += (f" ({count / max(1, n):.1%}) share their exact text with another row; at most "
                     f"{1 - kw.get('mostly', 1.0):.1%} allowed")
-    rows = res.get("partial_unexpected_index_list") or []
-    return Failure(check, column, details, count, [_sample(df, int(i)) for i in rows[:cfg.sample_rows]])
+    return Failure(check, column, details, count, samples)
 
 
 def _shorten(text: Any) -> Any:
@@ -376,11 +593,12 @@ def _shorten(text: Any) -> Any:
     return text
 
 
-def _sample(df: pd.DataFrame, i: int) -> dict:
-    """Row i (0-based position) as the user wrote it: 1-based row number, shortened text, raw label."""
+def _sample(df: pd.DataFrame, i: int, offset: int = 0) -> dict:
+    """Row i (0-based position in `df`, a batch starting at row `offset` of its file) as the user
+    wrote it: 1-based row number in the file, shortened text, raw label."""
     text = df[TEXT].iloc[i] if TEXT in df.columns else None
     label = df[LABEL].iloc[i] if LABEL in df.columns else None
-    row = {"row": i + 1, "text": _json_safe(_shorten(text)), "label": _json_safe(label)}
+    row = {"row": offset + i + 1, "text": _json_safe(_shorten(text)), "label": _json_safe(label)}
     if TEXT_PAIR in df.columns:
         row["text_pair"] = _json_safe(_shorten(df[TEXT_PAIR].iloc[i]))
     return row

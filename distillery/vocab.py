@@ -177,15 +177,17 @@ def token_counts(tokenizer, texts: Texts, max_length: int | None = None) -> Coun
     as pairs). Texts are counted whole: `max_length` (kept for callers) does not cut them, so
     whichever truncation training uses (head, or head + tail), the tokens it sees are counted."""
     counts: Counter = Counter()
-    singles = [t for t in texts if isinstance(t, str)]
-    pairs = [t for t in texts if not isinstance(t, str)]
-    batches = [tokenizer(singles, verbose=False)["input_ids"]] if singles else []
-    if pairs:
-        first, second = (list(col) for col in zip(*pairs))
-        batches.append(tokenizer(first, second, verbose=False)["input_ids"])
-    for batch in batches:
-        for ids in batch:
-            counts.update(ids)
+    # A split on disk (data.SplitInputs) is counted a batch at a time: never all its texts at once.
+    for chunk in (texts.batches() if hasattr(texts, "batches") else [texts]):
+        singles = [t for t in chunk if isinstance(t, str)]
+        pairs = [t for t in chunk if not isinstance(t, str)]
+        batches = [tokenizer(singles, verbose=False)["input_ids"]] if singles else []
+        if pairs:
+            first, second = (list(col) for col in zip(*pairs))
+            batches.append(tokenizer(first, second, verbose=False)["input_ids"])
+        for batch in batches:
+            for ids in batch:
+                counts.update(ids)
     return counts
 
 

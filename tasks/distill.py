@@ -33,20 +33,24 @@ def intermediate_loss(params: Params, teacher, built):
 
 
 def run(ctx: StageContext) -> dict:
+    from distillery.data import load_split
     from distillery.encoding import input_meta
     from distillery.losses import get_loss
     from distillery.modeling import count_parameters, load_model_dir, save_model_dir
     from distillery.student import build_student
-    from distillery.training import TrainSpec, encode_texts, is_main_process, train
-    from tasks.models import load_splits, measure_torch_model
-    from tasks.soft_targets import load_distill_set
+    from distillery.training import TrainSpec, is_main_process, train
+    from tasks.models import checked_validated, measure_torch_model
+    from tasks.distill_data import open_distill_set, tokenized
 
     p, d = ctx.params, ctx.params.distill
-    _, eval_set, labels = load_splits(ctx)
-    data, teacher_logits = load_distill_set(ctx)
+    vdir, labels = checked_validated(ctx)
+    eval_set = load_split(vdir / "eval.parquet")
+    # Bounded memory: the rows stay on disk (read in batches), the logits memory-mapped, the token
+    # ids in a memory-mapped store (distillery/token_store.py); held whole: 16 bytes a row (labels, lengths).
+    data, y, teacher_logits = open_distill_set(ctx)
     teacher, tokenizer, _, teacher_meta = load_model_dir(ctx.path(p.paths.teacher_dir))
     start = time.perf_counter()
-    built = build_student(teacher, tokenizer, p.student, data.inputs, p.data.max_length, p.base.seed,
+    built = build_student(teacher, tokenizer, p.student, data, p.data.max_length, p.base.seed,
                           truncation=p.data.truncation)
     build_seconds = time.perf_counter() - start
     student = built.model
@@ -56,16 +60,16 @@ def run(ctx: StageContext) -> dict:
     aux = intermediate_loss(p, teacher, built)
     if aux is None:
         del teacher
-    enc = encode_texts(built.tokenizer, data.inputs, p.data.max_length, p.data.truncation)
     loss = partial(get_loss(d.loss), temperature=d.temperature, alpha=d.alpha)
     spec = TrainSpec.from_section(d, p.base, loss, "distill", aux_loss=aux, aux_epochs=d.intermediate_epochs)
-    result = train(student, enc, data.labels, spec, teacher_logits=teacher_logits)
+    out = ctx.path(p.paths.student_dir)
+    with tokenized(ctx, built.tokenizer, data, out) as enc:
+        result = train(student, enc, y, spec, teacher_logits=teacher_logits)
     if not is_main_process():  # under `accelerate launch`, the first rank saves and measures
         return {"train": vars(result)}
     student.to("cpu")
     if aux is not None and aux.needs_attentions:  # back to the default kernels for measuring and export
         student.set_attn_implementation(attn_implementation)
-    out = ctx.path(p.paths.student_dir)
     transformer = p.student.architecture == "transformer"
     save_model_dir(student, built.tokenizer, labels, out, {**input_meta(p.data), "role": "student",
                                                            "teacher_layers": p.student.layers if transformer else None,

@@ -29,26 +29,36 @@ def pass_through(ctx: StageContext, model, tokenizer, labels: list[str], meta: d
 
 
 def run(ctx: StageContext) -> dict:
-    import torch
+    from distillery.data import load_split
+    from distillery.modeling import load_model_dir
+    from distillery.training import resolve_device
+    from tasks.models import checked_validated
+    from tasks.distill_data import open_distill_set, tokenized
 
-    from distillery.losses import get_loss
-    from distillery.modeling import count_parameters, load_model_dir, save_model_dir
-    from distillery.pruning import (apply_pruning, compute_importance, current_structure, drop_layers, plan_pruning,
-                                    step_fractions)
-    from distillery.training import (TrainSpec, collate, encode_texts, is_main_process, iter_batches, resolve_device,
-                                     train)
-    from tasks.models import load_splits, measure_torch_model
-    from tasks.soft_targets import load_distill_set
-
-    p, pr, d = ctx.params, ctx.params.prune, ctx.params.distill
+    p = ctx.params
     device = resolve_device(p.base.device)
-    _, eval_set, labels = load_splits(ctx)
+    vdir, labels = checked_validated(ctx)
+    eval_set = load_split(vdir / "eval.parquet")
     model, tokenizer, _, meta = load_model_dir(ctx.path(p.paths.student_dir))
     if getattr(model.config, "model_type", None) == "bilstm":
         return pass_through(ctx, model, tokenizer, labels, meta, eval_set)
     model.to(device)
-    data, t = load_distill_set(ctx)
-    enc, y = encode_texts(tokenizer, data.inputs, p.data.max_length, p.data.truncation), data.labels
+    data, y, t = open_distill_set(ctx)  # bounded memory, as in distill: rows on disk, logits memory-mapped
+    with tokenized(ctx, tokenizer, data, ctx.path(p.paths.pruned_dir)) as enc:
+        return _prune(ctx, model, tokenizer, labels, meta, eval_set, enc, y, t, device)
+
+
+def _prune(ctx: StageContext, model, tokenizer, labels, meta, eval_set, enc, y, t, device) -> dict:
+    import torch
+
+    from distillery.losses import get_loss
+    from distillery.modeling import count_parameters, save_model_dir
+    from distillery.pruning import (apply_pruning, compute_importance, current_structure, drop_layers, plan_pruning,
+                                    step_fractions)
+    from distillery.training import TrainSpec, collate, is_main_process, iter_batches, train
+    from tasks.models import measure_torch_model
+
+    p, pr, d = ctx.params, ctx.params.prune, ctx.params.distill
     kd = partial(get_loss(d.loss), temperature=d.temperature, alpha=d.alpha)
 
     def loss_fn(m, b):  # importance is scored on the same KD objective the model trains with
@@ -61,7 +71,7 @@ def run(ctx: StageContext) -> dict:
         for _, idx in zip(range(pr.importance_batches), iter_batches(len(enc), d.batch_size, rng)):
             b = collate(enc, idx, device)
             b["labels"] = torch.as_tensor(y[idx], device=device)
-            b["teacher_logits"] = torch.as_tensor(t[idx], device=device)
+            b["teacher_logits"] = torch.as_tensor(np.asarray(t[idx], dtype=np.float32), device=device)
             out.append(b)
         return out
 

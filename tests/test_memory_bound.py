@@ -1,10 +1,12 @@
-"""Bounded memory (issue 18): the soft_targets stage, run as DVC runs it (`distillery stage
-soft_targets`, a fresh process), on a generated training split of about 100 MB of text, peaks
-at nearly the same RSS as on a split of one chunk; a process that loads the same split whole
-(`load_split`, what the stage did before) grows by more than the text itself.
+"""Bounded memory (issue 18): the soft_targets and distill stages, run as DVC runs them
+(`distillery stage NAME`, a fresh process), on a generated training split of about 100 MB of
+text, peak at nearly the same RSS as on a split of one chunk; a process that loads the same
+split whole (`load_split`, what both stages did before) grows by more than the text itself.
 
 The texts are long (14 words of 120 letters) so that the bytes are many and the rows few, and
-cheap to score: each word is one [UNK] token for the teacher (a random-init 1-layer BERT, max_length 16)."""
+cheap to score and train on: each word is one [UNK] token for the teacher (a random-init 1-layer
+BERT, max_length 16) and for its 1-layer student (one epoch, batches of 512 rows).
+"""
 
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ def project(dest: Path, rows: int) -> Path:
     from distillery.data import LabelMap, TextDataset, write_validated
     from distillery.lineage import content_md5
 
-    params = tiny_params(soft_targets={"chunk_rows": CHUNK_ROWS, "workers": 0}, augment={"copies": 0})
+    params = tiny_params(soft_targets={"chunk_rows": CHUNK_ROWS, "workers": 0}, augment={"copies": 0},
+                         student={"layers": [0]}, distill={"epochs": 1, "batch_size": 512})
     params["data"]["max_length"] = 16
     root = make_project(dest, params, ["a tiny vocabulary"], hidden=16, layers=1, heads=2,
                         intermediate=32)
@@ -102,33 +105,109 @@ def peak_rss_mb(args: list[str], cwd: Path) -> float:
     return int(out.read_text()) * 1024 / 1e6
 
 
-def stage_peak(root: Path) -> float:
-    return peak_rss_mb(["-m", "distillery_cli", "--project-dir", str(root), "stage", "soft_targets"], root)
+def stage_peak(root: Path, stage: str) -> float:
+    return peak_rss_mb(["-m", "distillery_cli", "--project-dir", str(root), "stage", stage], root)
 
 
-def load_whole_peak(root: Path) -> float:
+def load_whole_peak(path: Path) -> float:
     code = "import sys; from distillery.data import load_split; d = load_split(sys.argv[1]); print(len(d))"
-    return peak_rss_mb([code, str(root / "data/validated/train.parquet")], root)
+    return peak_rss_mb([code, str(path)], path.parent)
 
 
-def test_soft_targets_peak_rss_does_not_grow_with_rows(tmp_path):
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory):
+    """Both projects after the soft_targets stage, with its peak RSS on each: {rows: (root, MB)}."""
+    tmp = tmp_path_factory.mktemp("memory")
+    out = {}
+    for rows in (SMALL_ROWS, BIG_ROWS):
+        root = project(tmp / str(rows), rows)
+        out[rows] = (root, stage_peak(root, "soft_targets"))
+    return out
+
+
+def _whole_growth(scored, rel: str) -> float:
+    """What holding a split would cost: load_split's growth from one chunk's rows to all of them."""
+    return load_whole_peak(scored[BIG_ROWS][0] / rel) - load_whole_peak(scored[SMALL_ROWS][0] / rel)
+
+
+def test_soft_targets_peak_rss_does_not_grow_with_rows(scored):
     import pyarrow.parquet as pq
 
-    small, big = project(tmp_path / "small", SMALL_ROWS), project(tmp_path / "big", BIG_ROWS)
+    (small, small_mb), (big, big_mb) = scored[SMALL_ROWS], scored[BIG_ROWS]
     split = big / "data/validated/train.parquet"
     text_mb = pq.read_table(split, columns=["text"]).nbytes / 1e6  # the texts as Arrow holds them
     assert text_mb > 100
 
-    small_mb, big_mb = stage_peak(small), stage_peak(big)
     logits = np.load(big / "data/teacher_logits/logits.npy")
     assert logits.shape == (BIG_ROWS, 2) and np.isfinite(logits).all()
     assert pq.ParquetFile(big / "data/teacher_logits/distill_set.parquet").metadata.num_rows == BIG_ROWS
 
-    # What holding the split would cost: load_split's growth from one chunk's rows to all of them.
-    whole_growth = load_whole_peak(big) - load_whole_peak(small)
+    whole_growth = _whole_growth(scored, "data/validated/train.parquet")
     growth = big_mb - small_mb
     print(f"\nsoft_targets peak RSS: {small_mb:.0f} MB at {SMALL_ROWS} rows, {big_mb:.0f} MB at {BIG_ROWS} rows "
           f"({text_mb:.0f} MB of text, {split.stat().st_size / 1e6:.0f} MB on disk); "
           f"load_split grows by {whole_growth:.0f} MB")
     assert whole_growth > max(2 * GROWTH_BOUND_MB, text_mb)  # a whole read would break the bound
     assert growth < GROWTH_BOUND_MB, f"soft_targets grew by {growth:.0f} MB for {text_mb:.0f} MB of text"
+
+
+def test_distill_peak_rss_does_not_grow_with_rows(scored):
+    """distill reads the distillation set in row groups, tokenizes it into a memory-mapped store
+    and maps the logits: its peak grows by the store's pages and 16 bytes a row, not the text."""
+    import json
+
+    small_mb, big_mb = (stage_peak(scored[rows][0], "distill") for rows in (SMALL_ROWS, BIG_ROWS))
+    big = scored[BIG_ROWS][0]
+    report = json.loads((big / "reports/distill.json").read_text())
+    assert report["rows"] == BIG_ROWS and report["train"]["steps"] == -(-BIG_ROWS // 512)
+    assert not list((big / "models").glob(".*tokens-*"))  # the token store is removed after training
+
+    whole_growth = _whole_growth(scored, "data/teacher_logits/distill_set.parquet")
+    growth = big_mb - small_mb
+    print(f"\ndistill peak RSS: {small_mb:.0f} MB at {SMALL_ROWS} rows, {big_mb:.0f} MB at {BIG_ROWS} rows; "
+          f"load_split of the distillation set grows by {whole_growth:.0f} MB")
+    assert whole_growth > 2 * GROWTH_BOUND_MB  # a whole read would break the bound
+    assert growth < GROWTH_BOUND_MB, f"distill grew by {growth:.0f} MB from {SMALL_ROWS} to {BIG_ROWS} rows"
+
+
+def validate_project(dest: Path, rows: int) -> Path:
+    """A project whose train file (CSV) holds `rows` generated rows, for the validate stage."""
+    import pandas as pd
+
+    params = tiny_params(data={"train_path": "incoming/train.csv", "eval_path": "incoming/eval.csv",
+                               "labels": ["neg", "pos"]})
+    params["validate"]["suite"]["row_count"] = {"min": 10, "max": 10_000_000}
+    root = make_project(dest, params, ["a tiny vocabulary"], hidden=16, layers=1, heads=2, intermediate=32)
+    (root / "incoming").mkdir()
+    for name, n, seed in (("train", rows, 0), ("eval", 40, 1)):
+        pd.DataFrame({"text": texts(n, seed), "label": np.array(["neg", "pos"])[np.arange(n) % 2]}).to_csv(
+            root / f"incoming/{name}.csv", index=False)
+    return root
+
+
+def test_validate_peak_rss_does_not_grow_with_rows(tmp_path):
+    """validate streams each file in batches of SOURCE_BATCH_ROWS rows (three passes: summary,
+    GX per batch, the validated split written batch by batch): one batch's peak at one batch of
+    rows, nearly the same at nearly four; reading the file whole (`read_source`, what it did
+    before) grows by several times the text."""
+    import json
+
+    from distillery.data import SOURCE_BATCH_ROWS
+
+    small, big = (validate_project(tmp_path / str(n), n) for n in (SOURCE_BATCH_ROWS, BIG_ROWS))
+    small_mb, big_mb = stage_peak(small, "validate"), stage_peak(big, "validate")
+    report = json.loads((big / "reports/validate.json").read_text())
+    assert report["success"] and report["rows"] == {"train": BIG_ROWS, "eval": 40}
+    assert json.loads((big / "data/validated/manifest.json").read_text())["splits"]["train"]["rows"] == BIG_ROWS
+    assert report["length_profile"]["train"]["rows"] == BIG_ROWS
+
+    code = ("import sys; from distillery.data import read_source; "
+            "print(len(read_source(sys.argv[1], 'text', 'label').frame))")
+    whole_growth = (peak_rss_mb([code, str(big / "incoming/train.csv")], big)
+                    - peak_rss_mb([code, str(small / "incoming/train.csv")], small))
+    text_mb = (big / "incoming/train.csv").stat().st_size / 1e6
+    growth = big_mb - small_mb
+    print(f"\nvalidate peak RSS: {small_mb:.0f} MB at {SOURCE_BATCH_ROWS} rows, {big_mb:.0f} MB at {BIG_ROWS} rows "
+          f"({text_mb:.0f} MB of CSV); read_source grows by {whole_growth:.0f} MB")
+    assert whole_growth > max(2 * GROWTH_BOUND_MB, text_mb)  # a whole read would break the bound
+    assert growth < GROWTH_BOUND_MB, f"validate grew by {growth:.0f} MB from {SOURCE_BATCH_ROWS} to {BIG_ROWS} rows"
