@@ -28,6 +28,10 @@ SMALL_ROWS = 2_048                  # one chunk
 CHUNK_ROWS = 2_048
 WORD_CHARS, WORDS_PER_TEXT = 120, 14  # a word over 100 characters is one [UNK] without a WordPiece search
 GROWTH_BOUND_MB = 80.0              # the stage's peak at BIG_ROWS may exceed its peak at SMALL_ROWS by this
+# validate runs Great Expectations on each batch: its per-batch working set and the heap's
+# fragmentation after freeing ~1.7 kB strings made it grow +53 MB in the measurement of 2026-12-02 (the
+# old whole-file code: +646 MB), too close to 80 MB for a test on shared machines.
+VALIDATE_GROWTH_BOUND_MB = 130.0
 
 
 def texts(n: int, seed: int = 0) -> list[str]:
@@ -209,5 +213,5 @@ def test_validate_peak_rss_does_not_grow_with_rows(tmp_path):
     growth = big_mb - small_mb
     print(f"\nvalidate peak RSS: {small_mb:.0f} MB at {SOURCE_BATCH_ROWS} rows, {big_mb:.0f} MB at {BIG_ROWS} rows "
           f"({text_mb:.0f} MB of CSV); read_source grows by {whole_growth:.0f} MB")
-    assert whole_growth > max(2 * GROWTH_BOUND_MB, text_mb)  # a whole read would break the bound
-    assert growth < GROWTH_BOUND_MB, f"validate grew by {growth:.0f} MB from {SOURCE_BATCH_ROWS} to {BIG_ROWS} rows"
+    assert whole_growth > max(2 * VALIDATE_GROWTH_BOUND_MB, text_mb)  # a whole read would break the bound
+    assert growth < VALIDATE_GROWTH_BOUND_MB, f"validate grew by {growth:.0f} MB from {SOURCE_BATCH_ROWS} to {BIG_ROWS} rows"
