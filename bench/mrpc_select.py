@@ -18,6 +18,9 @@ commands dvc.yaml runs) and copies each stage's report to `<work>/selection/<nam
 stages after distill need to run for a prune / quantize variant: soft targets and the distilled
 student are shared by every variant, as with DVC.
 
+`variants` runs the whole grid below after distill (each prune setting once, then each quantize
+method on it), skipping what `<work>/selection/` already holds, so it resumes after an interruption.
+
 `table` prints every variant's held-out accuracy, positive-class F1, params and final ONNX size.
 """
 
@@ -72,6 +75,42 @@ def run(split_dir: Path, work: Path, teacher: str, name: str, sets: list[str], s
             shutil.copy(report, dest / report.name)
 
 
+# Selection-only settings: batch-1 latency timed on fewer held-out pairs (the machine is shared, so these
+# latencies are not the benchmark's anyway; size and parameters decide the size / latency margins).
+MEASURE = ["measure.latency_samples=50", "measure.warmup=5"]
+PRUNE = {  # name -> overrides; "current" = bench/mrpc.params.yaml before the selection
+    "current": [],
+    "off": ["prune.head_fraction=0.0", "prune.ffn_fraction=0.0", "prune.recovery_epochs=0"],
+    "light": ["prune.head_fraction=0.125", "prune.ffn_fraction=0.25"],
+}
+QUANTIZE = {
+    "int8": ["quantize.method=onnx_dynamic_int8", "quantize.per_channel=true"],
+    "int4emb": ["quantize.method=onnx_int4_embeddings", "quantize.per_channel=true"],
+    "select": ["quantize.method=onnx_select"],
+    "static": ["quantize.method=onnx_static_int8"],
+}
+ORDER = [("current", "int8"), ("off", "int8"), ("off", "int4emb"), ("current", "int4emb"), ("light", "int8"),
+         ("light", "int4emb"), ("current", "select"), ("current", "static")]
+
+
+def variants(split_dir: Path, work: Path, teacher: str) -> None:
+    """The grid in ORDER, on the distilled student already in `work` (run the stages up to distill first)."""
+    sel = work / "selection"
+    marker = sel / "pruned-with"  # which PRUNE setting models/pruned/ holds now
+    first = sel / "current"  # the first run's own prune + quantize (the profile's settings) counts as current+int8
+    if (first / "quantize.json").is_file() and not (sel / "current+int8").exists():
+        shutil.copytree(first, sel / "current+int8")
+        shutil.copytree(first, sel / "prune-current")
+        marker.write_text("current")
+    for p, q in ORDER:
+        if (sel / f"{p}+{q}" / "quantize.json").is_file():
+            continue
+        if not marker.is_file() or marker.read_text() != p:
+            run(split_dir, work, teacher, f"prune-{p}", MEASURE + PRUNE[p], ["prune"])
+            marker.write_text(p)
+        run(split_dir, work, teacher, f"{p}+{q}", MEASURE + PRUNE[p] + QUANTIZE[q], ["quantize"])
+
+
 def positive_f1(report: dict) -> float:
     cm = np.asarray(report["confusion_matrix"], dtype=float)  # rows: true label, columns: predicted
     tp, fp, fn = cm[1, 1], cm[0, 1], cm[1, 0]
@@ -81,9 +120,11 @@ def positive_f1(report: dict) -> float:
 def table(work: Path) -> list[dict]:
     rows = []
     for d in sorted((work / "selection").iterdir()):
-        for stage in ("distill", "prune", "quantize"):
+        if not d.is_dir():
+            continue
+        for stage in ("teacher", "distill", "prune", "quantize"):
             f = d / f"{stage}.json"
-            if f.is_file():
+            if f.is_file() and (d.name == "current") == (stage in ("teacher", "distill")):
                 r = json.loads(f.read_text())
                 rows.append({"variant": d.name, "stage": stage, "accuracy": r["accuracy"], "f1_pos": positive_f1(r),
                              "params": r.get("params"), "size_mb": r.get("size_mb"),
@@ -111,6 +152,10 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--name", required=True)
     r.add_argument("--set", dest="sets", action="append", default=[])
     r.add_argument("--stages", nargs="+", required=True)
+    v = sub.add_parser("variants")
+    v.add_argument("--split", type=Path, required=True)
+    v.add_argument("--work", type=Path, required=True)
+    v.add_argument("--teacher", required=True)
     t = sub.add_parser("table")
     t.add_argument("--work", type=Path, required=True)
     a = ap.parse_args(argv)
@@ -118,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(split(a.data, a.out, a.held_out, a.seed), indent=2))
     elif a.cmd == "run":
         run(a.split.resolve(), a.work.resolve(), a.teacher, a.name, a.sets, a.stages)
+    elif a.cmd == "variants":
+        variants(a.split.resolve(), a.work.resolve(), a.teacher)
     else:
         table(a.work)
 
