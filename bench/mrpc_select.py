@@ -38,6 +38,10 @@ import numpy as np
 
 from bench.workdir import build_params, make_work_project
 
+# Selection-only settings: batch-1 latency timed on fewer held-out pairs (the machine is shared, so these
+# latencies are not the benchmark's anyway; size and parameters decide the size / latency margins).
+MEASURE = ["measure.latency_samples=50", "measure.warmup=5"]
+
 
 def split(data: Path, out: Path, held_out: float, seed: int) -> dict:
     header, *lines = (data / "train.tsv").read_bytes().splitlines(keepends=True)
@@ -60,7 +64,7 @@ def split(data: Path, out: Path, held_out: float, seed: int) -> dict:
 
 
 def run(split_dir: Path, work: Path, teacher: str, name: str, sets: list[str], stages: list[str]) -> None:
-    overrides = [f"teacher.model={teacher}", "teacher.finetune=false", *sets]
+    overrides = [f"teacher.model={teacher}", "teacher.finetune=false", *MEASURE, *sets]
     raw, _, _ = build_params(split_dir, False, overrides, benchmark="mrpc")
     make_work_project(work, raw, reuse=True, note="MRPC selection project (fit / held-out split of train)")
     env = {**os.environ, "PREFECT_HOME": str(work / ".prefect")}
@@ -75,9 +79,6 @@ def run(split_dir: Path, work: Path, teacher: str, name: str, sets: list[str], s
             shutil.copy(report, dest / report.name)
 
 
-# Selection-only settings: batch-1 latency timed on fewer held-out pairs (the machine is shared, so these
-# latencies are not the benchmark's anyway; size and parameters decide the size / latency margins).
-MEASURE = ["measure.latency_samples=50", "measure.warmup=5"]
 PRUNE = {  # name -> overrides; "current" = bench/mrpc.params.yaml before the selection
     "current": [],
     "off": ["prune.head_fraction=0.0", "prune.ffn_fraction=0.0", "prune.recovery_epochs=0"],
@@ -106,9 +107,9 @@ def variants(split_dir: Path, work: Path, teacher: str) -> None:
         if (sel / f"{p}+{q}" / "quantize.json").is_file():
             continue
         if not marker.is_file() or marker.read_text() != p:
-            run(split_dir, work, teacher, f"prune-{p}", MEASURE + PRUNE[p], ["prune"])
+            run(split_dir, work, teacher, f"prune-{p}", PRUNE[p], ["prune"])
             marker.write_text(p)
-        run(split_dir, work, teacher, f"{p}+{q}", MEASURE + PRUNE[p] + QUANTIZE[q], ["quantize"])
+        run(split_dir, work, teacher, f"{p}+{q}", PRUNE[p] + QUANTIZE[q], ["quantize"])
 
 
 def positive_f1(report: dict) -> float:
