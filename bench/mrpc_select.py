@@ -90,8 +90,9 @@ QUANTIZE = {
     "select": ["quantize.method=onnx_select"],
     "static": ["quantize.method=onnx_static_int8"],
 }
-ORDER = [("current", "int8"), ("off", "int8"), ("off", "int4emb"), ("current", "int4emb"), ("light", "int8"),
-         ("light", "int4emb"), ("current", "select"), ("current", "static")]
+# Grouped by prune setting, so each prune runs once (the first run's prune is current's).
+ORDER = [("current", "int8"), ("current", "int4emb"), ("current", "select"), ("current", "static"),
+         ("off", "int8"), ("off", "int4emb"), ("light", "int8"), ("light", "int4emb")]
 
 
 def variants(split_dir: Path, work: Path, teacher: str) -> None:
@@ -100,8 +101,9 @@ def variants(split_dir: Path, work: Path, teacher: str) -> None:
     marker = sel / "pruned-with"  # which PRUNE setting models/pruned/ holds now
     first = sel / "current"  # the first run's own prune + quantize (the profile's settings) counts as current+int8
     if (first / "quantize.json").is_file() and not (sel / "current+int8").exists():
-        shutil.copytree(first, sel / "current+int8")
-        shutil.copytree(first, sel / "prune-current")
+        for name, stage in (("current+int8", "quantize"), ("prune-current", "prune")):
+            (sel / name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(first / f"{stage}.json", sel / name / f"{stage}.json")
         marker.write_text("current")
     for p, q in ORDER:
         if (sel / f"{p}+{q}" / "quantize.json").is_file():
@@ -125,7 +127,9 @@ def table(work: Path) -> list[dict]:
             continue
         for stage in ("teacher", "distill", "prune", "quantize"):
             f = d / f"{stage}.json"
-            if f.is_file() and (d.name == "current") == (stage in ("teacher", "distill")):
+            wanted = ("quantize",) if "+" in d.name else ("prune",) if d.name.startswith("prune-") else (
+                "teacher", "distill")
+            if f.is_file() and stage in wanted:
                 r = json.loads(f.read_text())
                 rows.append({"variant": d.name, "stage": stage, "accuracy": r["accuracy"], "f1_pos": positive_f1(r),
                              "params": r.get("params"), "size_mb": r.get("size_mb"),
