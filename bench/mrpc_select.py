@@ -1,0 +1,178 @@
+"""Choose the MRPC profile's prune / quantize settings on a held-out split of MRPC *train* (never dev).
+
+    python -m bench.mrpc_select split   --data ../shared/data/mrpc --out /work/mrpc-select/data
+    python -m bench.mrpc_select run     --split /work/mrpc-select/data --work /work/mrpc-select/work \\
+        --teacher /work/bench-mrpc/models/teacher --name current --stages validate teacher soft_targets distill prune quantize
+    python -m bench.mrpc_select run ... --name light --set prune.head_fraction=0.125 --set prune.ffn_fraction=0.25 \\
+        --stages prune quantize
+    python -m bench.mrpc_select table   --work /work/mrpc-select/work
+
+`split` writes a stratified (by label) seeded split of train.tsv: `train.tsv` (the fit part, ~80%) and
+`dev.tsv` (the held-out part, ~20%), header and lines copied byte for byte (GLUE's byte-order mark,
+bare quotes), so the project's real loader reads them as it reads GLUE's files.
+
+`run` builds a bench-style project (bench/workdir.py: repo params.yaml < bench/mrpc.params.yaml <
+--set) whose train is the fit part and whose eval is the held-out part, on an already fine-tuned
+teacher (teacher.finetune false), then runs the named stages in order (`distillery stage`, the
+commands dvc.yaml runs) and copies each stage's report to `<work>/selection/<name>/`. Only the
+stages after distill need to run for a prune / quantize variant: soft targets and the distilled
+student are shared by every variant, as with DVC.
+
+`variants` runs the whole grid below after distill (each prune setting once, then each quantize
+method on it), skipping what `<work>/selection/` already holds, so it resumes after an interruption.
+
+`table` prints every variant's held-out accuracy, positive-class F1, params and final ONNX size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench.workdir import build_params, make_work_project
+
+# Selection-only settings: batch-1 latency timed on fewer held-out pairs (the machine is shared, so these
+# latencies are not the benchmark's anyway; size and parameters decide the size / latency margins).
+MEASURE = ["measure.latency_samples=50", "measure.warmup=5"]
+
+
+def split(data: Path, out: Path, held_out: float, seed: int) -> dict:
+    header, *lines = (data / "train.tsv").read_bytes().splitlines(keepends=True)
+    label_col = header.decode("utf-8-sig").rstrip("\r\n").split("\t").index("Quality")
+    labels = np.array([ln.decode("utf-8").split("\t")[label_col] for ln in lines])
+    rng = np.random.default_rng(seed)
+    hold = np.zeros(len(lines), dtype=bool)
+    for value in sorted(set(labels)):
+        idx = np.flatnonzero(labels == value)
+        hold[rng.choice(idx, size=round(len(idx) * held_out), replace=False)] = True
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.tsv").write_bytes(header + b"".join(ln for ln, h in zip(lines, hold) if not h))
+    (out / "dev.tsv").write_bytes(header + b"".join(ln for ln, h in zip(lines, hold) if h))
+    info = {"source": str(data / "train.tsv"), "seed": seed, "held_out_share": held_out,
+            "fit_rows": int((~hold).sum()), "held_out_rows": int(hold.sum()),
+            "fit_labels": {v: int(((labels == v) & ~hold).sum()) for v in sorted(set(labels))},
+            "held_out_labels": {v: int(((labels == v) & hold).sum()) for v in sorted(set(labels))}}
+    (out / "split.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def run(split_dir: Path, work: Path, teacher: str, name: str, sets: list[str], stages: list[str]) -> None:
+    overrides = [f"teacher.model={teacher}", "teacher.finetune=false", *MEASURE, *sets]
+    raw, _, _ = build_params(split_dir, False, overrides, benchmark="mrpc")
+    make_work_project(work, raw, reuse=True, note="MRPC selection project (fit / held-out split of train)")
+    env = {**os.environ, "PREFECT_HOME": str(work / ".prefect")}
+    dest = work / "selection" / name
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "overrides.json").write_text(json.dumps(overrides, indent=2))
+    for stage in stages:
+        print(f"== {name}: stage {stage}", flush=True)
+        subprocess.run([sys.executable, "-m", "distillery_cli", "stage", stage], cwd=work, env=env, check=True)
+        report = work / "reports" / f"{stage}.json"
+        if report.is_file():
+            shutil.copy(report, dest / report.name)
+
+
+PRUNE = {  # name -> overrides; "current" = bench/mrpc.params.yaml before the selection
+    "current": [],
+    "off": ["prune.head_fraction=0.0", "prune.ffn_fraction=0.0", "prune.recovery_epochs=0"],
+    "light": ["prune.head_fraction=0.125", "prune.ffn_fraction=0.25"],
+}
+QUANTIZE = {
+    "int8": ["quantize.method=onnx_dynamic_int8", "quantize.per_channel=true"],
+    "int4emb": ["quantize.method=onnx_int4_embeddings", "quantize.per_channel=true"],
+    "select": ["quantize.method=onnx_select"],
+    "static": ["quantize.method=onnx_static_int8"],
+}
+# Grouped by prune setting, so each prune runs once (the first run's prune is current's).
+ORDER = [("current", "int8"), ("current", "int4emb"), ("current", "select"), ("current", "static"),
+         ("off", "int8"), ("off", "int4emb"), ("light", "int8"), ("light", "int4emb")]
+
+
+def variants(split_dir: Path, work: Path, teacher: str) -> None:
+    """The grid in ORDER, on the distilled student already in `work` (run the stages up to distill first)."""
+    sel = work / "selection"
+    marker = sel / "pruned-with"  # which PRUNE setting models/pruned/ holds now
+    first = sel / "current"  # the first run's own prune + quantize (the profile's settings) counts as current+int8
+    if (first / "quantize.json").is_file() and not (sel / "current+int8").exists():
+        for name, stage in (("current+int8", "quantize"), ("prune-current", "prune")):
+            (sel / name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(first / f"{stage}.json", sel / name / f"{stage}.json")
+        marker.write_text("current")
+    for p, q in ORDER:
+        if (sel / f"{p}+{q}" / "quantize.json").is_file():
+            continue
+        if not marker.is_file() or marker.read_text() != p:
+            run(split_dir, work, teacher, f"prune-{p}", PRUNE[p], ["prune"])
+            marker.write_text(p)
+        run(split_dir, work, teacher, f"{p}+{q}", PRUNE[p] + QUANTIZE[q], ["quantize"])
+
+
+def positive_f1(report: dict) -> float:
+    cm = np.asarray(report["confusion_matrix"], dtype=float)  # rows: true label, columns: predicted
+    tp, fp, fn = cm[1, 1], cm[0, 1], cm[1, 0]
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def table(work: Path) -> list[dict]:
+    rows = []
+    for d in sorted((work / "selection").iterdir()):
+        if not d.is_dir():
+            continue
+        for stage in ("teacher", "distill", "prune", "quantize"):
+            f = d / f"{stage}.json"
+            wanted = ("quantize",) if "+" in d.name else ("prune",) if d.name.startswith("prune-") else (
+                "teacher", "distill")
+            if f.is_file() and stage in wanted:
+                r = json.loads(f.read_text())
+                rows.append({"variant": d.name, "stage": stage, "accuracy": r["accuracy"], "f1_pos": positive_f1(r),
+                             "params": r.get("params"), "size_mb": r.get("size_mb"),
+                             "p50_ms": r.get("latency_p50_ms"),
+                             "quantization": (r.get("selection") or {}).get("chosen") if stage == "quantize" else None})
+    print(f"{'variant':28} {'stage':9} {'acc':>7} {'F1+':>7} {'params':>9} {'MB':>6} {'p50':>6}")
+    for r in rows:
+        print(f"{r['variant']:28} {r['stage']:9} {r['accuracy']:7.4f} {r['f1_pos']:7.4f} {r['params'] or 0:9,d} "
+              f"{r['size_mb'] or 0:6.2f} {r['p50_ms'] or 0:6.2f}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("split")
+    s.add_argument("--data", type=Path, default=Path("../shared/data/mrpc"))
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--held-out", type=float, default=0.2)
+    s.add_argument("--seed", type=int, default=42)
+    r = sub.add_parser("run")
+    r.add_argument("--split", type=Path, required=True)
+    r.add_argument("--work", type=Path, required=True)
+    r.add_argument("--teacher", required=True)
+    r.add_argument("--name", required=True)
+    r.add_argument("--set", dest="sets", action="append", default=[])
+    r.add_argument("--stages", nargs="+", required=True)
+    v = sub.add_parser("variants")
+    v.add_argument("--split", type=Path, required=True)
+    v.add_argument("--work", type=Path, required=True)
+    v.add_argument("--teacher", required=True)
+    t = sub.add_parser("table")
+    t.add_argument("--work", type=Path, required=True)
+    a = ap.parse_args(argv)
+    if a.cmd == "split":
+        print(json.dumps(split(a.data, a.out, a.held_out, a.seed), indent=2))
+    elif a.cmd == "run":
+        run(a.split.resolve(), a.work.resolve(), a.teacher, a.name, a.sets, a.stages)
+    elif a.cmd == "variants":
+        variants(a.split.resolve(), a.work.resolve(), a.teacher)
+    else:
+        table(a.work)
+
+
+if __name__ == "__main__":
+    main()
