@@ -85,16 +85,8 @@ def read_source(path: str | Path, text_column: str, label_column: str,
                 text_pair_column: str | None = None) -> SourceTable:
     """`read_table`, plus the md5 of the bytes it parsed (read once: what is hashed is what is parsed)."""
     path = Path(path)
-    roles = [("text", text_column)] + ([("text pair", text_pair_column)] if text_pair_column else []) \
-        + [("label", label_column)]
-    if len({c for _, c in roles}) != len(roles):
-        raise DataError(f"{path}: the text, text pair and label columns must differ, got "
-                        f"{[c for _, c in roles]}")
+    roles = _source_roles(path, text_column, label_column, text_pair_column)
     suffix = path.suffix.lower()
-    if suffix not in _DELIMITERS and suffix not in _PARQUET:
-        raise DataError(f"{path}: unknown file extension {path.suffix!r}; "
-                        "expected .csv, .tsv, .tab, .parquet or .pq")
-    _check_readable(path)
     with _open_bytes(path) as fh:
         raw = fh.read()
     if suffix in _PARQUET:
