@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -163,26 +164,37 @@ def test_a_signal_whose_exception_a_finalizer_swallows_is_still_seen(capfd):
     assert [type(e).__name__ for e in lost] == ["Interrupted"] and steps[-1] == "went on unaware"
 
 
-def test_the_cli_exits_143_when_a_run_completes_with_a_lost_sigterm(monkeypatch, capsys):
-    from distillery_cli import cli
+def test_the_cli_exits_143_when_a_run_completes_with_a_lost_sigterm():
+    # In a process of its own: after a signal the CLI stops its child processes, and pytest's
+    # (a shared Prefect server, say) must not be among them.
+    code = textwrap.dedent("""
+        import signal, sys
+        from distillery_cli import cli
+        from tests.test_interrupts import _SignalsInFinalizer
 
-    def lost_signal_run(args):
-        _SignalsInFinalizer()
-        return 0
+        def lost_signal_run(args):
+            _SignalsInFinalizer()
+            return 0
 
-    real = cli.build_parser
+        real = cli.build_parser
 
-    def parser():
-        p = real()
-        p._subparsers._group_actions[0].choices["run"].set_defaults(func=lost_signal_run)
-        return p
+        def parser():
+            p = real()
+            p._subparsers._group_actions[0].choices["run"].set_defaults(func=lost_signal_run)
+            return p
 
-    monkeypatch.setattr(cli, "build_parser", parser)
-    before = signal.getsignal(signal.SIGTERM)
-    assert cli.main(["run"]) == 143
-    assert signal.getsignal(signal.SIGTERM) is before and signal.set_wakeup_fd(-1) == -1
-    err = capsys.readouterr().err
-    assert "distillery run: interrupted by SIGTERM (exit 143); it came as the run was finishing" in err, err
+        cli.build_parser = parser
+        before = signal.getsignal(signal.SIGTERM)
+        code = cli.main(["run"])
+        assert signal.getsignal(signal.SIGTERM) is before and signal.set_wakeup_fd(-1) == -1
+        sys.exit(code)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 143, out.stdout + out.stderr
+    assert "distillery run: interrupted by SIGTERM (exit 143); it came as the run was finishing" in out.stderr, \
+        out.stderr
+    assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
 
 
 def test_a_stage_stopped_by_a_signal_interrupts_the_run():
