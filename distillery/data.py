@@ -81,6 +81,25 @@ def read_table(path: str | Path, text_column: str, label_column: str,
     return read_source(path, text_column, label_column, text_pair_column).frame
 
 
+def _check_columns(path: Path, df: pd.DataFrame, roles: list[tuple[str, str]], suffix: str) -> None:
+    for role, col in roles:
+        if col not in df.columns:
+            raise DataError(f"{path}: {role} column {col!r} not found; columns found: "
+                            f"{list(map(str, df.columns))}{_delimiter_hint(df, suffix)}")
+
+
+def _text_columns(path: Path, df: pd.DataFrame, roles: list[tuple[str, str]]) -> dict:
+    """The text (and text pair) columns, checked to hold strings; the label role is the last."""
+    out = {}
+    for role, col in roles[:-1]:
+        text = df[col].reset_index(drop=True)
+        kind = pd.api.types.infer_dtype(text, skipna=True)
+        if kind not in ("string", "empty"):
+            raise DataError(f"{path}: {role} column {col!r} holds {kind} values, expected strings")
+        out[TEXT if role == "text" else TEXT_PAIR] = text
+    return out
+
+
 def read_source(path: str | Path, text_column: str, label_column: str,
                 text_pair_column: str | None = None) -> SourceTable:
     """`read_table`, plus the md5 of the bytes it parsed (read once: what is hashed is what is parsed)."""
@@ -93,19 +112,10 @@ def read_source(path: str | Path, text_column: str, label_column: str,
         df = _read_parquet(path, raw, [c for _, c in roles])
     else:
         df = _read_delimited(path, raw, _DELIMITERS[suffix])
-    for role, col in roles:
-        if col not in df.columns:
-            raise DataError(f"{path}: {role} column {col!r} not found; columns found: "
-                            f"{list(map(str, df.columns))}{_delimiter_hint(df, suffix)}")
+    _check_columns(path, df, roles, suffix)
     if len(df) == 0:
         raise DataError(f"{path}: no data rows (header only)")
-    out = {}
-    for role, col in roles[:-1]:
-        text = df[col].reset_index(drop=True)
-        kind = pd.api.types.infer_dtype(text, skipna=True)
-        if kind not in ("string", "empty"):
-            raise DataError(f"{path}: {role} column {col!r} holds {kind} values, expected strings")
-        out[TEXT if role == "text" else TEXT_PAIR] = text
+    out = _text_columns(path, df, roles)
     out[LABEL] = normalise_labels(df[label_column].reset_index(drop=True), f"{path}: label column {label_column!r}")
     return SourceTable(pd.DataFrame(out), hashlib.md5(raw).hexdigest())
 
@@ -201,19 +211,10 @@ def iter_source(path: str | Path, text_column: str, label_column: str, text_pair
         _iter_delimited(path, _DELIMITERS[suffix], batch_rows, md5)
     for df in frames:
         if offset == 0:
-            for role, col in roles:
-                if col not in df.columns:
-                    raise DataError(f"{path}: {role} column {col!r} not found; columns found: "
-                                    f"{list(map(str, df.columns))}{_delimiter_hint(df, suffix)}")
+            _check_columns(path, df, roles, suffix)
         if len(df) == 0:
             continue
-        out = {}
-        for role, col in roles[:-1]:
-            text = df[col].reset_index(drop=True)
-            kind = pd.api.types.infer_dtype(text, skipna=True)
-            if kind not in ("string", "empty"):
-                raise DataError(f"{path}: {role} column {col!r} holds {kind} values, expected strings")
-            out[TEXT if role == "text" else TEXT_PAIR] = text
+        out = _text_columns(path, df, roles)
         out[LABEL] = labels.normalise(df[label_column].reset_index(drop=True), offset)
         frame = pd.DataFrame(out)
         frame.index = pd.RangeIndex(offset, offset + len(frame))
