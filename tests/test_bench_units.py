@@ -138,3 +138,25 @@ def test_paired_intervals_to_a_and_b_and_their_table_cells():
     ra = all_ratios({k: v for k, v in rows.items() if k != "old"})["E"]["vs_A"]
     assert _delta(ra, None) == "-4.0"
     assert _delta(ra, paired["E"]["vs_A"]).startswith("-4.0 [")
+
+
+def test_selection_split_is_stratified_byte_exact_and_never_reads_dev(tmp_path):
+    """bench/select.py split: held-out and fit parts of train.tsv only, lines copied byte for byte, by label."""
+    from bench.select import split
+
+    data = tmp_path / "data"
+    data.mkdir()
+    header = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n".encode("utf-8")
+    lines = [f"{i % 3 == 0:d}\t{i}\t{i + 1}\tsaid \"a{i}\t b{i}\r\n".encode("utf-8") for i in range(300)]
+    (data / "train.tsv").write_bytes(header + b"".join(lines))
+    (data / "dev.tsv").write_bytes(b"not read\n")
+    info = split(data, tmp_path / "out", 0.2, 7, "mrpc")
+    fit = (tmp_path / "out" / "train.tsv").read_bytes().splitlines(keepends=True)
+    held = (tmp_path / "out" / "dev.tsv").read_bytes().splitlines(keepends=True)
+    assert fit[0] == held[0] == header
+    assert sorted(fit[1:] + held[1:]) == sorted(lines)            # a partition, byte for byte
+    assert info["held_out_labels"] == {"0": 40, "1": 20}          # 20% of each class (200 / 100)
+    info = split(data, tmp_path / "small", 0.2, 7, "mrpc", fit_rows=50)
+    small = (tmp_path / "small" / "train.tsv").read_bytes().splitlines(keepends=True)[1:]
+    assert len(small) == info["fit_rows"] == 50 and set(small) <= set(fit[1:])  # same seed: same held-out part
+    assert (tmp_path / "small" / "dev.tsv").read_bytes().splitlines(keepends=True)[1:] == held[1:]

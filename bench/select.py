@@ -1,25 +1,27 @@
-"""Choose the MRPC profile's prune / quantize settings on a held-out split of MRPC *train* (never dev).
+"""Choose a benchmark profile's knobs on a held-out split of its *train* file (never dev).
 
-    python -m bench.mrpc_select split   --data ../shared/data/mrpc --out /work/mrpc-select/data
-    python -m bench.mrpc_select run     --split /work/mrpc-select/data --work /work/mrpc-select/work \\
+    python -m bench.select split --benchmark mrpc --data ../shared/data/mrpc --out /work/mrpc-select/data
+    python -m bench.select run   --benchmark mrpc --split /work/mrpc-select/data --work /work/mrpc-select/work \\
         --teacher /work/bench-mrpc/models/teacher --name current --stages validate teacher soft_targets distill prune quantize
-    python -m bench.mrpc_select run ... --name light --set prune.head_fraction=0.125 --set prune.ffn_fraction=0.25 \\
+    python -m bench.select run ... --name light --set prune.head_fraction=0.125 --set prune.ffn_fraction=0.25 \\
         --stages prune quantize
-    python -m bench.mrpc_select table   --work /work/mrpc-select/work
+    python -m bench.select table --work /work/mrpc-select/work
 
 `split` writes a stratified (by label) seeded split of train.tsv: `train.tsv` (the fit part, ~80%) and
 `dev.tsv` (the held-out part, ~20%), header and lines copied byte for byte (GLUE's byte-order mark,
-bare quotes), so the project's real loader reads them as it reads GLUE's files.
+bare quotes), so the project's real loader reads them as it reads GLUE's files. `--fit-rows N` keeps a
+seeded sample of N fit lines (a cheaper screening split; say so where its figures are quoted).
 
-`run` builds a bench-style project (bench/workdir.py: repo params.yaml < bench/mrpc.params.yaml <
---set) whose train is the fit part and whose eval is the held-out part, on an already fine-tuned
-teacher (teacher.finetune false), then runs the named stages in order (`distillery stage`, the
-commands dvc.yaml runs) and copies each stage's report to `<work>/selection/<name>/`. Only the
-stages after distill need to run for a prune / quantize variant: soft targets and the distilled
-student are shared by every variant, as with DVC.
+`run` builds a bench-style project (bench/workdir.py: repo params.yaml < bench/<benchmark>.params.yaml
+[< its tiny profile with --tiny] < --set) whose train is the fit part and whose eval is the held-out
+part, on an already fine-tuned teacher (teacher.finetune false), then runs the named stages in order
+(`distillery stage`, the commands dvc.yaml runs) and copies each stage's report to
+`<work>/selection/<name>/`. Only the stages after distill need to run for a prune / quantize variant:
+soft targets and the distilled student are shared by every variant, as with DVC.
 
-`variants` runs the whole grid below after distill (each prune setting once, then each quantize
-method on it), skipping what `<work>/selection/` already holds, so it resumes after an interruption.
+`variants` runs the prune x quantize grid below after distill (each prune setting once, then each
+quantize method on it), skipping what `<work>/selection/` already holds, so it resumes after an
+interruption.
 
 `table` prints every variant's held-out accuracy, positive-class F1, params and final ONNX size.
 """
@@ -36,41 +38,52 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.workdir import build_params, make_work_project
+from bench.workdir import BENCHMARKS, build_params, make_work_project
+from distillery.config import read_raw
 
 # Selection-only settings: batch-1 latency timed on fewer held-out pairs (the machine is shared, so these
 # latencies are not the benchmark's anyway; size and parameters decide the size / latency margins).
 MEASURE = ["measure.latency_samples=50", "measure.warmup=5"]
 
 
-def split(data: Path, out: Path, held_out: float, seed: int) -> dict:
+def split(data: Path, out: Path, held_out: float, seed: int, benchmark: str = "mrpc",
+          fit_rows: int | None = None) -> dict:
+    label_name = read_raw(BENCHMARKS[benchmark]["profile"])["data"]["label_column"]
     header, *lines = (data / "train.tsv").read_bytes().splitlines(keepends=True)
-    label_col = header.decode("utf-8-sig").rstrip("\r\n").split("\t").index("Quality")
-    labels = np.array([ln.decode("utf-8").split("\t")[label_col] for ln in lines])
+    label_col = header.decode("utf-8-sig").rstrip("\r\n").split("\t").index(label_name)
+    labels = np.array([ln.decode("utf-8").rstrip("\r\n").split("\t")[label_col] for ln in lines])
     rng = np.random.default_rng(seed)
     hold = np.zeros(len(lines), dtype=bool)
     for value in sorted(set(labels)):
         idx = np.flatnonzero(labels == value)
         hold[rng.choice(idx, size=round(len(idx) * held_out), replace=False)] = True
+    fit = ~hold
+    if fit_rows is not None and fit_rows < fit.sum():
+        keep = np.zeros(len(lines), dtype=bool)
+        keep[np.sort(rng.choice(np.flatnonzero(fit), size=fit_rows, replace=False))] = True
+        fit = keep
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train.tsv").write_bytes(header + b"".join(ln for ln, h in zip(lines, hold) if not h))
+    (out / "train.tsv").write_bytes(header + b"".join(ln for ln, f in zip(lines, fit) if f))
     (out / "dev.tsv").write_bytes(header + b"".join(ln for ln, h in zip(lines, hold) if h))
-    info = {"source": str(data / "train.tsv"), "seed": seed, "held_out_share": held_out,
-            "fit_rows": int((~hold).sum()), "held_out_rows": int(hold.sum()),
-            "fit_labels": {v: int(((labels == v) & ~hold).sum()) for v in sorted(set(labels))},
+    info = {"source": str(data / "train.tsv"), "benchmark": benchmark, "seed": seed, "held_out_share": held_out,
+            "fit_rows_asked": fit_rows, "fit_rows": int(fit.sum()), "held_out_rows": int(hold.sum()),
+            "fit_labels": {v: int(((labels == v) & fit).sum()) for v in sorted(set(labels))},
             "held_out_labels": {v: int(((labels == v) & hold).sum()) for v in sorted(set(labels))}}
     (out / "split.json").write_text(json.dumps(info, indent=2))
     return info
 
 
-def run(split_dir: Path, work: Path, teacher: str, name: str, sets: list[str], stages: list[str]) -> None:
+def run(split_dir: Path, work: Path, teacher: str, name: str, sets: list[str], stages: list[str],
+        benchmark: str = "mrpc", tiny: bool = False) -> None:
     overrides = [f"teacher.model={teacher}", "teacher.finetune=false", *MEASURE, *sets]
-    raw, _, _ = build_params(split_dir, False, overrides, benchmark="mrpc")
-    make_work_project(work, raw, reuse=True, note="MRPC selection project (fit / held-out split of train)")
+    raw, _, _ = build_params(split_dir, False, overrides, benchmark=benchmark, tiny=tiny)
+    title = BENCHMARKS[benchmark]["title"]
+    make_work_project(work, raw, reuse=True, note=f"{title} selection project (fit / held-out split of train)")
     env = {**os.environ, "PREFECT_HOME": str(work / ".prefect")}
     dest = work / "selection" / name
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "overrides.json").write_text(json.dumps(overrides, indent=2))
+    (dest / "overrides.json").write_text(json.dumps({"benchmark": benchmark, "tiny": tiny, "overrides": overrides},
+                                                    indent=2))
     for stage in stages:
         print(f"== {name}: stage {stage}", flush=True)
         subprocess.run([sys.executable, "-m", "distillery_cli", "stage", stage], cwd=work, env=env, check=True)
@@ -95,7 +108,7 @@ ORDER = [("current", "int8"), ("current", "int4emb"), ("current", "select"), ("c
          ("off", "int8"), ("off", "int4emb"), ("light", "int8"), ("light", "int4emb")]
 
 
-def variants(split_dir: Path, work: Path, teacher: str) -> None:
+def variants(split_dir: Path, work: Path, teacher: str, benchmark: str = "mrpc") -> None:
     """The grid in ORDER, on the distilled student already in `work` (run the stages up to distill first)."""
     sel = work / "selection"
     marker = sel / "pruned-with"  # which PRUNE setting models/pruned/ holds now
@@ -109,9 +122,9 @@ def variants(split_dir: Path, work: Path, teacher: str) -> None:
         if (sel / f"{p}+{q}" / "quantize.json").is_file():
             continue
         if not marker.is_file() or marker.read_text() != p:
-            run(split_dir, work, teacher, f"prune-{p}", PRUNE[p], ["prune"])
+            run(split_dir, work, teacher, f"prune-{p}", PRUNE[p], ["prune"], benchmark)
             marker.write_text(p)
-        run(split_dir, work, teacher, f"{p}+{q}", PRUNE[p] + QUANTIZE[q], ["quantize"])
+        run(split_dir, work, teacher, f"{p}+{q}", PRUNE[p] + QUANTIZE[q], ["quantize"], benchmark)
 
 
 def positive_f1(report: dict) -> float:
@@ -128,7 +141,7 @@ def table(work: Path) -> list[dict]:
         for stage in ("teacher", "distill", "prune", "quantize"):
             f = d / f"{stage}.json"
             wanted = ("quantize",) if "+" in d.name else ("prune",) if d.name.startswith("prune-") else (
-                "teacher", "distill")
+                "teacher", "distill", "prune", "quantize")  # a variant run through every stage
             if f.is_file() and stage in wanted:
                 r = json.loads(f.read_text())
                 rows.append({"variant": d.name, "stage": stage, "accuracy": r["accuracy"], "f1_pos": positive_f1(r),
@@ -146,9 +159,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("split")
-    s.add_argument("--data", type=Path, default=Path("../shared/data/mrpc"))
+    s.add_argument("--data", type=Path, required=True, help="the benchmark's data folder (train.tsv is split)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--held-out", type=float, default=0.2)
+    s.add_argument("--fit-rows", type=int, default=None, help="a seeded sample of N fit lines (default: all)")
     s.add_argument("--seed", type=int, default=42)
     r = sub.add_parser("run")
     r.add_argument("--split", type=Path, required=True)
@@ -157,19 +171,22 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--name", required=True)
     r.add_argument("--set", dest="sets", action="append", default=[])
     r.add_argument("--stages", nargs="+", required=True)
+    r.add_argument("--tiny", action="store_true", help="merge the benchmark's tiny profile too")
     v = sub.add_parser("variants")
     v.add_argument("--split", type=Path, required=True)
     v.add_argument("--work", type=Path, required=True)
     v.add_argument("--teacher", required=True)
     t = sub.add_parser("table")
     t.add_argument("--work", type=Path, required=True)
+    for p in (s, r, v):
+        p.add_argument("--benchmark", choices=sorted(BENCHMARKS), default="mrpc")
     a = ap.parse_args(argv)
     if a.cmd == "split":
-        print(json.dumps(split(a.data, a.out, a.held_out, a.seed), indent=2))
+        print(json.dumps(split(a.data, a.out, a.held_out, a.seed, a.benchmark, a.fit_rows), indent=2))
     elif a.cmd == "run":
-        run(a.split.resolve(), a.work.resolve(), a.teacher, a.name, a.sets, a.stages)
+        run(a.split.resolve(), a.work.resolve(), a.teacher, a.name, a.sets, a.stages, a.benchmark, a.tiny)
     elif a.cmd == "variants":
-        variants(a.split.resolve(), a.work.resolve(), a.teacher)
+        variants(a.split.resolve(), a.work.resolve(), a.teacher, a.benchmark)
     else:
         table(a.work)
 
