@@ -51,6 +51,8 @@ MANIFEST_FILE = "manifest.json"
 # streams a split holds one group (a few MB of text), not the file.
 SPLIT_ROW_GROUP = 8192
 LABELS_FILE = "labels.json"
+# Rows `SplitInputs.take` decodes into Python strings at once (the rest of a row group stays Arrow).
+TAKE_ROWS = 1024
 
 
 class DataError(DistilleryError, ValueError):
@@ -721,34 +723,44 @@ def iter_split(path: str | Path, batch_rows: int, limit: int | None = None) -> I
 
 class SplitInputs:
     """A split file's model inputs (texts, or (text, text_pair) tuples), read from disk on demand:
-    `batches()` streams them a row group at a time (`iter_split`), `take(rows)` reads only the row
-    groups that hold the given rows. For stages that must not hold the split (distill, prune):
-    what the student builder and the tokenizer need, in bounded memory."""
+    `batches()` streams them a row group at a time (`iter_split`), `take(rows)` decodes only the
+    given rows. For stages that must not hold the split (teacher, distill, prune, quantize): what
+    the student builder and the tokenizer need, in bounded memory. `limit`: only the first `limit`
+    rows are the split's rows (all when None), and nothing past them is read."""
 
-    def __init__(self, path: str | Path, batch_rows: int = SPLIT_ROW_GROUP):
+    def __init__(self, path: str | Path, batch_rows: int = SPLIT_ROW_GROUP, limit: int | None = None):
         import pyarrow.parquet as pq
 
-        self.path, self.batch_rows = Path(path), batch_rows
+        self.path, self.batch_rows, self.limit = Path(path), batch_rows, limit
         _check_readable(self.path)
-        meta = pq.ParquetFile(self.path).metadata
-        self._n = meta.num_rows
+        pf = pq.ParquetFile(self.path)
+        _check_split_schema(self.path, pf.schema_arrow)
+        meta = pf.metadata
+        self._n = meta.num_rows if limit is None else min(limit, meta.num_rows)
         self._starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        self.pairs = TEXT_PAIR in pf.schema_arrow.names  # the split holds second texts (a sentence-pair task)
 
     def __len__(self) -> int:
         return self._n
 
     def batches(self) -> Iterator[list]:
-        for batch in iter_split(self.path, self.batch_rows):
+        for batch in iter_split(self.path, self.batch_rows, self.limit):
             yield batch.inputs
 
     def labels(self) -> np.ndarray:
-        """The class indices of every row (8 bytes a row; no text is read)."""
+        """The class indices of the rows (8 bytes a row; no text is read)."""
         import pyarrow.parquet as pq
 
-        return pq.read_table(self.path, columns=[LABEL], use_threads=False).column(LABEL).to_numpy()
+        pf = pq.ParquetFile(self.path)
+        groups = int(np.searchsorted(self._starts, self._n, side="left"))  # the groups that hold the rows
+        parts = [pf.read_row_group(g, columns=[LABEL], use_threads=False).column(LABEL).to_numpy()
+                 for g in range(groups)]
+        return np.concatenate(parts)[: self._n] if parts else np.zeros(0, np.int64)
 
     def take(self, rows) -> list:
-        """The inputs of rows at these positions, in the order given."""
+        """The inputs of rows at these positions, in the order given. Only those rows' texts are
+        decoded into Python strings (a row group is read as Arrow buffers, one at a time)."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         rows = np.asarray(rows, dtype=np.int64)
@@ -756,13 +768,18 @@ class SplitInputs:
             raise IndexError(f"{self.path}: rows out of range 0..{self._n - 1}")
         groups = np.searchsorted(self._starts, rows, side="right") - 1
         pf, out = pq.ParquetFile(self.path), [None] * len(rows)
+        columns = [TEXT, TEXT_PAIR] if self.pairs else [TEXT]
         for g in np.unique(groups):
-            table = pf.read_row_group(int(g), use_threads=False)
-            inputs = TextDataset(table.column(TEXT).to_pylist(), table.column(LABEL).to_numpy(),
-                                 table.column(TEXT_PAIR).to_pylist() if TEXT_PAIR in table.column_names
-                                 else None).inputs
-            for j in np.flatnonzero(groups == g):
-                out[j] = inputs[rows[j] - self._starts[g]]
+            where = np.flatnonzero(groups == g)
+            table = pf.read_row_group(int(g), columns=columns, use_threads=False)
+            for start in range(0, len(where), TAKE_ROWS):  # TAKE_ROWS rows' strings at a time
+                part = where[start:start + TAKE_ROWS]
+                picked = table.take(pa.array(rows[part] - self._starts[g]))
+                texts = picked.column(TEXT).to_pylist()
+                inputs = texts if not self.pairs else list(zip(texts, picked.column(TEXT_PAIR).to_pylist()))
+                for j, x in zip(part, inputs):
+                    out[j] = x
+            del table
         return out
 
 

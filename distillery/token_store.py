@@ -16,8 +16,11 @@ compression matter. `TokenStore` has the interface of `training.Encoded` (`input
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -100,4 +103,18 @@ def write_token_store(folder: str | Path, tokenizer, batches: Iterable[list], ma
     return TokenStore(folder, pad_id)
 
 
-__all__ = ["TokenStore", "write_token_store"]
+@contextlib.contextmanager
+def temp_token_store(beside: str | Path, tokenizer, batches: Iterable[list], max_length: int,
+                     truncation: str = "head") -> Iterator[TokenStore]:
+    """`write_token_store` into a temp folder beside `beside` (a stage's output: the folder is
+    `.NAME.tokens-*`, which `fileio.remove_leftovers` finds after a kill), removed when the block ends."""
+    beside = Path(beside)
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{beside.name}.tokens-", dir=beside.parent))
+    try:
+        yield write_token_store(folder, tokenizer, batches, max_length, truncation)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+__all__ = ["TokenStore", "temp_token_store", "write_token_store"]

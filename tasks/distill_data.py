@@ -30,17 +30,9 @@ def open_distill_set(ctx: StageContext):
 @contextlib.contextmanager
 def tokenized(ctx: StageContext, tokenizer, rows, out_dir: Path):
     """`rows` (a `data.SplitInputs`) tokenized into a `token_store.TokenStore` in a temp folder
-    beside `out_dir` (the stage's output: `.NAME.tokens-*`, which `remove_leftovers` finds after a
-    kill), removed when the block ends."""
-    import shutil
-    import tempfile
+    beside `out_dir` (`token_store.temp_token_store`), removed when the block ends."""
+    from distillery.token_store import temp_token_store
 
-    from distillery.token_store import write_token_store
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tokens-", dir=out_dir.parent))
-    try:
-        p = ctx.params
-        yield write_token_store(folder, tokenizer, rows.batches(), p.data.max_length, p.data.truncation)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    p = ctx.params
+    with temp_token_store(out_dir, tokenizer, rows.batches(), p.data.max_length, p.data.truncation) as store:
+        yield store

@@ -20,28 +20,37 @@ def ort_fusable(model) -> bool:
     return adapter.ort_fusion if adapter is not None else True
 
 
+def training_rows(ctx: StageContext):
+    """(calibration inputs, (selection inputs, their labels), whether inputs are pairs, the eval
+    split, label names). Calibration and selection rows come from the training split only (the eval
+    split is the gate's), and only those rows are read from it: never the whole split."""
+    from distillery.data import SplitInputs, load_split
+    from distillery.quant_select import split_training_rows
+    from tasks.models import checked_validated
+
+    p, q = ctx.params, ctx.params.quantize
+    d, labels = checked_validated(ctx)
+    train = SplitInputs(d / "train.parquet")
+    calib_idx, sel_idx = split_training_rows(len(train), q.calibration_rows, q.selection_rows, p.base.seed)
+    selection = (train.take(sel_idx), train.labels()[sel_idx])  # inputs: texts, or (text, text_pair) tuples
+    return train.take(calib_idx), selection, train.pairs, load_split(d / "eval.parquet"), labels
+
+
 def run(ctx: StageContext) -> dict:
     from distillery.fileio import temp_dir_for
     from distillery.measure import measure_predictor
     from distillery.modeling import LABELS_FILE, META_FILE, count_parameters, load_model_dir, replace_dir
     from distillery.onnx_model import OnnxClassifier
-    from distillery.quant_select import BuildInputs, build_and_select, split_training_rows
+    from distillery.quant_select import BuildInputs, build_and_select
     from distillery.quantization import export_onnx, optimize_fp32_graph
     from distillery.training import encode_texts
-    from tasks.models import load_splits
 
     p, q = ctx.params, ctx.params.quantize
-    train_set, eval_set, labels = load_splits(ctx)
+    calib_texts, selection, pairs, eval_set, labels = training_rows(ctx)
     src = ctx.path(p.paths.pruned_dir)
     model, tokenizer, _, meta = load_model_dir(src)
     out = ctx.path(p.paths.quantized_dir)
     tmp = temp_dir_for(out)  # the candidates' scratch space; the chosen one is swapped in as `out`
-    # Calibration and selection rows come from the training split only: the eval split is the gate's.
-    calib_idx, sel_idx = split_training_rows(len(train_set.texts), q.calibration_rows, q.selection_rows, p.base.seed)
-    inputs_all = train_set.inputs  # texts, or (text, text_pair) tuples
-    calib_texts = [inputs_all[i] for i in calib_idx]
-    selection = ([inputs_all[i] for i in sel_idx], train_set.labels[sel_idx])
-    pairs = train_set.pairs is not None
 
     def package(d: Path) -> None:
         tokenizer.save_pretrained(d)

@@ -97,6 +97,103 @@ def test_the_student_built_from_a_split_on_disk_is_the_one_built_from_its_texts(
     assert load_split(tmp_path / "train.parquet").texts == data.texts
 
 
+def _teacher_project(tmp_path, pairs: bool, max_train_rows: int | None):
+    """A project folder as the teacher stage reads it: params, a tiny random-init teacher with no
+    head (so it is fine-tuned) and a validated split of 150 rows written by the validate stage's writer."""
+    import yaml
+
+    from distillery.data import LabelMap, write_validated
+    from distillery.lineage import content_md5
+    from tests.helpers import make_tiny_teacher, tiny_params
+
+    root = tmp_path / "project"
+    params = tiny_params(teacher={"max_train_rows": max_train_rows, "batch_size": 16})
+    params["data"].update(max_length=24, truncation="head_tail", text_pair_column="second" if pairs else None)
+    root.mkdir()
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    make_tiny_teacher(root / "teacher_src", WORDS, hidden=16, layers=1, heads=2, intermediate=32)
+    sources = {}
+    for split in ("train", "eval"):
+        path = root / params["data"][f"{split}_path"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"text,label\nstand-in for the {split} source,neg\n")
+        sources[split] = {"path": params["data"][f"{split}_path"], "md5": content_md5(path)}
+    n = 150
+    train = TextDataset(_texts(n, 2), np.arange(n) % 2, _texts(n, 3) if pairs else None)
+    write_validated(root / params["paths"]["validated_dir"], {"train": train, "eval": train.subset(slice(0, 8))},
+                    LabelMap(["neg", "pos"]), sources)
+    return root
+
+
+def _teacher_trained_in_memory(root):
+    """What the teacher stage trained when it loaded the split whole: every training row tokenized
+    in memory, the first `teacher.max_train_rows` of them trained on."""
+    from distillery.losses import hinton_kd
+    from distillery.modeling import load_teacher
+    from tasks.common import stage_context
+
+    ctx = stage_context(root)  # seeds as a stage run does
+    p, t = ctx.params, ctx.params.teacher
+    train_set = load_split(root / p.paths.validated_dir / "train.parquet")
+    model, tokenizer, _ = load_teacher(t.model, ["neg", "pos"], root)
+    enc = encode_texts(tokenizer, train_set.inputs, p.data.max_length, p.data.truncation)
+    rows = np.arange(len(train_set))[: t.max_train_rows]
+    sub = Encoded([enc.input_ids[i] for i in rows], enc.pad_id,
+                  None if enc.token_type_ids is None else [enc.token_type_ids[i] for i in rows])
+    spec = TrainSpec.from_section(t, p.base, lambda s, _t, y: hinton_kd(s, None, y, 1.0, 1.0), "teacher")
+    train(model, sub, train_set.labels[rows], spec)
+    return model.state_dict()
+
+
+@pytest.mark.parametrize("pairs,max_train_rows", [(False, None), (True, 37)])
+def test_teacher_trained_from_the_store_has_the_weights_of_training_in_memory(tmp_path, monkeypatch, pairs,
+                                                                              max_train_rows):
+    """The teacher stage reads its training rows a row group at a time into a token store: the
+    same rows, order, batches and seed as loading the split whole, so bit-identical weights. A
+    teacher with a head (not fine-tuned) reads no training row at all."""
+    import json
+
+    import yaml
+    from safetensors.torch import load_file
+
+    import distillery.data as data
+    from tests.helpers import run_stage
+
+    root = _teacher_project(tmp_path, pairs, max_train_rows)
+    expected = _teacher_trained_in_memory(root)
+    report = run_stage(root, "teacher")
+    rows = max_train_rows or 150
+    assert report["finetuned"] and report["train"]["steps"] == 2 * -(-rows // 16)
+    saved = load_file(root / "models/teacher/model.safetensors")
+    assert saved.keys() == expected.keys() and all(torch.equal(saved[k], expected[k]) for k in saved)
+    assert not list((root / "models").glob(".*tokens-*"))  # the store is removed after training
+
+    # Now a teacher with a head for the labels: finetune auto measures it and reads no training row.
+    (root / "with_head").symlink_to(root / "models/teacher")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["teacher"]["model"] = "with_head"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    read, load = [], data.load_split
+    monkeypatch.setattr(data, "load_split", lambda path: read.append(path.name) or load(path))
+    monkeypatch.setattr(data, "iter_split", lambda path, *a, **k: read.append(path.name) or iter(()))
+    monkeypatch.setattr(data, "SplitInputs", lambda path, *a, **k: read.append(path.name))
+    report = run_stage(root, "teacher")
+    assert not report["finetuned"] and read == ["eval.parquet"]
+    assert json.loads((root / "reports/teacher.json").read_text())["finetuned"] is False
+
+
+def test_split_inputs_limit_reads_only_the_first_rows(tmp_path):
+    data = _split(tmp_path, 300, True)
+    rows = SplitInputs(tmp_path / "train.parquet", batch_rows=70, limit=101)
+    assert len(rows) == 101 and rows.pairs
+    assert [x for b in rows.batches() for x in b] == data.inputs[:101]
+    assert np.array_equal(rows.labels(), data.labels[:101])
+    assert rows.take([100, 3]) == [data.inputs[100], data.inputs[3]]
+    with pytest.raises(IndexError):
+        rows.take([101])
+    assert SplitInputs(tmp_path / "train.parquet", limit=1000).labels().shape == (300,)
+
+
 class _Bag(torch.nn.Module):
     def __init__(self, vocab: int):
         super().__init__()
