@@ -51,8 +51,10 @@ MANIFEST_FILE = "manifest.json"
 # streams a split holds one group (a few MB of text), not the file.
 SPLIT_ROW_GROUP = 8192
 LABELS_FILE = "labels.json"
-# Rows `SplitInputs.take` decodes into Python strings at once (the rest of a row group stays Arrow).
-TAKE_ROWS = 1024
+# Rows read at once where a stage needs a few rows of a split (`iter_split` with a limit,
+# `SplitInputs.take`): a row group of SST-2-length texts is small, of 1.7 kB texts 14 MB (50 MB to read).
+DECODE_ROWS = 1024
+_STREAM_BUFFER = 1 << 20
 
 
 class DataError(DistilleryError, ValueError):
@@ -696,7 +698,9 @@ def iter_split(path: str | Path, batch_rows: int, limit: int | None = None) -> I
 
     Row groups are read one by one without Arrow's thread pool: `iter_batches` and threaded reads
     left freed memory with the allocators of several threads (RSS grew with the file, measured:
-    +160 MB over 100 MB of text), one thread reuses its own (+50 MB, flat after a few groups)."""
+    +160 MB over 100 MB of text), one thread reuses its own (+50 MB, flat after a few groups).
+    With a `limit`, the rows are streamed DECODE_ROWS at a time (`_stream_rows`), never a whole row
+    group: the first 512 rows of a split of 8,192-row groups cost a few MB, not one group's 50."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -706,19 +710,35 @@ def iter_split(path: str | Path, batch_rows: int, limit: int | None = None) -> I
         pf = pq.ParquetFile(path)
         _check_split_schema(path, pf.schema_arrow)
         has_pair = TEXT_PAIR in pf.schema_arrow.names
+        if limit is None:
+            batches = (b for g in range(pf.metadata.num_row_groups)
+                       for b in pf.read_row_group(g, use_threads=False).to_batches(max(1, batch_rows)))
+        else:
+            batches = _stream_rows(path, range(pf.metadata.num_row_groups), min(max(1, batch_rows), DECODE_ROWS))
         seen = 0
-        for group in range(pf.metadata.num_row_groups):
-            for batch in pf.read_row_group(group, use_threads=False).to_batches(max(1, batch_rows)):
-                if limit is not None:
-                    if seen >= limit:
-                        return
-                    batch = batch.slice(0, limit - seen)
-                _check_split_nulls(path, batch, seen)
-                yield TextDataset(batch.column(TEXT).to_pylist(), batch.column(LABEL).to_numpy(),
-                                  batch.column(TEXT_PAIR).to_pylist() if has_pair else None)
-                seen += batch.num_rows
+        for batch in batches:
+            if limit is not None:
+                if seen >= limit:
+                    return
+                batch = batch.slice(0, limit - seen)
+            _check_split_nulls(path, batch, seen)
+            yield TextDataset(batch.column(TEXT).to_pylist(), batch.column(LABEL).to_numpy(),
+                              batch.column(TEXT_PAIR).to_pylist() if has_pair else None)
+            seen += batch.num_rows
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file: {' '.join(str(exc).split())}") from None
+
+
+def _stream_rows(path: Path, row_groups, batch_rows: int, columns: list[str] | None = None) -> Iterator:
+    """Arrow record batches of at most `batch_rows` rows of these row groups, in order, read through a
+    1 MB buffer on one thread: memory holds a page and a batch, not a row group (Arrow's default reads
+    a whole column chunk at once)."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path, buffer_size=_STREAM_BUFFER, pre_buffer=False) as pf:
+        for group in row_groups:  # one at a time: given several, Arrow reads ahead into the next ones
+            yield from pf.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns,
+                                       use_threads=False)
 
 
 class SplitInputs:
@@ -758,28 +778,33 @@ class SplitInputs:
         return np.concatenate(parts)[: self._n] if parts else np.zeros(0, np.int64)
 
     def take(self, rows) -> list:
-        """The inputs of rows at these positions, in the order given. Only those rows' texts are
-        decoded into Python strings (a row group is read as Arrow buffers, one at a time)."""
+        """The inputs of rows at these positions, in the order given. The row groups that hold them
+        are streamed DECODE_ROWS rows at a time, and only the rows asked for become Python strings."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= self._n):
             raise IndexError(f"{self.path}: rows out of range 0..{self._n - 1}")
-        groups = np.searchsorted(self._starts, rows, side="right") - 1
-        pf, out = pq.ParquetFile(self.path), [None] * len(rows)
+        order = np.argsort(rows, kind="stable")  # positions in file order: one pass over the file
+        out, i = [None] * len(rows), 0
         columns = [TEXT, TEXT_PAIR] if self.pairs else [TEXT]
-        for g in np.unique(groups):
-            where = np.flatnonzero(groups == g)
-            table = pf.read_row_group(int(g), columns=columns, use_threads=False)
-            for start in range(0, len(where), TAKE_ROWS):  # TAKE_ROWS rows' strings at a time
-                part = where[start:start + TAKE_ROWS]
-                picked = table.take(pa.array(rows[part] - self._starts[g]))
-                texts = picked.column(TEXT).to_pylist()
-                inputs = texts if not self.pairs else list(zip(texts, picked.column(TEXT_PAIR).to_pylist()))
-                for j, x in zip(part, inputs):
-                    out[j] = x
-            del table
+        groups = np.unique(np.searchsorted(self._starts, rows, side="right") - 1)
+        for g in groups:
+            start = int(self._starts[g])
+            for batch in _stream_rows(self.path, [int(g)], DECODE_ROWS, columns):
+                end = start + batch.num_rows
+                j = i
+                while j < len(order) and rows[order[j]] < end:
+                    j += 1
+                if j > i:
+                    picked = batch.take(pa.array(rows[order[i:j]] - start))
+                    texts = picked.column(TEXT).to_pylist()
+                    inputs = texts if not self.pairs else list(zip(texts, picked.column(TEXT_PAIR).to_pylist()))
+                    for k, x in zip(order[i:j], inputs):
+                        out[k] = x
+                i, start = j, end
+                if i == len(order) or rows[order[i]] >= int(self._starts[g + 1]):
+                    break  # the rest of this group holds no row asked for
         return out
 
 

@@ -182,16 +182,28 @@ def test_teacher_trained_from_the_store_has_the_weights_of_training_in_memory(tm
     assert json.loads((root / "reports/teacher.json").read_text())["finetuned"] is False
 
 
-def test_split_inputs_limit_reads_only_the_first_rows(tmp_path):
+@pytest.mark.parametrize("groups", [False, True])
+def test_split_inputs_limit_reads_only_the_first_rows(tmp_path, monkeypatch, groups):
+    import distillery.data as data_module
+
+    if groups:  # row groups of 50 rows, decoded 7 rows at a time: rows cut across both
+        monkeypatch.setattr(data_module, "SPLIT_ROW_GROUP", 50)
+        monkeypatch.setattr(data_module, "DECODE_ROWS", 7)
     data = _split(tmp_path, 300, True)
     rows = SplitInputs(tmp_path / "train.parquet", batch_rows=70, limit=101)
-    assert len(rows) == 101 and rows.pairs
+    assert len(rows) == 101 and rows.pairs and len(rows._starts) == (7 if groups else 2)
     assert [x for b in rows.batches() for x in b] == data.inputs[:101]
     assert np.array_equal(rows.labels(), data.labels[:101])
     assert rows.take([100, 3]) == [data.inputs[100], data.inputs[3]]
     with pytest.raises(IndexError):
         rows.take([101])
-    assert SplitInputs(tmp_path / "train.parquet", limit=1000).labels().shape == (300,)
+    whole = SplitInputs(tmp_path / "train.parquet", limit=1000)
+    assert len(whole) == 300 and whole.labels().shape == (300,)
+    picked = np.random.default_rng(0).integers(0, 300, size=120)  # repeats, any order
+    assert whole.take(picked) == [data.inputs[i] for i in picked] and whole.take([]) == []
+    (tmp_path / "single").mkdir()
+    _split(tmp_path / "single", 5, False)
+    assert not SplitInputs(tmp_path / "single/train.parquet").pairs
 
 
 class _Bag(torch.nn.Module):
