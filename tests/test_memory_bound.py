@@ -1,6 +1,6 @@
-"""Bounded memory (issue 18): the validate, teacher, soft_targets, distill and quantize stages, run as DVC runs them
-(`distillery stage NAME`, a fresh process), on a generated training split of about 100 MB of
-text, peak at nearly the same RSS as on a split of one chunk; a process that loads the same
+"""Bounded memory (issue 18): the validate, teacher, soft_targets, distill and quantize stages,
+run as DVC runs them (`distillery stage NAME`, a fresh process), on a generated training split of
+about 100 MB of text, peak at nearly the same RSS as on a split of one chunk; a process that loads the same
 split whole (`load_split`, what these stages did before) grows by more than the text itself.
 
 The texts are long (14 words of 120 letters) so that the bytes are many and the rows few, and
