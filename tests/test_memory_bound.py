@@ -137,7 +137,7 @@ def _whole_growth(scored, rel: str) -> float:
 def test_soft_targets_peak_rss_does_not_grow_with_rows(scored):
     import pyarrow.parquet as pq
 
-    (small, small_mb), (big, big_mb) = scored[SMALL_ROWS], scored[BIG_ROWS]
+    (_, small_mb), (big, big_mb) = scored[SMALL_ROWS], scored[BIG_ROWS]
     split = big / "data/validated/train.parquet"
     text_mb = pq.read_table(split, columns=["text"]).nbytes / 1e6  # the texts as Arrow holds them
     assert text_mb > 100
