@@ -786,6 +786,7 @@ class SplitInputs:
         if len(rows) and (rows.min() < 0 or rows.max() >= self._n):
             raise IndexError(f"{self.path}: rows out of range 0..{self._n - 1}")
         order = np.argsort(rows, kind="stable")  # positions in file order: one pass over the file
+        in_order = rows[order]
         out, i = [None] * len(rows), 0
         columns = [TEXT, TEXT_PAIR] if self.pairs else [TEXT]
         groups = np.unique(np.searchsorted(self._starts, rows, side="right") - 1)
@@ -793,17 +794,15 @@ class SplitInputs:
             start = int(self._starts[g])
             for batch in _stream_rows(self.path, [int(g)], DECODE_ROWS, columns):
                 end = start + batch.num_rows
-                j = i
-                while j < len(order) and rows[order[j]] < end:
-                    j += 1
+                j = int(np.searchsorted(in_order, end, side="left"))  # rows asked for before `end`
                 if j > i:
-                    picked = batch.take(pa.array(rows[order[i:j]] - start))
+                    picked = batch.take(pa.array(in_order[i:j] - start))
                     texts = picked.column(TEXT).to_pylist()
                     inputs = texts if not self.pairs else list(zip(texts, picked.column(TEXT_PAIR).to_pylist()))
                     for k, x in zip(order[i:j], inputs):
                         out[k] = x
                 i, start = j, end
-                if i == len(order) or rows[order[i]] >= int(self._starts[g + 1]):
+                if i == len(order) or in_order[i] >= int(self._starts[g + 1]):
                     break  # the rest of this group holds no row asked for
         return out
 

@@ -4,7 +4,6 @@ row groups), the teacher logits memory-mapped, the token ids in a memory-mapped 
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +26,11 @@ def open_distill_set(ctx: StageContext):
     return rows, rows.labels(), logits
 
 
-@contextlib.contextmanager
 def tokenized(ctx: StageContext, tokenizer, rows, out_dir: Path):
     """`rows` (a `data.SplitInputs`) tokenized into a `token_store.TokenStore` in a temp folder
-    beside `out_dir` (`token_store.temp_token_store`), removed when the block ends."""
+    beside `out_dir` (`token_store.temp_token_store`): a context manager; the folder is removed
+    when the block ends."""
     from distillery.token_store import temp_token_store
 
     p = ctx.params
-    with temp_token_store(out_dir, tokenizer, rows.batches(), p.data.max_length, p.data.truncation) as store:
-        yield store
+    return temp_token_store(out_dir, tokenizer, rows.batches(), p.data.max_length, p.data.truncation)

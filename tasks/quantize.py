@@ -24,6 +24,8 @@ def training_rows(ctx: StageContext):
     """(calibration inputs, (selection inputs, their labels), whether inputs are pairs, the eval
     split, label names). Calibration and selection rows come from the training split only (the eval
     split is the gate's), and only those rows are read from it: never the whole split."""
+    import numpy as np
+
     from distillery.data import SplitInputs, load_split
     from distillery.quant_select import split_training_rows
     from tasks.models import checked_validated
@@ -32,8 +34,9 @@ def training_rows(ctx: StageContext):
     d, labels = checked_validated(ctx)
     train = SplitInputs(d / "train.parquet")
     calib_idx, sel_idx = split_training_rows(len(train), q.calibration_rows, q.selection_rows, p.base.seed)
-    selection = (train.take(sel_idx), train.labels()[sel_idx])  # inputs: texts, or (text, text_pair) tuples
-    return train.take(calib_idx), selection, train.pairs, load_split(d / "eval.parquet"), labels
+    taken = train.take(np.concatenate([calib_idx, sel_idx]))  # one pass over the file for both sets
+    calib, selection = taken[: len(calib_idx)], (taken[len(calib_idx):], train.labels()[sel_idx])
+    return calib, selection, train.pairs, load_split(d / "eval.parquet"), labels  # inputs: texts or (text, pair)
 
 
 def run(ctx: StageContext) -> dict:

@@ -2,7 +2,7 @@
 Its soft targets for distillation are the soft_targets stage's job.
 
 Bounded memory: a teacher that is not fine-tuned reads no training row; one that is reads the first
-`teacher.max_train_rows` rows (all when null) a row group at a time into a memory-mapped token
+`teacher.max_train_rows` rows (all when null), streamed, into a memory-mapped token
 store beside its output (distillery/token_store.py), and trains from the store batch by batch."""
 
 from __future__ import annotations
