@@ -331,6 +331,18 @@ class SoftTargetsConfig(_Section):
     chunk_rows: int = Field(2048, ge=1, le=1 << 20)   # rows per chunk: one task and one Parquet file each
     workers: int = Field(0, ge=0, le=1024)  # Dask LocalCluster worker processes; 0 = in this process, no Dask
     address: str | None = Field(None, min_length=1)  # an existing Dask scheduler (then `workers` is unused)
+    # Torch / ONNX Runtime threads of each worker; null = base.threads shared among a LocalCluster's
+    # workers (at least 1 each: two 2-thread workers on 2 cores would fight over them), base.threads
+    # on the workers of a cluster at `address` (their own machines)
+    worker_threads: int | None = Field(None, ge=1, le=1024)
+
+    def threads(self, base_threads: int) -> int:
+        """The threads one chunk's teacher uses, wherever that chunk runs."""
+        if self.worker_threads is not None:
+            return self.worker_threads
+        if self.workers and not self.address:
+            return max(1, base_threads // self.workers)
+        return base_threads
 
 
 class RemoteConfig(_Section):

@@ -31,6 +31,10 @@ def test_growth_exponent_and_memory_ratio():
     assert fits["distill"]["rss_ratio"] == pytest.approx(660 / 510)
     text = markdown(results, fits, {"rows": 40_000, "one_process_s": 10.0, "dask_s": 6.0, "speedup": 10 / 6})
     assert "1.67x" in text and "160,000 rows" in text and not math.isnan(fits["prune"]["k"])
+    text = markdown(results, fits, None, {"command": "python -m bench.scale --rows 10000 40000", "commit": "ab" * 20,
+                                          "other_cpu_share": {"10000": 0.02}})
+    assert "Produced by `python -m bench.scale --rows 10000 40000` at commit `abababababab`" in text
+    assert "10,000 rows 2.0%" in text
 
 
 def test_the_measured_stages_are_the_graphs_but_demo_data():

@@ -118,3 +118,20 @@ def test_chunk_identity_follows_its_content(project):
     assert not set(base) & {s["out"] for s in other_teacher}
     assert [a == b["out"] for a, b in zip(base, other_rows)] == [True, True, False]  # only the last chunk
     assert not set(base) & {s["out"] for s in other_length}
+
+
+def test_local_cluster_workers_share_the_threads_of_base_threads():
+    from distillery.config import SoftTargetsConfig
+    from distillery.config import params_from_dict
+    from tasks.soft_targets import _chunk_spec
+
+    assert SoftTargetsConfig().threads(2) == 2                       # in the stage's process
+    assert SoftTargetsConfig(workers=2).threads(2) == 1              # two workers on two cores: one each
+    assert SoftTargetsConfig(workers=4).threads(2) == 1              # never fewer than one
+    assert SoftTargetsConfig(workers=2).threads(8) == 4
+    assert SoftTargetsConfig(workers=2, address="tcp://127.0.0.1:8786").threads(2) == 2  # their own machines
+    assert SoftTargetsConfig(workers=2, worker_threads=3).threads(2) == 3
+    p = params_from_dict({**tiny_params(), "base": {**tiny_params()["base"], "threads": 2},
+                          "soft_targets": {"workers": 2}}, "test")
+    spec = _chunk_spec(Path("/m"), "0" * 32, ["a"], 0, 0, Path("/d/texts.parquet"), p)
+    assert spec["threads"] == 1
