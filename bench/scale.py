@@ -115,19 +115,31 @@ def measured_stages(work: Path) -> list[str]:
     return [s for s in stage_names(work) if s != "demo_data"]
 
 
-def summarize(results: dict[int, dict[str, dict]]) -> dict[str, dict]:
+def summarize(results: dict[int, dict[str, dict]], actual: dict[int, int] | None = None) -> dict[str, dict]:
+    """k per stage, fitted on the distillation set's real size where known (`actual`: the soft_targets
+    report's rows; augmentation skips copies it cannot perturb, so past SST-2's rows it is below the
+    size asked for), and the RSS ratio largest / smallest."""
     sizes = sorted(results)
+    x = [actual[n] if actual and actual.get(n) else n for n in sizes]
     out = {}
     for stage in results[sizes[0]]:
         secs = [results[n][stage]["seconds"] for n in sizes]
         rss = [results[n][stage]["peak_rss_mb"] for n in sizes]
-        out[stage] = {"k": growth(sizes, secs), "rss_ratio": rss[-1] / rss[0]}
+        out[stage] = {"k": growth(x, secs), "rss_ratio": rss[-1] / rss[0]}
     return out
+
+
+def distill_rows(work: Path) -> int | None:
+    """The distillation set's rows of a bench project (its soft_targets report), or None."""
+    report = work / "reports" / "soft_targets.json"
+    return json.loads(report.read_text()).get("rows") if report.is_file() else None
 
 
 def markdown(results: dict, fits: dict, speedup: dict | None, meta: dict | None = None) -> str:
     sizes = sorted(results)
-    head = "| stage | " + " | ".join(f"{n:,} rows: s / MB" for n in sizes) + " | k (time ~ rows^k) | RSS ratio |\n"
+    actual = {int(k): v for k, v in ((meta or {}).get("distill_rows") or {}).items()}
+    head = "| stage | " + " | ".join(f"{n:,} rows" + (f" ({actual[n]:,} distilled)" if actual.get(n, n) != n else "")
+                                    + ": s / MB" for n in sizes) + " | k (time ~ rows^k) | RSS ratio |\n"
     head += "|---" * (len(sizes) + 3) + "|\n"
     rows = "".join(f"| {s} | " + " | ".join(f"{results[n][s]['seconds']:.1f} / {results[n][s]['peak_rss_mb']:.0f}"
                                            for n in sizes)
@@ -158,17 +170,18 @@ def markdown(results: dict, fits: dict, speedup: dict | None, meta: dict | None 
     return text
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, actual: dict | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sizes = sorted(results)
+    x = [(actual or {}).get(str(n)) or n for n in sizes]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for stage in results[sizes[0]]:
-        a.plot(sizes, [results[n][stage]["seconds"] for n in sizes], marker="o", label=stage)
-        b.plot(sizes, [results[n][stage]["peak_rss_mb"] for n in sizes], marker="o", label=stage)
+        a.plot(x, [results[n][stage]["seconds"] for n in sizes], marker="o", label=stage)
+        b.plot(x, [results[n][stage]["peak_rss_mb"] for n in sizes], marker="o", label=stage)
     for ax, label in ((a, "wall time (s)"), (b, "peak RSS (MB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -179,19 +192,27 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def rerun_speedup(results_json: Path, work_dir: Path, argv: list[str] | None) -> int:
+def rerun_speedup(results_json: Path, work_dir: Path, argv: list[str] | None, speedup: bool = True) -> int:
+    """Rewrite an earlier run's json / md / png: its speed-up measured again (`speedup`), its fits on
+    the distillation sets' real sizes (read from its projects under `work_dir`)."""
     saved = json.loads(results_json.read_text())
-    rows = max(int(n) for n in saved["results"])
-    with (work_dir / f"rows-{rows}.log").open("a") as log:
-        saved["speedup"] = measure_speedup(work_dir / f"rows-{rows}", log)
-    saved["speedup"]["command"] = "python -m bench.scale " + " ".join(argv if argv is not None else sys.argv[1:])
-    saved["speedup"]["commit"] = git_lineage(REPO)["git_commit"]
-    results_json.write_text(json.dumps(saved, indent=2, default=str) + "\n")
     results = {int(k): v for k, v in saved["results"].items()}
-    text = markdown(results, saved["fits"], saved["speedup"], saved)
-    text += (f"\nThe speed-up was measured again by `{saved['speedup']['command']}` at commit "
-             f"`{saved['speedup']['commit'][:12]}`.\n")
+    if speedup:
+        rows = max(results)
+        with (work_dir / f"rows-{rows}.log").open("a") as log:
+            saved["speedup"] = measure_speedup(work_dir / f"rows-{rows}", log)
+        saved["speedup"]["command"] = "python -m bench.scale " + " ".join(argv if argv is not None else sys.argv[1:])
+        saved["speedup"]["commit"] = git_lineage(REPO)["git_commit"]
+    saved["distill_rows"] = {str(n): distill_rows(work_dir / f"rows-{n}") or (saved.get("distill_rows") or {}).get(str(n))
+                             for n in results}
+    saved["fits"] = summarize(results, {int(k): v for k, v in saved["distill_rows"].items()})
+    results_json.write_text(json.dumps(saved, indent=2, default=str) + "\n")
+    text = markdown(results, saved["fits"], saved.get("speedup"), saved)
+    if (saved.get("speedup") or {}).get("command"):
+        text += (f"\nThe speed-up was measured again by `{saved['speedup']['command']}` at commit "
+                 f"`{saved['speedup']['commit'][:12]}`.\n")
     results_json.with_suffix(".md").write_text(text)
+    plot(results, results_json.with_suffix(".png"), saved["distill_rows"])
     print(text)
     return 0
 
@@ -207,15 +228,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speedup-only", type=Path, metavar="RESULTS_JSON",
                     help="rerun only the speed-up, on the largest size's project of an earlier run (its results "
                          "JSON, whose work dir is --work-dir), and rewrite that run's json / md")
+    ap.add_argument("--refit", type=Path, metavar="RESULTS_JSON",
+                    help="only refit and rewrite an earlier run's json / md / png (its projects under --work-dir)")
     args = ap.parse_args(argv)
-    if args.speedup_only:
-        return rerun_speedup(args.speedup_only, args.work_dir, argv)
+    if args.speedup_only or args.refit:
+        return rerun_speedup(args.speedup_only or args.refit, args.work_dir, argv, speedup=bool(args.speedup_only))
     if len(args.rows) < 2:
         ap.error("--rows: at least two sizes, to fit a growth")
     available = sum(1 for _ in (args.data / "train.tsv").open("rb")) - 1
     results: dict[int, dict] = {}
     speedup = None
     other: dict[int, float | None] = {}
+    actual: dict[int, int | None] = {}
     meta = {"command": "python -m bench.scale " + " ".join(argv if argv is not None else sys.argv[1:]),
             "machine": machine(), "versions": versions(), "git": git_lineage(REPO)}
     meta["commit"] = meta["git"]["git_commit"]
@@ -229,19 +253,21 @@ def main(argv: list[str] | None = None) -> int:
         with (args.work_dir / f"rows-{rows}.log").open("w") as log, OtherCpu() as busy:
             results[rows] = {s: run_stage(work, s, log) for s in measured_stages(work)}
             print(json.dumps({"rows": rows, **results[rows]}), flush=True)
+        actual[rows] = distill_rows(work)
         other[rows] = busy.share
         if i == len(args.rows) - 1 and not args.no_speedup:  # the Dask path, where its start-up is amortised
             with (args.work_dir / f"rows-{rows}.log").open("a") as log:
                 speedup = measure_speedup(work, log)
     meta["other_cpu_share"] = {str(k): v for k, v in other.items()}
-    fits = summarize(results)
+    meta["distill_rows"] = {str(k): v for k, v in actual.items()}
+    fits = summarize(results, actual)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / f"{dt.date.today()}-scale"
     Path(f"{stem}.json").write_text(json.dumps({"results": {str(k): v for k, v in results.items()}, "fits": fits,
                                                 "speedup": speedup, "targets": TARGETS, **meta},
                                                indent=2, default=str) + "\n")
     Path(f"{stem}.md").write_text(markdown(results, fits, speedup, meta))
-    plot(results, Path(f"{stem}.png"))
+    plot(results, Path(f"{stem}.png"), meta["distill_rows"])
     print(Path(f"{stem}.md").read_text())
     return 0
 

@@ -135,3 +135,28 @@ def test_local_cluster_workers_share_the_threads_of_base_threads():
                           "soft_targets": {"workers": 2}}, "test")
     spec = _chunk_spec(Path("/m"), "0" * 32, ["a"], 0, 0, Path("/d/texts.parquet"), p)
     assert spec["threads"] == 1
+
+
+def test_local_cluster_workers_keep_glibcs_default_malloc_trimming():
+    """Dask's nannies export MALLOC_TRIM_THRESHOLD_=65536 to their workers, which made a 1-thread teacher
+    ~50% slower (flows/sweep.py); the pipeline's LocalCluster leaves it out and keeps Dask's other settings."""
+    import os
+
+    from distributed import Client, LocalCluster
+
+    from flows.sweep import local_cluster
+
+    before = os.environ.get("MALLOC_TRIM_THRESHOLD_")
+    kwargs = {"n_workers": 1, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
+              "dashboard_address": None}
+    try:
+        for make, expect in ((local_cluster, before), (LocalCluster, before or "65536")):  # ours, then Dask's default
+            with make(**kwargs) as cluster, Client(cluster) as client:
+                (env,) = client.run(lambda: dict(os.environ)).values()
+            assert env.get("MALLOC_TRIM_THRESHOLD_") == expect, make
+            assert env.get("OMP_NUM_THREADS") == "1"
+    finally:  # a nanny also sets it in the process that starts it
+        if before is None:
+            os.environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        else:
+            os.environ["MALLOC_TRIM_THRESHOLD_"] = before
