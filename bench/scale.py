@@ -38,8 +38,8 @@ import numpy as np
 from bench.compare import OtherCpu
 from bench.run import machine, versions
 from bench.workdir import build_params, make_work_project, prepare_data
-from distillery.lineage import git_lineage
 from distillery.config import PARAMS_FILE
+from distillery.lineage import git_lineage
 from tasks.graph import stage_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,12 +80,12 @@ def measure_speedup(work: Path, log) -> dict:
             shutil.rmtree(work / params["paths"]["logits_dir"], ignore_errors=True)
             with OtherCpu() as busy:
                 run = run_stage(work, "soft_targets", log)
-            report = json.loads((work / params["paths"]["reports_dir"] / "soft_targets.json").read_text())
+            report = soft_targets_report(work)
             out[name] = {**run, "logits_seconds": report["logits_seconds"], "other_cpu_share": busy.share}
             print(json.dumps({"speedup_run": name, **out[name]}), flush=True)
     finally:
         params_file.write_text(original)
-    rows = json.loads((work / params["paths"]["reports_dir"] / "soft_targets.json").read_text()).get("rows")
+    rows = report.get("rows")
     one, two, single = (out[n]["seconds"] for n, _ in SPEEDUP_RUNS)
     return {"rows": rows, "runs": out, "one_process_s": one, "dask_s": two, "speedup": one / two,
             "dask_scaling_1_to_2_workers": single / two}
@@ -129,10 +129,31 @@ def summarize(results: dict[int, dict[str, dict]], actual: dict[int, int] | None
     return out
 
 
+def soft_targets_report(work: Path) -> dict | None:
+    """A bench project's soft_targets report (in its params' reports_dir), or None before the stage ran."""
+    import yaml
+
+    reports = yaml.safe_load((work / PARAMS_FILE).read_text())["paths"]["reports_dir"]
+    path = work / reports / "soft_targets.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def distill_rows(work: Path) -> int | None:
-    """The distillation set's rows of a bench project (its soft_targets report), or None."""
-    report = work / "reports" / "soft_targets.json"
-    return json.loads(report.read_text()).get("rows") if report.is_file() else None
+    """The distillation set's rows of a bench project, or None."""
+    return (soft_targets_report(work) or {}).get("rows")
+
+
+def write_results(path: Path, saved: dict) -> str:
+    """The run's json, md and png (`path` is the json's; the others sit beside it); returns the markdown."""
+    results = {int(k): v for k, v in saved["results"].items()}
+    path.write_text(json.dumps(saved, indent=2, default=str) + "\n")
+    text = markdown(results, saved["fits"], saved.get("speedup"), saved)
+    if (saved.get("speedup") or {}).get("command"):
+        text += (f"\nThe speed-up was measured again by `{saved['speedup']['command']}` at commit "
+                 f"`{saved['speedup']['commit'][:12]}`.\n")
+    path.with_suffix(".md").write_text(text)
+    plot(results, path.with_suffix(".png"), saved.get("distill_rows"))
+    return text
 
 
 def markdown(results: dict, fits: dict, speedup: dict | None, meta: dict | None = None) -> str:
@@ -206,14 +227,7 @@ def rerun_speedup(results_json: Path, work_dir: Path, argv: list[str] | None, sp
     saved["distill_rows"] = {str(n): distill_rows(work_dir / f"rows-{n}") or (saved.get("distill_rows") or {}).get(str(n))
                              for n in results}
     saved["fits"] = summarize(results, {int(k): v for k, v in saved["distill_rows"].items()})
-    results_json.write_text(json.dumps(saved, indent=2, default=str) + "\n")
-    text = markdown(results, saved["fits"], saved.get("speedup"), saved)
-    if (saved.get("speedup") or {}).get("command"):
-        text += (f"\nThe speed-up was measured again by `{saved['speedup']['command']}` at commit "
-                 f"`{saved['speedup']['commit'][:12]}`.\n")
-    results_json.with_suffix(".md").write_text(text)
-    plot(results, results_json.with_suffix(".png"), saved["distill_rows"])
-    print(text)
+    print(write_results(results_json, saved))
     return 0
 
 
@@ -260,15 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                 speedup = measure_speedup(work, log)
     meta["other_cpu_share"] = {str(k): v for k, v in other.items()}
     meta["distill_rows"] = {str(k): v for k, v in actual.items()}
-    fits = summarize(results, actual)
+    saved = {"results": {str(k): v for k, v in results.items()}, "fits": summarize(results, actual),
+             "speedup": speedup, "targets": TARGETS, **meta}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = args.out_dir / f"{dt.date.today()}-scale"
-    Path(f"{stem}.json").write_text(json.dumps({"results": {str(k): v for k, v in results.items()}, "fits": fits,
-                                                "speedup": speedup, "targets": TARGETS, **meta},
-                                               indent=2, default=str) + "\n")
-    Path(f"{stem}.md").write_text(markdown(results, fits, speedup, meta))
-    plot(results, Path(f"{stem}.png"), meta["distill_rows"])
-    print(Path(f"{stem}.md").read_text())
+    print(write_results(args.out_dir / f"{dt.date.today()}-scale.json", saved))
     return 0
 
 

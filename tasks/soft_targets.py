@@ -250,7 +250,8 @@ def _chunk_spec(model_dir: Path, teacher_md5: str, rows: list, group: int, start
         h.update(b"\1")
     return {"model_dir": str(model_dir), "teacher_md5": teacher_md5, "texts_file": str(texts_file),
             "row_group": group, "start": start, "rows": len(rows),
-            "max_length": p.data.max_length, "truncation": p.data.truncation, "threads": p.soft_targets.threads(p.base.threads),
+            "max_length": p.data.max_length, "truncation": p.data.truncation,
+            "threads": p.soft_targets.threads(p.base.threads),
             "out": str(texts_file.parent / f"{teacher_md5[:12]}-{start:010d}-{h.hexdigest()}.parquet")}
 
 
