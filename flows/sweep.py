@@ -57,9 +57,8 @@ def task_runner(workers: int, address: str | None):
 
 # Dask's nannies export MALLOC_TRIM_THRESHOLD_=65536 to their workers (`distributed.nanny.pre-spawn-environ`).
 # Setting it at all turns off glibc's dynamic mmap threshold, so every buffer over 128 kB (each layer's
-# activations) is mapped and unmapped again, page faults included: a 1-thread teacher scored 2,048 SST-2
-# rows in 11.6 s with it, 7.8 s without (2026-12-03, this 2-core machine). PyTorch workers do better
-# with glibc's default.
+# activations) is mapped and unmapped again, page faults included. Without it a 2-worker soft_targets run
+# at 133k SST-2 rows took 336 s instead of 456 s (`python -m bench.scale`, README: Cost growth benchmark).
 NANNY_MALLOC_TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 
