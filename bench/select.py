@@ -7,10 +7,18 @@
         --stages prune quantize
     python -m bench.select table --work /work/mrpc-select/work
 
-`split` writes a stratified (by label) seeded split of train.tsv: `train.tsv` (the fit part, ~80%) and
-`dev.tsv` (the held-out part, ~20%), header and lines copied byte for byte (GLUE's byte-order mark,
-bare quotes), so the project's real loader reads them as it reads GLUE's files. `--fit-rows N` keeps a
-seeded sample of N fit lines (a cheaper screening split; say so where its figures are quoted).
+`split` writes a seeded split of train.tsv: `train.tsv` (the fit part, ~80%) and `dev.tsv` (the
+held-out part, ~20%), header and lines copied byte for byte (GLUE's byte-order mark, bare quotes), so
+the project's real loader reads them as it reads GLUE's files. By default (`--group label`) it is
+stratified by label. SST-2's training rows are the phrases of parse trees: every sentence and the
+phrases inside it. A split by row puts 86% of the held-out phrases word for word inside a fit phrase,
+against 2 of the 872 dev sentences, so held-out scores there reward memorising and do not predict dev.
+`--group contained` (SST-2's default) holds out whole trees: the texts that no other training text
+contains (the roots, drawn by seed) with every text that occurs only inside held-out roots. Texts that
+also occur inside a fit root stay in the fit part. `split.json` records, for any grouping, how many
+held-out texts occur word for word inside a fit text (`held_out_inside_fit`; 0 with `contained`).
+`--fit-rows N` keeps a seeded sample of N fit lines (a cheaper screening split; say so where its figures
+are quoted).
 
 `run` builds a bench-style project (bench/workdir.py: repo params.yaml < bench/<benchmark>.params.yaml
 [< its tiny profile with --tiny] < --set) whose train is the fit part and whose eval is the held-out
@@ -46,17 +54,62 @@ from distillery.config import read_raw
 MEASURE = ["measure.latency_samples=50", "measure.warmup=5"]
 
 
+def _runs(words: tuple[str, ...]):
+    """Every contiguous run of words in a text, the whole text included."""
+    for i in range(len(words)):
+        for j in range(i + 1, len(words) + 1):
+            yield words[i:j]
+
+
+def contained_holdout(texts: list[str], held_out: float, rng: np.random.Generator) -> np.ndarray:
+    """Held-out mask that keeps phrase trees whole (see `--group contained` above).
+
+    A root is a text whose words occur as a contiguous run in no other training text. A share
+    `held_out` of the distinct roots is drawn; a row is held out when every root containing its text is.
+    """
+    keys = [tuple(t.split()) for t in texts]
+    distinct = set(keys)
+    inner = set()
+    for k in distinct:
+        inner.update(r for r in _runs(k) if r != k)
+    roots = sorted(k for k in distinct if k not in inner)
+    drawn = np.zeros(len(roots), dtype=bool)
+    drawn[rng.choice(len(roots), size=round(len(roots) * held_out), replace=False)] = True
+    only_held: dict[tuple, bool] = {}
+    for root, held in zip(roots, drawn):
+        for r in set(_runs(root)):
+            if r in distinct:
+                only_held[r] = only_held.get(r, True) and bool(held)
+    return np.array([only_held.get(k, False) for k in keys])
+
+
+def inside_count(fit_texts: list[str], held_texts: list[str]) -> int:
+    """How many held-out texts occur word for word (as a contiguous run) inside some fit text."""
+    runs = set()
+    for k in {tuple(t.split()) for t in fit_texts}:
+        runs.update(_runs(k))
+    return sum(tuple(t.split()) in runs for t in held_texts if t.split())
+
+
 def split(data: Path, out: Path, held_out: float, seed: int, benchmark: str = "mrpc",
-          fit_rows: int | None = None) -> dict:
-    label_name = read_raw(BENCHMARKS[benchmark]["profile"])["data"]["label_column"]
+          fit_rows: int | None = None, group: str | None = None) -> dict:
+    group = group or BENCHMARKS[benchmark].get("split_group", "label")
+    if group not in ("label", "contained"):
+        raise ValueError(f"split: unknown --group {group!r} (label or contained)")
+    cols = read_raw(BENCHMARKS[benchmark]["profile"])["data"]
     header, *lines = (data / "train.tsv").read_bytes().splitlines(keepends=True)
-    label_col = header.decode("utf-8-sig").rstrip("\r\n").split("\t").index(label_name)
-    labels = np.array([ln.decode("utf-8").rstrip("\r\n").split("\t")[label_col] for ln in lines])
+    names = header.decode("utf-8-sig").rstrip("\r\n").split("\t")
+    fields = [ln.decode("utf-8").rstrip("\r\n").split("\t") for ln in lines]
+    labels = np.array([f[names.index(cols["label_column"])] for f in fields])
+    texts = [f[names.index(cols["text_column"])] for f in fields]
     rng = np.random.default_rng(seed)
-    hold = np.zeros(len(lines), dtype=bool)
-    for value in sorted(set(labels)):
-        idx = np.flatnonzero(labels == value)
-        hold[rng.choice(idx, size=round(len(idx) * held_out), replace=False)] = True
+    if group == "contained":
+        hold = contained_holdout(texts, held_out, rng)
+    else:
+        hold = np.zeros(len(lines), dtype=bool)
+        for value in sorted(set(labels)):
+            idx = np.flatnonzero(labels == value)
+            hold[rng.choice(idx, size=round(len(idx) * held_out), replace=False)] = True
     fit = ~hold
     if fit_rows is not None and fit_rows < fit.sum():
         keep = np.zeros(len(lines), dtype=bool)
@@ -66,6 +119,8 @@ def split(data: Path, out: Path, held_out: float, seed: int, benchmark: str = "m
     (out / "train.tsv").write_bytes(header + b"".join(ln for ln, f in zip(lines, fit) if f))
     (out / "dev.tsv").write_bytes(header + b"".join(ln for ln, h in zip(lines, hold) if h))
     info = {"source": str(data / "train.tsv"), "benchmark": benchmark, "seed": seed, "held_out_share": held_out,
+            "group": group, "held_out_inside_fit": inside_count([t for t, f in zip(texts, fit) if f],
+                                                                [t for t, h in zip(texts, hold) if h]),
             "fit_rows_asked": fit_rows, "fit_rows": int(fit.sum()), "held_out_rows": int(hold.sum()),
             "fit_labels": {v: int(((labels == v) & fit).sum()) for v in sorted(set(labels))},
             "held_out_labels": {v: int(((labels == v) & hold).sum()) for v in sorted(set(labels))}}
@@ -164,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--held-out", type=float, default=0.2)
     s.add_argument("--fit-rows", type=int, default=None, help="a seeded sample of N fit lines (default: all)")
     s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--group", choices=["label", "contained"], default=None,
+                   help="label: stratified by label; contained: whole phrase trees (default: the benchmark's)")
     r = sub.add_parser("run")
     r.add_argument("--split", type=Path, required=True)
     r.add_argument("--work", type=Path, required=True)
@@ -182,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--benchmark", choices=sorted(BENCHMARKS), default="mrpc")
     a = ap.parse_args(argv)
     if a.cmd == "split":
-        print(json.dumps(split(a.data, a.out, a.held_out, a.seed, a.benchmark, a.fit_rows), indent=2))
+        print(json.dumps(split(a.data, a.out, a.held_out, a.seed, a.benchmark, a.fit_rows, a.group), indent=2))
     elif a.cmd == "run":
         run(a.split.resolve(), a.work.resolve(), a.teacher, a.name, a.sets, a.stages, a.benchmark, a.tiny)
     elif a.cmd == "variants":

@@ -26,10 +26,12 @@ QUICK_PROFILE = REPO / "bench" / "sst2-quick.params.yaml"
 TINY_PROFILE = REPO / "bench" / "sst2-tiny.params.yaml"
 # The benchmarks `distillery bench --benchmark NAME` runs: each a profile (and its quick profile)
 # over the repo's params.yaml, and the data folder's two files (GLUE's names); "tiny": a second
-# profile benchmarked in the same run as its own row (bench/tiny.py).
+# profile benchmarked in the same run as its own row (bench/tiny.py); "split_group": how bench/select.py
+# splits train.tsv (SST-2's rows are parse-tree phrases: whole trees are held out; default: by label).
 BENCHMARKS = {
     "sst2": {"title": "SST-2", "profile": PROFILE, "quick": QUICK_PROFILE, "data": "sst2",
-             "eval_unit": "sentences", "tiny": TINY_PROFILE},
+             "eval_unit": "sentences", "tiny": TINY_PROFILE,
+             "split_group": "contained"},
     "mrpc": {"title": "MRPC", "profile": REPO / "bench" / "mrpc.params.yaml",
              "quick": REPO / "bench" / "mrpc-quick.params.yaml", "data": "mrpc", "eval_unit": "sentence pairs"},
 }

@@ -160,3 +160,31 @@ def test_selection_split_is_stratified_byte_exact_and_never_reads_dev(tmp_path):
     small = (tmp_path / "small" / "train.tsv").read_bytes().splitlines(keepends=True)[1:]
     assert len(small) == info["fit_rows"] == 50 and set(small) <= set(fit[1:])  # same seed: same held-out part
     assert (tmp_path / "small" / "dev.tsv").read_bytes().splitlines(keepends=True)[1:] == held[1:]
+
+
+def test_selection_split_contained_keeps_phrase_trees_whole(tmp_path):
+    """bench/select.py split --group contained: no held-out text occurs word for word inside a fit text
+    (SST-2's rows are parse-tree phrases); a split by row leaks, and split.json counts it."""
+    from bench.select import split
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = []
+    for i in range(40):  # 40 trees: a sentence and three of its phrases, unique words per tree
+        words = [f"w{i}x{j}" for j in range(6)]
+        for phrase in (words, words[:3], words[3:], words[1:2]):
+            rows.append(f"{' '.join(phrase)} \t{i % 2}\n")
+    rows.append("w0x0 w0x1 w0x2 w1x0 w1x1 \t1\n")  # a root spanning trees 0 and 1: w0x0 w0x1 w0x2 is inside two roots
+    (data / "train.tsv").write_bytes(("sentence\tlabel\n" + "".join(rows)).encode())
+    info = split(data, tmp_path / "grouped", 0.25, 3, "sst2")
+    assert info["group"] == "contained" and info["held_out_inside_fit"] == 0
+    fit = (tmp_path / "grouped" / "train.tsv").read_text().splitlines()[1:]
+    held = (tmp_path / "grouped" / "dev.tsv").read_text().splitlines()[1:]
+    assert sorted(fit + held) == sorted(r.rstrip("\n") for r in rows) and 0 < len(held) < len(fit)
+    fit_text = " | ".join(f" {r.split(chr(9))[0].strip()} " for r in fit)
+    assert not any(f" {r.split(chr(9))[0].strip()} " in fit_text for r in held)
+    trees = {r.split()[0].split("x")[0] for r in held}  # every held-out tree is held out whole (4 rows)
+    for tree in trees - {"w0", "w1"}:
+        assert sum(r.startswith(f"{tree}x") or f" {tree}x" in r for r in held) == 4
+    by_row = split(data, tmp_path / "rows", 0.25, 3, "sst2", group="label")
+    assert by_row["group"] == "label" and by_row["held_out_inside_fit"] > 0
