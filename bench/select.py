@@ -9,8 +9,8 @@
 
 `split` writes a seeded split of train.tsv: `train.tsv` (the fit part, ~80%) and `dev.tsv` (the
 held-out part, ~20%), header and lines copied byte for byte (GLUE's byte-order mark, bare quotes), so
-the project's real loader reads them as it reads GLUE's files. By default (`--group label`) it is
-stratified by label. SST-2's training rows are the phrases of parse trees: every sentence and the
+the project's real loader reads them as it reads GLUE's files. `--group label` (MRPC's default)
+stratifies it by label. SST-2's training rows are the phrases of parse trees: every sentence and the
 phrases inside it. A split by row puts 86% of the held-out phrases word for word inside a fit phrase,
 against 2 of the 872 dev sentences, so held-out scores there reward memorising and do not predict dev.
 `--group contained` (SST-2's default) holds out whole trees: the texts that no other training text
@@ -99,9 +99,10 @@ def split(data: Path, out: Path, held_out: float, seed: int, benchmark: str = "m
     cols = read_raw(BENCHMARKS[benchmark]["profile"])["data"]
     header, *lines = (data / "train.tsv").read_bytes().splitlines(keepends=True)
     names = header.decode("utf-8-sig").rstrip("\r\n").split("\t")
+    label_col, text_col = names.index(cols["label_column"]), names.index(cols["text_column"])
     fields = [ln.decode("utf-8").rstrip("\r\n").split("\t") for ln in lines]
-    labels = np.array([f[names.index(cols["label_column"])] for f in fields])
-    texts = [f[names.index(cols["text_column"])] for f in fields]
+    labels = np.array([f[label_col] for f in fields])
+    texts = [f[text_col] for f in fields]
     rng = np.random.default_rng(seed)
     if group == "contained":
         hold = contained_holdout(texts, held_out, rng)
