@@ -22,6 +22,31 @@ def shared_dataset(folder: Path, name: str) -> Path:
     return folder
 
 
+def pytest_collection_finish(session):
+    """Start building the container images in the background when tests/test_images.py is to run
+    (tests.helpers.ImageBuild: it overlaps with the tests before it). DISTILLERY_PREBUILD_IMAGES=0
+    builds them in the test's own fixture instead."""
+    import shutil
+
+    if session.config.option.collectonly or os.environ.get("DISTILLERY_PREBUILD_IMAGES") == "0":
+        return
+    if not any(item.path.name == "test_images.py" for item in session.items):
+        return
+    if shutil.which("buildah") is None or shutil.which("podman") is None:
+        return  # the test itself fails (CI) or skips, saying why
+    from tests.helpers import IMAGE_BUILD, ImageBuild
+
+    session.config.stash[IMAGE_BUILD] = ImageBuild()
+
+
+def pytest_sessionfinish(session):
+    from tests.helpers import IMAGE_BUILD
+
+    build = session.config.stash.get(IMAGE_BUILD, None)
+    if build is not None:
+        build.close()
+
+
 @pytest.fixture(scope="session")
 def sst2_dir() -> Path:
     return shared_dataset(SST2_DIR, "SST-2")

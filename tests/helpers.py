@@ -9,8 +9,11 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from distillery.code_deps import link_code
@@ -180,6 +183,45 @@ def stop_group(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             return
     proc.wait(timeout=30)
+
+
+# The container images tests/test_images.py builds (tags of their own: a user's images are left alone).
+PIPELINE_IMAGE, SERVING_IMAGE = "localhost/distillery-test:latest", "localhost/distillery-serving-test:latest"
+IMAGE_BUILD = pytest.StashKey()  # the session's ImageBuild, when tests/conftest.py started one
+
+
+class ImageBuild:
+    """`make image serving-image` for the test tags, in its own process group, logged to a file.
+
+    Started when the session's collection ends (tests/conftest.py), so the build, which mostly waits
+    on the package registries (debootstrap, pip), overlaps with the tests before tests/test_images.py
+    instead of adding its minutes to the suite; the `images` fixture waits for it."""
+
+    TIMEOUT = 2400.0  # seconds from the start: a fresh machine builds both images in about 7 minutes
+
+    def __init__(self):
+        fd, name = tempfile.mkstemp(prefix="distillery-image-build-", suffix=".log")
+        self.log, self.started = Path(name), time.monotonic()
+        with os.fdopen(fd, "w") as out:
+            self.proc = subprocess.Popen(
+                ["make", "-C", str(ROOT), "image", "serving-image", f"IMAGE={PIPELINE_IMAGE}",
+                 f"SERVING_IMAGE={SERVING_IMAGE}"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def wait(self) -> tuple[int, str, float]:
+        """(exit status, the log's last lines, seconds since the start); the build is stopped past TIMEOUT."""
+        try:
+            rc = self.proc.wait(timeout=max(1.0, self.TIMEOUT - (time.monotonic() - self.started)))
+        except subprocess.TimeoutExpired:
+            stop_group(self.proc)
+            rc = -1
+        tail = self.log.read_text(errors="replace")[-6000:]
+        return rc, tail, time.monotonic() - self.started
+
+    def close(self) -> None:
+        """Stop the build if it still runs (its process group: make and the builder it started), drop its log."""
+        stop_group(self.proc)
+        self.log.unlink(missing_ok=True)
 
 
 class Story:

@@ -1,9 +1,11 @@
 """The container images (Dockerfile), built and run on this machine.
 
 `make image` and `make serving-image` build both targets with buildah (layers cached: a rebuild
-with unchanged dependencies only redoes the code layers); `distillery run` then runs on the demo
-inside the pipeline image, and the serving image (no torch) serves the champion exported from
-that run's registry over HTTP on a loopback port, answering like the pipeline's own pyfunc.
+with unchanged dependencies only redoes the code layers), started in the background as soon as the
+session has collected this module (tests/conftest.py), so the build overlaps with the tests before
+it; `distillery run` then runs on the demo inside the pipeline image, and the serving image (no
+torch) serves the champion exported from that run's registry over HTTP on a loopback port,
+answering like the pipeline's own pyfunc.
 
 Containers run with `buildah run --isolation chroot` (the host's network, so a server bound to
 127.0.0.1 inside is reachable here); `podman run` cannot set its resource limits in sandboxes
@@ -23,11 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, free_port, wait_for_http
+from tests.helpers import IMAGE_BUILD, PIPELINE_IMAGE as PIPELINE, SERVING_IMAGE as SERVING, ImageBuild, free_port, \
+    wait_for_http
 
 pytestmark = pytest.mark.slow
 
-PIPELINE, SERVING = "localhost/distillery-test:latest", "localhost/distillery-serving-test:latest"
 TEXTS = ["the battery died after a day", "not bad at all", "it does what it says",
          "the staff were friendly but the room was filthy"]
 
@@ -52,13 +54,17 @@ def image_bytes(tag: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def images(buildah):
-    started = time.monotonic()
-    build = sh("make", "-C", str(ROOT), "image", "serving-image", f"IMAGE={PIPELINE}", f"SERVING_IMAGE={SERVING}",
-               timeout=2400)
-    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    print(f"images built in {time.monotonic() - started:.0f} s: pipeline {image_bytes(PIPELINE) / 1e6:.0f} MB, "
-          f"serving {image_bytes(SERVING) / 1e6:.0f} MB")
+def images(buildah, request):
+    """Both images, from the build the session started in the background (tests/conftest.py), or
+    from one started here when none was (DISTILLERY_PREBUILD_IMAGES=0)."""
+    build = request.config.stash.get(IMAGE_BUILD, None)
+    if build is None:
+        build = request.config.stash[IMAGE_BUILD] = ImageBuild()
+    waited = time.monotonic()
+    rc, log, seconds = build.wait()
+    assert rc == 0, f"make image serving-image exited {rc} after {seconds:.0f} s:\n{log}"
+    print(f"images built in {seconds:.0f} s (this test waited {time.monotonic() - waited:.0f} s of them): "
+          f"pipeline {image_bytes(PIPELINE) / 1e6:.0f} MB, serving {image_bytes(SERVING) / 1e6:.0f} MB")
     return PIPELINE, SERVING
 
 
