@@ -38,9 +38,9 @@ def test_bench_quick_produces_every_row_figure_and_output(sst2_dir, prefect_harn
     teacher = make_tiny_teacher(tmp_path / "teacher", vocab_texts)
     results = run_benchmark(
         sst2_dir, quick=True, work_dir=tmp_path / "work", out_dir=tmp_path / "results", command="pytest",
-        overrides=[f"teacher.model={teacher}", "student.layers=[0, 2]", "student.hidden_size=16",
-                   "student.intermediate_size=32", "teacher.learning_rate=1e-3",
-                   "distill.learning_rate=1e-3", "bench.train_rows=200", "bench.eval_rows=40"],
+        overrides=[f"teacher.model={teacher}", "student.bilstm.embedding_dim=24", "student.bilstm.hidden_size=16",
+                   "student.bilstm.classifier_hidden=16", "teacher.learning_rate=1e-3",
+                   "bench.train_rows=200", "bench.eval_rows=40"],
         tiny_overrides=["student.bilstm.embedding_dim=16", "student.bilstm.hidden_size=8",
                         "student.bilstm.classifier_hidden=8"])  # the tiny teacher is 32 wide
 
@@ -70,7 +70,12 @@ def test_bench_quick_produces_every_row_figure_and_output(sst2_dir, prefect_harn
     rows = results["models"]
     assert rows["B"]["size_mb"] < rows["A"]["size_mb"] and rows["C"]["size_mb"] < rows["A"]["size_mb"]
     assert rows["B"]["params"] == rows["A"]["params"] == rows["C"]["params"]
-    assert rows["D"]["params"] == rows["E-distill"]["params"] > rows["E-prune"]["params"]
+    # The profile's student is a BiLSTM (bench/sst2.params.yaml): pruning passes it through unchanged,
+    # and its final model has int8 LSTM weights over a 4-bit embedding table (the MRPC smoke test
+    # covers a pruned transformer student).
+    assert rows["D"]["params"] == rows["E-distill"]["params"] == rows["E-prune"]["params"]
+    graph = onnx.load(str(Path(rows["E-quantize"]["model_dir"]) / "model.onnx")).graph
+    assert {"GatherBlockQuantized", "DynamicQuantizeLSTM"} <= {n.op_type for n in graph.node}
     assert rows["E-quantize"]["size_mb"] < rows["E-prune"]["size_mb"]
     assert rows["B"]["memory"]["imports_rss_mb"] < rows["A"]["memory"]["imports_rss_mb"]  # no torch for ONNX
     # The tiny profile: its own project, on A (not trained again), a BiLSTM with 4-bit embeddings.
@@ -137,4 +142,10 @@ def assert_readme_snippet_scores_like_the_pipeline(model_dir: Path) -> None:
     exec(code.replace(default, repr(str(model_dir))), scope)  # our own README's lines
     texts = ast.literal_eval(re.search(r"encode_batch\((\[.*?\])\)", code).group(1))
     expected = OnnxClassifier.from_dir(model_dir, threads=1).predict_logits(texts)
-    np.testing.assert_allclose(scope["logits"], expected, atol=1e-4)
+    # ONNX Runtime's int8 LSTM quantizes its inputs per thread's share of the batch (the snippet runs
+    # on every core, the reference on one), which moves a BiLSTM's logits by a few 1e-4 (measured
+    # 3.4e-4); the labels must be the same wherever the margin is wider than that.
+    np.testing.assert_allclose(scope["logits"], expected, atol=2e-3)
+    ranked = np.sort(expected, axis=1)
+    clear = ranked[:, -1] - ranked[:, -2] > 4e-3
+    assert (scope["logits"].argmax(axis=1) == expected.argmax(axis=1))[clear].all()

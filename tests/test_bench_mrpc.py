@@ -32,6 +32,8 @@ def test_mrpc_bench_quick_produces_f1_rows_targets_and_outputs(mrpc_dir, prefect
     for key in ("A", "B", "D", "E-quantize"):
         row = results["models"][key]
         assert 0.0 <= row["f1_positive"] <= 1.0 and math.isfinite(row["latency_p50_ms"]), key
+    rows = results["models"]  # a transformer student: pruning removes heads and neurons
+    assert rows["D"]["params"] == rows["E-distill"]["params"] > rows["E-prune"]["params"]
     targets = {t["name"]: t for t in results["targets"]}
     assert set(targets) == {"f1_retention_vs_A", "size_x_smaller_vs_A", "size_x_smaller_vs_B", "p50_x_lower_vs_B",
                             "f1_pts_vs_D"}
