@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 # The real SST-2 files live beside the checkout (../shared/data/sst2), never inside it.
 SST2_DIR = Path(__file__).resolve().parents[2] / "shared/data/sst2"
 MRPC_DIR = Path(__file__).resolve().parents[2] / "shared/data/mrpc"
+IMAGE_FOLDER = pytest.StashKey()  # pytest-xdist controller: where the image build writes
 
 
 def shared_dataset(folder: Path, name: str) -> Path:
@@ -22,29 +24,92 @@ def shared_dataset(folder: Path, name: str) -> Path:
     return folder
 
 
+def _prebuild_images(config) -> bool:
+    import shutil
+
+    if config.option.collectonly or os.environ.get("DISTILLERY_PREBUILD_IMAGES") == "0":
+        return False
+    return shutil.which("buildah") is not None and shutil.which("podman") is not None  # else the test says why
+
+
+def pytest_configure(config):
+    """Under pytest-xdist the controller starts the image build (below) and tells each worker where it
+    writes its log and exit status."""
+    if hasattr(config, "workerinput") or not config.pluginmanager.hasplugin("xdist") \
+            or getattr(config.option, "numprocesses", None) in (None, 0):
+        return
+    import tempfile
+
+    config.stash[IMAGE_FOLDER] = tempfile.mkdtemp(prefix="distillery-image-build-")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    folder = node.config.stash.get(IMAGE_FOLDER, None)
+    if folder is not None:
+        from tests.helpers import IMAGE_BUILD_FOLDER
+
+        node.workerinput[IMAGE_BUILD_FOLDER] = folder
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """pytest-xdist's controller: the first worker to collect tests/test_images.py starts the build."""
+    from tests.helpers import IMAGE_BUILD, ImageBuild
+
+    config = node.config
+    folder = config.stash.get(IMAGE_FOLDER, None)
+    if folder is None or IMAGE_BUILD in config.stash or not _prebuild_images(config):
+        return
+    if any(i.split("::")[0].endswith("test_images.py") for i in ids):
+        config.stash[IMAGE_BUILD] = ImageBuild(Path(folder)).start()
+
+
 def pytest_collection_finish(session):
     """Start building the container images in the background when tests/test_images.py is to run
     (tests.helpers.ImageBuild: it overlaps with the tests before it). DISTILLERY_PREBUILD_IMAGES=0
-    builds them in the test's own fixture instead."""
-    import shutil
-
-    if session.config.option.collectonly or os.environ.get("DISTILLERY_PREBUILD_IMAGES") == "0":
+    builds them in the test's own fixture instead. Under pytest-xdist the controller starts it (above)."""
+    if hasattr(session.config, "workerinput") or not _prebuild_images(session.config):
         return
     if not any(item.path.name == "test_images.py" for item in session.items):
         return
-    if shutil.which("buildah") is None or shutil.which("podman") is None:
-        return  # the test itself fails (CI) or skips, saying why
     from tests.helpers import IMAGE_BUILD, ImageBuild
 
-    session.config.stash[IMAGE_BUILD] = ImageBuild()
+    session.config.stash[IMAGE_BUILD] = ImageBuild().start()
 
 
-def pytest_sessionfinish(session):
+def pytest_unconfigure(config):
+    import shutil
+
     from tests.helpers import IMAGE_BUILD
 
-    build = session.config.stash.get(IMAGE_BUILD, None)
+    build = config.stash.get(IMAGE_BUILD, None)
     if build is not None:
         build.close()
+    folder = config.stash.get(IMAGE_FOLDER, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _prefect_console_on_a_live_stream():
+    """Prefect's console log handler keeps the stderr it was made with (`PrefectConsoleHandler`, made
+    when Prefect first sets up logging in the process). Made inside a test that captures its output
+    (capsys, capfd), that stream is closed when the test ends, and every later flow in the process then
+    fails on its first log line ("I/O operation on closed file", then a RecursionError through
+    `log_prints`). Which test imports Prefect first depends on the order the tests run in (pytest-xdist
+    deals modules out to workers), so such handlers are pointed at the current stderr before each test."""
+    if "prefect.logging.handlers" in sys.modules:
+        import logging
+
+        from prefect.logging.handlers import PrefectConsoleHandler
+
+        loggers = [logging.getLogger(), *(g for g in logging.Logger.manager.loggerDict.values()
+                                          if isinstance(g, logging.Logger))]
+        for handler in (h for g in loggers for h in g.handlers):
+            if isinstance(handler, PrefectConsoleHandler) and getattr(handler.stream, "closed", False):
+                handler.stream = handler.console.file = sys.stderr  # setStream would flush the closed one
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -188,40 +188,62 @@ def stop_group(proc: subprocess.Popen) -> None:
 # The container images tests/test_images.py builds (tags of their own: a user's images are left alone).
 PIPELINE_IMAGE, SERVING_IMAGE = "localhost/distillery-test:latest", "localhost/distillery-serving-test:latest"
 IMAGE_BUILD = pytest.StashKey()  # the session's ImageBuild, when tests/conftest.py started one
+IMAGE_BUILD_FOLDER = "distillery_image_build"  # pytest-xdist: the workerinput key naming its folder
 
 
 class ImageBuild:
-    """`make image serving-image` for the test tags, in its own process group, logged to a file.
+    """`make image serving-image` for the test tags, in its own process group, logged to a folder.
 
     Started when the session's collection ends (tests/conftest.py), so the build, which mostly waits
     on the package registries (debootstrap, pip), overlaps with the tests before tests/test_images.py
-    instead of adding its minutes to the suite; the `images` fixture waits for it."""
+    instead of adding its minutes to the suite; the `images` fixture waits for it. With pytest-xdist the
+    controller starts it and the worker that runs tests/test_images.py waits on the same folder
+    (`ImageBuild.attach`): the build writes its exit status to `<folder>/status` when it ends."""
 
     TIMEOUT = 2400.0  # seconds from the start: a fresh machine builds both images in about 7 minutes
 
-    def __init__(self):
-        fd, name = tempfile.mkstemp(prefix="distillery-image-build-", suffix=".log")
-        self.log, self.started = Path(name), time.monotonic()
-        with os.fdopen(fd, "w") as out:
+    def __init__(self, folder: Path | None = None):
+        self.folder = Path(folder or tempfile.mkdtemp(prefix="distillery-image-build-"))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.log, self.status = self.folder / "build.log", self.folder / "status"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> ImageBuild:
+        (self.folder / "started").write_text(f"{time.time()}\n")
+        with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
-                ["make", "-C", str(ROOT), "image", "serving-image", f"IMAGE={PIPELINE_IMAGE}",
-                 f"SERVING_IMAGE={SERVING_IMAGE}"],
+                ["sh", "-c", 'make "$@"; echo $? > "$0.tmp" && mv "$0.tmp" "$0"', str(self.status), "-C", str(ROOT),
+                 "image", "serving-image", f"IMAGE={PIPELINE_IMAGE}", f"SERVING_IMAGE={SERVING_IMAGE}"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    @classmethod
+    def attach(cls, folder: Path) -> ImageBuild | None:
+        """The build another process of this session started in `folder`, or None when none was."""
+        return cls(folder) if (Path(folder) / "started").is_file() else None
 
     def wait(self) -> tuple[int, str, float]:
         """(exit status, the log's last lines, seconds since the start); the build is stopped past TIMEOUT."""
-        try:
-            rc = self.proc.wait(timeout=max(1.0, self.TIMEOUT - (time.monotonic() - self.started)))
-        except subprocess.TimeoutExpired:
-            stop_group(self.proc)
+        started = float((self.folder / "started").read_text())
+        while not self.status.is_file() and time.time() - started < self.TIMEOUT:
+            if self.proc is not None and self.proc.poll() is not None and not self.status.is_file():
+                break  # the shell itself was stopped before it could write the status
+            time.sleep(1.0)
+        if self.status.is_file():
+            rc = int(self.status.read_text().strip() or -1)
+        else:
             rc = -1
-        tail = self.log.read_text(errors="replace")[-6000:]
-        return rc, tail, time.monotonic() - self.started
+            if self.proc is not None:
+                stop_group(self.proc)
+        tail = self.log.read_text(errors="replace")[-6000:] if self.log.is_file() else "(no build log)"
+        return rc, tail, time.time() - started
 
     def close(self) -> None:
-        """Stop the build if it still runs (its process group: make and the builder it started), drop its log."""
-        stop_group(self.proc)
-        self.log.unlink(missing_ok=True)
+        """When this process started the build: stop it if it still runs (its process group: make and
+        the builder it started), drop its folder."""
+        if self.proc is not None:
+            stop_group(self.proc)
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class Story:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import IMAGE_BUILD, PIPELINE_IMAGE as PIPELINE, SERVING_IMAGE as SERVING, ImageBuild, free_port, \
-    wait_for_http
+from tests.helpers import IMAGE_BUILD, IMAGE_BUILD_FOLDER, PIPELINE_IMAGE as PIPELINE, SERVING_IMAGE as SERVING, \
+    ImageBuild, free_port, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -55,11 +55,14 @@ def image_bytes(tag: str) -> int:
 
 @pytest.fixture(scope="module")
 def images(buildah, request):
-    """Both images, from the build the session started in the background (tests/conftest.py), or
-    from one started here when none was (DISTILLERY_PREBUILD_IMAGES=0)."""
+    """Both images, from the build the session started in the background (tests/conftest.py; under
+    pytest-xdist, the controller's), or from one started here when none was (DISTILLERY_PREBUILD_IMAGES=0)."""
     build = request.config.stash.get(IMAGE_BUILD, None)
+    folder = getattr(request.config, "workerinput", {}).get(IMAGE_BUILD_FOLDER)
+    if build is None and folder is not None:
+        build = ImageBuild.attach(Path(folder))
     if build is None:
-        build = request.config.stash[IMAGE_BUILD] = ImageBuild()
+        build = request.config.stash[IMAGE_BUILD] = ImageBuild().start()
     waited = time.monotonic()
     rc, log, seconds = build.wait()
     assert rc == 0, f"make image serving-image exited {rc} after {seconds:.0f} s:\n{log}"
