@@ -59,10 +59,11 @@ postgresql:
 
 # The suite runs on pytest-xdist workers, one per core up to 4 (most tests run one single-threaded
 # pipeline, so a 2-core machine runs two at once); a module's tests stay on one worker, in their order
-# (--dist loadfile: a module's Story shares one project). PYTEST_WORKERS=0 runs them in this process.
+# (--dist loadfile: a module's Story shares one project), the longest modules first (tests/conftest.py:
+# RUN_FIRST; --no-loadscope-reorder keeps that order). PYTEST_WORKERS=0 runs them in this process.
 PYTEST_WORKERS ?= auto
 test: $(STAMP) chromium postgresql images-tools
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --maxprocesses 4 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The fast loop while changing code: unit and stage tests, no real pipelines (`slow`): ~1.5 minutes on an
 # idle 2-core machine (README: Tests).

@@ -65,6 +65,23 @@ def pytest_xdist_node_collection_finished(node, ids):
         config.stash[IMAGE_BUILD] = ImageBuild(Path(folder)).start()
 
 
+# The longest modules, longest first (CI's --durations, 2 workers): pytest-xdist deals modules out in
+# collection order (the Makefile's --no-loadscope-reorder), so these start first and no long module is
+# left running alone at the end while the other worker sits idle (longest-processing-time-first).
+# test_images.py waits for its image build, which the other worker's tests overlap.
+RUN_FIRST = ("test_bench.py", "test_images.py", "test_gate_e2e.py", "test_registry_shared.py",
+             "test_bench_mrpc.py", "test_store_outage.py", "test_pipeline_e2e.py", "test_sweep.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Under pytest-xdist, the modules in RUN_FIRST go first, in that order; every module keeps its
+    tests together and in their order (a Story module's steps share one project)."""
+    if getattr(config.option, "numprocesses", None) in (None, 0) and not hasattr(config, "workerinput"):
+        return
+    rank = {name: i for i, name in enumerate(RUN_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(RUN_FIRST)))  # stable: the rest as collected
+
+
 def pytest_collection_finish(session):
     """Start building the container images in the background when tests/test_images.py is to run
     (tests.helpers.ImageBuild: it overlaps with the tests before it). DISTILLERY_PREBUILD_IMAGES=0
