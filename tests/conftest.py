@@ -65,10 +65,11 @@ def pytest_xdist_node_collection_finished(node, ids):
         config.stash[IMAGE_BUILD] = ImageBuild(Path(folder)).start()
 
 
-# The longest modules, longest first (CI's --durations, 2 workers): pytest-xdist deals modules out in
-# collection order (the Makefile's --no-loadscope-reorder), so these start first and no long module is
-# left running alone at the end while the other worker sits idle (longest-processing-time-first).
-# test_images.py waits for its image build, which the other worker's tests overlap.
+# The longest modules (CI's --durations, 2 workers): pytest-xdist deals modules out in collection order
+# (the Makefile's --no-loadscope-reorder), so these start first and no long module is left running alone
+# at the end while the other worker sits idle (longest-processing-time-first). test_images.py, the
+# longest, is second rather than first: it begins by waiting for its image build, which the first
+# worker's test_bench.py then overlaps.
 RUN_FIRST = ("test_bench.py", "test_images.py", "test_gate_e2e.py", "test_registry_shared.py",
              "test_bench_mrpc.py", "test_store_outage.py", "test_pipeline_e2e.py", "test_sweep.py")
 
