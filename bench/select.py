@@ -131,7 +131,8 @@ def split(data: Path, out: Path, held_out: float, seed: int, benchmark: str = "m
 
 def run(split_dir: Path, work: Path, teacher: str, name: str, sets: list[str], stages: list[str],
         benchmark: str = "mrpc", tiny: bool = False) -> None:
-    overrides = [f"teacher.model={teacher}", "teacher.finetune=false", *MEASURE, *sets]
+    # the teacher is fine-tuned already: no fold teachers can be made from it (teacher.cross_fit_folds)
+    overrides = [f"teacher.model={teacher}", "teacher.finetune=false", "teacher.cross_fit_folds=0", *MEASURE, *sets]
     raw, _, _ = build_params(split_dir, False, overrides, benchmark=benchmark, tiny=tiny)
     title = BENCHMARKS[benchmark]["title"]
     make_work_project(work, raw, reuse=True, note=f"{title} selection project (fit / held-out split of train)")

@@ -5,7 +5,9 @@ bench/sst2-tiny.params.yaml) < the quick profile (with --quick) < the bench's `-
 sections both projects must share (SHARED_SECTIONS: threads, data columns and lengths, measurement)
 < the tiny overrides. Its data paths are the main project's (the same seeded slices), and its
 teacher is the main project's fine-tuned teacher directory (`teacher.model` is a path,
-`teacher.finetune: false`): the teacher stage loads and measures it but trains nothing.
+`teacher.finetune: false`): the teacher stage loads and measures it but trains nothing, and the
+tiny project does not cross-fit (`teacher.cross_fit_folds: 0`: a fine-tuned teacher has no rows to
+hold out).
 
 Soft targets are reused through the soft_targets stage's own content-addressed chunk cache: the
 main project's chunk files are linked into the fresh tiny project's `<logits_dir>/chunks/` before
@@ -43,7 +45,7 @@ def build_tiny_params(data_dir: Path, quick: bool, overrides: list[str], tiny_ov
     raw, _, _ = build_params(data_dir, quick, shared, benchmark, tiny=True)
     raw["data"].update(train_path=main_raw["data"]["train_path"], eval_path=main_raw["data"]["eval_path"])
     raw = apply_overrides(raw, tiny_overrides, "tiny overrides")
-    raw["teacher"].update(model=str(Path(teacher_dir).resolve()), finetune=False)
+    raw["teacher"].update(model=str(Path(teacher_dir).resolve()), finetune=False, cross_fit_folds=0)
     params_from_dict(raw, "tiny bench params")
     return raw
 

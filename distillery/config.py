@@ -41,6 +41,7 @@ class PathsConfig(_Section):
     demo_dir: str = "data/demo"
     validated_dir: str = "data/validated"
     teacher_dir: str = "models/teacher"
+    teacher_folds_dir: str = "models/teacher_folds"   # teacher.cross_fit_folds: the fold teachers
     logits_dir: str = "data/teacher_logits"
     student_dir: str = "models/student"
     pruned_dir: str = "models/pruned"
@@ -133,6 +134,16 @@ class TeacherConfig(_Section):
     batch_size: int = Field(32, ge=1, le=65536)
     learning_rate: float = Field(1e-4, gt=0.0, lt=1.0)
     max_train_rows: int | None = Field(None, ge=1, le=10**9)
+    # K >= 2: also fine-tune K fold teachers, each without one fold of the training rows, whose
+    # logits on the rows they did not see are the soft targets (distillery/folds.py); 0 = off.
+    cross_fit_folds: int = Field(0, ge=0, le=20)
+
+    @field_validator("cross_fit_folds")
+    @classmethod
+    def _folds(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("one fold holds out every row; use 0 (off) or 2 or more folds")
+        return v
 
 
 class BiLSTMStudentConfig(_Section):
@@ -439,6 +450,10 @@ class Params(_Section):
                     type(current).model_validate({**current.model_dump(), name: value})
                 except ValidationError as exc:
                     raise ValueError(f"sweep.space.{key}: value {value!r}: {exc.errors()[0]['msg']}") from None
+        if self.teacher.cross_fit_folds and self.teacher.finetune is False:
+            raise ValueError(f"teacher.cross_fit_folds is {self.teacher.cross_fit_folds}: fold teachers are "
+                             "fine-tuned as the teacher is, and teacher.finetune is false (set cross_fit_folds "
+                             "to 0, or finetune to auto or true)")
         if self.student.architecture == "bilstm":
             for key in ("hidden_weight", "attention_weight"):
                 if getattr(self.distill, key) > 0:

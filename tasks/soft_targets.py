@@ -20,6 +20,12 @@ split (Parquet row groups), written to the rows file one chunk (one row group) a
 chunks are planned, and the fused logits are written to `logits.npy` chunk by chunk. The rows file,
 with each row's class index (-1 for an augmented text), becomes the distillation set itself.
 Augmentation holds 4 bytes per training word (the replacement pool, see distillery/augment.py).
+
+Cross-fitting (`teacher.cross_fit_folds` > 0, the teacher_folds stage): the main teacher's logits
+are replaced by out-of-fold ones. Each row (and each augmented copy, by its source row) carries its
+fold in the rows file, each chunk is scored once per fold teacher, on that fold's rows only, and
+its K files are put back in row order when the logits are fused (2 bytes a training row hold the
+folds of the rows the copies come from). Further teachers are fused as before.
 """
 
 from __future__ import annotations
@@ -69,10 +75,13 @@ def run(ctx: StageContext, compute: Callable[[list[dict]], object] | None = None
     from distillery.augment import augment_batches
     from distillery.data import iter_split
     from distillery.fileio import atomic_dir
+    from distillery.folds import read_manifest, row_folds
     from tasks.models import checked_validated
 
     p, a, d = ctx.params, ctx.params.augment, ctx.params.distill
     vdir, labels = checked_validated(ctx)
+    folds_dir = ctx.path(p.paths.teacher_folds_dir)
+    cross_fit = read_manifest(folds_dir)
     train_file, size = vdir / "train.parquet", p.soft_targets.chunk_rows
 
     def train_rows():
@@ -88,21 +97,34 @@ def run(ctx: StageContext, compute: Callable[[list[dict]], object] | None = None
         info.append({"path": str(model_dir.relative_to(ctx.root) if model_dir.is_relative_to(ctx.root) else model_dir),
                      "weight": weight, "md5": teacher_identity(model_dir)})
 
+    scorers: list = [(model_dir, e["md5"]) for (model_dir, _), e in zip(teachers, info)]
+    k_folds = cross_fit["folds"]
+    if k_folds:  # the main teacher's targets come from the fold teachers, each on the rows it did not see
+        fold_dirs = [folds_dir / name for name in cross_fit["teachers"]]
+        scorers[0] = [(f, teacher_identity(f)) for f in fold_dirs]
+        info[0].update(cross_fit_folds=k_folds, fold_teachers=[md5 for _, md5 in scorers[0]])
+
     start = time.perf_counter()
     cache = ctx.path(p.paths.logits_dir) / CHUNKS_DIR
-    with ChunkedRows(cache, size, [(model_dir, e["md5"]) for (model_dir, _), e in zip(teachers, info)], p) as rows:
+    with ChunkedRows(cache, size, scorers, p, k_folds) as rows:
+        train_folds = []  # each training row's fold (cross-fitting): an augmented copy takes its source's
         for batch in iter_split(train_file, size, limit=d.max_train_rows):
-            rows.add(batch.inputs, train=True, labels=batch.labels)
+            folds = row_folds(batch.inputs, k_folds, cross_fit["seed"]) if k_folds else None
+            rows.add(batch.inputs, train=True, labels=batch.labels, folds=folds)
+            train_folds.append(folds)
+        train_folds = np.concatenate(train_folds) if k_folds and train_folds else None
         n_train = rows.added
         aug_start = time.perf_counter()
-        for batch, _ in augment_batches(train_rows, a.copies, mask_prob=a.mask_prob, replace_prob=a.replace_prob,
-                                        ngram_prob=a.ngram_prob, max_ngram=a.max_ngram, seed=p.base.seed):
-            rows.add(batch, train=False)
+        for batch, source in augment_batches(train_rows, a.copies, mask_prob=a.mask_prob,
+                                             replace_prob=a.replace_prob, ngram_prob=a.ngram_prob,
+                                             max_ngram=a.max_ngram, seed=p.base.seed):
+            rows.add(batch, train=False, folds=None if train_folds is None else train_folds[source])
         augment_seconds = time.perf_counter() - aug_start
     n_rows, specs_by_teacher = rows.added, rows.specs
     print(f"soft_targets: {n_train} training rows + {n_rows - n_train} augmented ({a.copies} per row)")
-    every = [s for specs in specs_by_teacher for s in specs]
+    every = [f for specs in specs_by_teacher for s in specs for f in chunk_files(s)]
     missing = list({s["out"]: s for s in every if not Path(s["out"]).exists()}.values())  # identical teachers share
+    missing.sort(key=lambda s: s["model_dir"])  # a teacher's chunks together: loaded once in this process
     print(f"soft_targets: {len(every)} chunk(s) of <= {size} rows, {len(missing)} to compute "
           f"({len(every) - len(missing)} done by an earlier run)")
     (compute or compute_in_process)(missing)
@@ -159,10 +181,16 @@ class ChunkedRows:
     """Writes the rows to score to `<cache>/texts.parquet`, one row group of `chunk_rows` rows per
     chunk (a worker reads only its own), with their labels (-1: augmented, no gold label), and
     plans each chunk's spec per teacher as its rows go by: nothing holds more than one chunk.
-    Rows are strings, or (text, text_pair) tuples (then a `text_pair` column too)."""
+    Rows are strings, or (text, text_pair) tuples (then a `text_pair` column too).
 
-    def __init__(self, cache: Path, chunk_rows: int, teachers: list[tuple[Path, str]], p: Params):
+    A teacher is (model dir, identity), or, for cross-fitting, the list of the `folds` fold
+    teachers: its spec for a chunk is then a list, one spec per fold teacher, each scoring the
+    chunk's rows of its fold (the rows' folds go to add(), and to a `fold` column)."""
+
+    def __init__(self, cache: Path, chunk_rows: int, teachers: list, p: Params, folds: int = 0):
         self.cache, self.size, self.teachers, self.p = cache, max(chunk_rows, 1), teachers, p
+        self.folds = folds
+        self._folds: list[int] = []
         self.path = cache / CHUNK_TEXTS
         self.count, self.specs = 0, [[] for _ in teachers]  # count: rows written (whole chunks so far)
         self.added = 0  # rows given to add(), written or still pending
@@ -182,10 +210,15 @@ class ChunkedRows:
         self._tmp = Path(tmp)
         return self
 
-    def add(self, rows: list, *, train: bool, labels=None) -> None:
-        """Rows in order; training rows carry their class index (`labels`), augmented ones -1."""
+    def add(self, rows: list, *, train: bool, labels=None, folds=None) -> None:
+        """Rows in order; training rows carry their class index (`labels`), augmented ones -1;
+        with cross-fitting, every row its fold (`folds`)."""
         if self._pairs is None and len(rows):
             self._pairs = isinstance(rows[0], tuple)
+        if self.folds:
+            if folds is None or len(folds) != len(rows):
+                raise ValueError(f"cross-fitting: {len(rows)} rows need as many folds")
+            self._folds += [int(f) for f in folds]
         self._rows += rows
         self._labels += list(labels) if train else [-1] * len(rows)
         self.added += len(rows)
@@ -198,15 +231,22 @@ class ChunkedRows:
 
         rows, self._rows = self._rows[:n], self._rows[n:]
         labels, self._labels = self._labels[:n], self._labels[n:]
+        folds, self._folds = self._folds[:n], self._folds[n:]
         columns = {"text": pa.array([t[0] for t in rows] if self._pairs else rows, pa.string())}
         if self._pairs:
             columns["text_pair"] = pa.array([t[1] for t in rows], pa.string())
+        if self.folds:
+            columns["fold"] = pa.array(folds, pa.int16())
         table = pa.table({**columns, "label": pa.array(labels, pa.int64())})
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._tmp, table.schema)
         self._writer.write_table(table, row_group_size=max(len(table), 1))
-        for (model_dir, md5), specs in zip(self.teachers, self.specs):
-            specs.append(_chunk_spec(model_dir, md5, rows, len(specs), self.count, self.path, self.p))
+        for teacher, specs in zip(self.teachers, self.specs):
+            if isinstance(teacher, list):  # fold teachers: one spec each, for the chunk's rows of its fold
+                specs.append([_chunk_spec(fold_dir, md5, rows, len(specs), self.count, self.path, self.p,
+                                          fold=(k, self.folds, folds)) for k, (fold_dir, md5) in enumerate(teacher)])
+            else:
+                specs.append(_chunk_spec(*teacher, rows, len(specs), self.count, self.path, self.p))
         self.count += len(rows)
 
     def __exit__(self, kind, exc, tb) -> None:
@@ -239,20 +279,31 @@ def plan_chunks(model_dir: Path, teacher_md5: str, texts: list[str], texts_file:
 
 
 def _chunk_spec(model_dir: Path, teacher_md5: str, rows: list, group: int, start: int, texts_file: Path,
-                p: Params) -> dict:
+                p: Params, fold: tuple[int, int, list[int]] | None = None) -> dict:
     """A chunk's spec (plain values: they travel to Dask workers and into Prefect task runs).
-    Its file name is the md5 of everything that determines its logits."""
+    Its file name is the md5 of everything that determines its logits. `fold`: (k, K, the rows'
+    folds) for fold teacher k, which scores only the chunk's rows of fold k."""
     h = hashlib.md5(f"{CHUNK_FORMAT}\0{teacher_md5}\0{p.data.max_length}\0{p.data.truncation}\0{start}\0".encode())
     for t in rows:
         for part in (t if isinstance(t, tuple) else (t,)):
             h.update(part.encode())
             h.update(b"\0")
         h.update(b"\1")
+    extra = {}
+    if fold is not None:
+        k, k_folds, folds = fold
+        h.update(f"fold {k} of {k_folds}\0".encode() + np.asarray(folds, dtype=np.int16).tobytes())
+        extra = {"fold": k, "fold_rows": sum(1 for f in folds if f == k)}
     return {"model_dir": str(model_dir), "teacher_md5": teacher_md5, "texts_file": str(texts_file),
             "row_group": group, "start": start, "rows": len(rows),
             "max_length": p.data.max_length, "truncation": p.data.truncation,
-            "threads": p.soft_targets.threads(p.base.threads),
+            "threads": p.soft_targets.threads(p.base.threads), **extra,
             "out": str(texts_file.parent / f"{teacher_md5[:12]}-{start:010d}-{h.hexdigest()}.parquet")}
+
+
+def chunk_files(spec: dict | list[dict]) -> list[dict]:
+    """The specs of the files one chunk of one teacher is computed into (K for fold teachers)."""
+    return spec if isinstance(spec, list) else [spec]
 
 
 _LOADED: dict = {}  # per worker process: the last teacher used, so a worker loads each teacher once
@@ -279,8 +330,14 @@ def compute_chunk(spec: dict) -> str:
     if len(texts) != spec["rows"]:
         raise RuntimeError(f"{spec['texts_file']}: row group {spec['row_group']} has {len(texts)} rows, "
                            f"expected {spec['rows']} (rewritten during the run?)")
-    logits = np.asarray(_LOADED[key].predict_logits(texts, batch_size=64), dtype=np.float32)
-    table = pa.table({"row": pa.array(np.arange(spec["start"], spec["start"] + len(texts)), pa.int64()),
+    at = np.arange(len(texts))
+    if "fold" in spec:  # a fold teacher: only the rows of its fold
+        at = np.flatnonzero(group.column("fold").to_numpy() == spec["fold"])
+        texts = [texts[i] for i in at]
+    clf = _LOADED[key]
+    logits = np.asarray(clf.predict_logits(texts, batch_size=64), dtype=np.float32) if texts else \
+        np.zeros((0, len(_teacher_labels(Path(spec["model_dir"])))), np.float32)
+    table = pa.table({"row": pa.array(spec["start"] + at, pa.int64()),
                       **{f"logit_{j}": pa.array(logits[:, j]) for j in range(logits.shape[1])}})
     return str(write_atomically(spec["out"], lambda tmp: pq.write_table(table, tmp)))
 
@@ -299,15 +356,33 @@ def read_chunks(specs: list[dict], n_labels: int) -> np.ndarray:
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, n_labels), np.float32)
 
 
-def read_chunk(spec: dict, n_labels: int) -> np.ndarray:
-    """One chunk's logits [rows, n_labels], checked against its spec."""
+def read_chunk(spec: dict | list[dict], n_labels: int) -> np.ndarray:
+    """One chunk's logits [rows, n_labels], checked against its spec (for fold teachers, a list:
+    each file's rows put back in their places)."""
     import pyarrow.parquet as pq
 
+    if isinstance(spec, list):
+        out, filled = np.zeros((spec[0]["rows"], n_labels), np.float32), np.zeros(spec[0]["rows"], bool)
+        for part in spec:
+            table = pq.read_table(part["out"])
+            at = table.column("row").to_numpy() - part["start"]
+            if len(at) != part["fold_rows"] or (len(at) and (at.min() < 0 or at.max() >= len(out))) or filled[at].any():
+                raise RuntimeError(f"{part['out']}: holds {len(at)} rows of fold {part['fold']}, expected "
+                                   f"{part['fold_rows']} from row {part['start']}")
+            out[at], filled[at] = _logit_columns(table, n_labels), True
+        if not filled.all():
+            raise RuntimeError(f"{spec[0]['texts_file']}: row group {spec[0]['row_group']}: "
+                               f"{int((~filled).sum())} rows in no fold's chunk")
+        return out
     table = pq.read_table(spec["out"])
     rows = table.column("row").to_numpy()
     if len(rows) != spec["rows"] or (len(rows) and rows[0] != spec["start"]):
         raise RuntimeError(f"{spec['out']}: holds rows {rows[:1]}.. ({len(rows)}), expected {spec['rows']} "
                            f"from {spec['start']}")
+    return _logit_columns(table, n_labels)
+
+
+def _logit_columns(table, n_labels: int) -> np.ndarray:
     return np.stack([table.column(f"logit_{j}").to_numpy() for j in range(n_labels)], axis=1).astype(np.float32)
 
 
@@ -321,7 +396,7 @@ def write_fused_logits(path: Path, rows_file: Path, specs_by_teacher: list[list[
 
     from distillery.losses import fuse_soft_targets
 
-    n = sum(s["rows"] for s in specs_by_teacher[0])
+    n = sum(chunk_files(s)[0]["rows"] for s in specs_by_teacher[0])
     groups = pq.ParquetFile(rows_file)
     correct = [0] * (len(specs_by_teacher) + 1)
     with open(path, "wb") as fh:
@@ -341,7 +416,7 @@ def write_fused_logits(path: Path, rows_file: Path, specs_by_teacher: list[list[
 
 def prune_chunks(cache: Path, keep: list[dict]) -> None:
     """Drop chunk files of earlier data, teachers or chunk sizes: the cache holds this run's only."""
-    wanted = {Path(s["out"]).name for s in keep} | {CHUNK_TEXTS}
+    wanted = {Path(f["out"]).name for s in keep for f in chunk_files(s)} | {CHUNK_TEXTS}
     for f in cache.glob("*.parquet"):
         if f.name not in wanted:
             f.unlink(missing_ok=True)

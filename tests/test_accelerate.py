@@ -59,7 +59,7 @@ def test_two_cpu_processes_match_one(tmp_path):
     train, eval_ = make_demo_dataset(params["data"]["demo_rows"], params["base"]["seed"])
     root = make_project(tmp_path / "p", params, list(train.text) + list(eval_.text), dropout=0.0)
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}  # no user accelerate config
-    for stage in ("demo_data", "validate", "teacher", "soft_targets"):
+    for stage in ("demo_data", "validate", "teacher", "teacher_folds", "soft_targets"):
         run_stage(root, stage)
     run_command(root, "distill", [str(BIN / "python")], env)  # both runs as fresh processes
     single = tmp_path / "single"

@@ -40,7 +40,7 @@ TRAIN, EVAL = "incoming/train.csv", "incoming/eval.csv"
 # Enough distill epochs on the tiny model (~0.2 s each here) that a kill lands inside training.
 DISTILL_EPOCHS = 40
 DISTILL_MARKER = "distill: student of"  # printed when the student is built, before training
-LATER = ("teacher", "soft_targets", "distill", "prune", "quantize", "evaluate", "register")
+LATER = ("teacher", "teacher_folds", "soft_targets", "distill", "prune", "quantize", "evaluate", "register")
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +170,9 @@ def test_run_killed_during_distill_resumes_without_redoing_finished_stages(proje
         kill_process_tree(run)
     assert run.returncode == -signal.SIGKILL
 
-    # What the killed run left: validate, teacher, soft_targets finished and recorded, distill nothing.
+    # What the killed run left: validate, teacher(_folds), soft_targets finished and recorded, distill nothing.
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
-    assert set(lock) == {"demo_data", "validate", "teacher", "soft_targets"}
+    assert set(lock) == {"demo_data", "validate", "teacher", "teacher_folds", "soft_targets"}
     assert not (project / "models/student").exists() and not (project / "reports/distill.json").exists()
     finished = digest(project, "data/validated", "models/teacher", "data/teacher_logits")
     mtimes = {p: (project / p).stat().st_mtime_ns for p in finished}

@@ -35,7 +35,7 @@ def project(tmp_path_factory):
 
 def compress(root) -> dict:
     """Every stage up to quantize, in this process; their reports."""
-    reports = {stage: run_stage(root, stage) for stage in ("demo_data", "validate", "teacher")}
+    reports = {stage: run_stage(root, stage) for stage in ("demo_data", "validate", "teacher", "teacher_folds")}
     shutil.copytree(root / "models" / "teacher", root / "teacher_v0")  # an "earlier run's" checkpoint
     reports.update({stage: run_stage(root, stage) for stage in ("soft_targets", "distill", "prune", "quantize")})
     return reports

@@ -38,7 +38,8 @@ def test_declared_outputs_are_the_paths_the_code_writes(graph, params):
     """Stage code takes its paths from params.yaml and writes reports/<stage>.json; dvc.yaml's
     `${...}` resolve to the same values, and every report the code writes is a declared metric."""
     model_dirs = {params.paths.demo_dir, params.paths.validated_dir, params.paths.teacher_dir, params.paths.logits_dir,
-                  params.paths.student_dir, params.paths.pruned_dir, params.paths.quantized_dir}
+                  params.paths.student_dir, params.paths.pruned_dir, params.paths.quantized_dir,
+                  params.paths.teacher_folds_dir}
     for name, stage in graph.items():
         assert set(stage.outs) <= model_dirs | {docs_rel(params)}, name
         if name != "demo_data":
@@ -47,6 +48,12 @@ def test_declared_outputs_are_the_paths_the_code_writes(graph, params):
     assert graph["quantize"].outs == (params.paths.quantized_dir,)
     assert graph["validate"].deps == (params.data.train_path, params.data.eval_path)
     assert {"base.seed", "gate"} == set(graph["evaluate"].params)
+    # Changing the number of fold teachers re-runs their stage, not the teacher's fine-tuning.
+    assert "teacher" in graph["teacher_folds"].params and graph["teacher_folds"].outs == (params.paths.teacher_folds_dir,)
+    assert not any(k in ("teacher", "teacher.cross_fit_folds") for k in graph["teacher"].params)
+    assert set(graph["teacher"].params) >= {f"teacher.{k}" for k in type(params.teacher).model_fields} - {
+        "teacher.cross_fit_folds"}
+    assert params.paths.teacher_folds_dir in graph["soft_targets"].deps
 
 
 def test_every_stage_input_is_produced_upstream_or_is_user_data(graph, params):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.helpers import ROOT, make_project, tiny_params
+from tests.helpers import ROOT, make_project, run_stage, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -74,6 +74,7 @@ def project(dest: Path, rows: int) -> Path:
     train = texts(rows)
     splits = {"train": TextDataset(train, np.arange(rows) % 2), "eval": TextDataset(train[:8], np.arange(8) % 2)}
     write_validated(root / p["paths"]["validated_dir"], splits, labels, sources)
+    run_stage(root, "teacher_folds")  # cross-fitting off: its manifest only
     return root
 
 

@@ -242,7 +242,8 @@ def test_first_run_trains_every_stage_and_registers_champion(project, story):
     children = c.search_runs([parent.info.experiment_id],
                              filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert {r.info.run_name for r in children} == {
-        "demo_data", "validate", "teacher", "soft_targets", "distill", "prune", "quantize", "evaluate", "register"}
+        "demo_data", "validate", "teacher", "teacher_folds", "soft_targets", "distill", "prune", "quantize", "evaluate",
+        "register"}
     distill_run = next(r for r in children if r.info.run_name == "distill")
     assert distill_run.data.params["distill.temperature"] == "2.0"
     assert distill_run.data.metrics["accuracy"] == pytest.approx(reports["distill"]["accuracy"])

@@ -28,7 +28,7 @@ def project(tmp_path_factory, prefect_harness):
     train, eval_ = make_demo_dataset(params["data"]["demo_rows"], params["base"]["seed"])
     root = make_project(tmp_path_factory.mktemp("chunks"), params, list(train.text) + list(eval_.text))
     configure_environment(root)
-    for stage in ("demo_data", "validate", "teacher"):
+    for stage in ("demo_data", "validate", "teacher", "teacher_folds"):
         run_stage(root, stage)
     # A second teacher with other weights (an identical copy would share the first one's chunks).
     from safetensors.torch import load_file, save_file
