@@ -210,6 +210,8 @@ def run_benchmark(data_dir: str | Path, *, quick: bool = False, overrides: list[
     data_dir = Path(data_dir).resolve()
     work = Path(work_dir or REPO / "bench" / "work" / (f"{benchmark}-quick" if quick else benchmark)).resolve()
     out = Path(out_dir or (REPO / "bench" / "work" / "quick-results" if quick else REPO / "bench" / "results"))
+    if update_readme:
+        readme_links(out)  # refused now, not after the whole benchmark has run
     now = dt.datetime.now().astimezone()
     results = {"benchmark": benchmark, "title": BENCHMARKS[benchmark]["title"], "mode": "quick" if quick else "full", "date": now.strftime("%Y-%m-%d"),
                "started_at": now.isoformat(timespec="seconds"), "command": command, "machine": machine(),
@@ -258,6 +260,15 @@ def run_benchmark(data_dir: str | Path, *, quick: bool = False, overrides: list[
     return results
 
 
+def readme_links(out: Path) -> str:
+    """`out` as the README links it (relative to the repository); refused when outside it."""
+    try:
+        return out.resolve().relative_to(REPO).as_posix()
+    except ValueError:
+        raise SystemExit(f"--update-readme: {out} is outside the repository; the README cannot show it "
+                         "(drop --out-dir, or give one inside the repository)") from None
+
+
 def write_outputs(results: dict, out: Path, update_readme: bool) -> dict[str, Path]:
     stem = f"{results['date']}-{results['benchmark']}" + ("-quick" if results["mode"] == "quick" else "")
     out.mkdir(parents=True, exist_ok=True)
@@ -272,10 +283,7 @@ def write_outputs(results: dict, out: Path, update_readme: bool) -> dict[str, Pa
     print(f"bench: wrote {files['json']}, {files['markdown'].name} and two plots")
     if update_readme:
         readme = REPO / "README.md"
-        try:
-            rel = {k: files[k].resolve().relative_to(REPO).as_posix() for k in ("json", "latency", "size")}
-        except ValueError:
-            raise SystemExit(f"--update-readme: {out} is outside the repository; the README cannot show it")
+        rel = {k: readme_links(out) + "/" + files[k].name for k in ("json", "latency", "size")}
         if report.update_readme(readme, report.markdown(results, rel), results["benchmark"]):
             print(f"bench: updated the benchmark section of {readme}")
         else:

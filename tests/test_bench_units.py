@@ -188,3 +188,12 @@ def test_selection_split_contained_keeps_phrase_trees_whole(tmp_path):
         assert sum(r.startswith(f"{tree}x") or f" {tree}x" in r for r in held) == 4
     by_row = split(data, tmp_path / "rows", 0.25, 3, "sst2", group="label")
     assert by_row["group"] == "label" and by_row["held_out_inside_fit"] > 0
+
+
+def test_update_readme_with_an_out_dir_outside_the_repository_is_refused_before_any_work(tmp_path):
+    from bench.run import readme_links, run_benchmark
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit, match="outside the repository"):
+        run_benchmark(tmp_path / "no-data", work_dir=work, out_dir=tmp_path / "out", update_readme=True)
+    assert not work.exists() and not (tmp_path / "out").exists()  # refused before the data or the project
+    assert readme_links(REPO / "bench" / "results") == "bench/results"
