@@ -93,6 +93,8 @@ def test_every_row_is_scored_by_the_fold_teacher_that_did_not_see_it(project):
     folds = row_folds(train.inputs, 2, manifest["seed"])
     assert folds_report["fold_rows"] == np.bincount(folds).tolist()
     assert [f["train_rows"] for f in folds_report["fits"]] == [int((folds != k).sum()) for k in (0, 1)]
+    assert folds_report["train"]["seconds"] == pytest.approx(sum(f["train"]["seconds"] for f in folds_report["fits"]))
+    assert 0 < folds_report["train"]["seconds"] <= folds_report["seconds"]  # bench/pipeline_timing.py reads it
 
     report = run_stage(project, "soft_targets")
     assert report["teachers"][0]["cross_fit_folds"] == 2 and report["chunks"] == 2 * -(-report["rows"] // 40)
