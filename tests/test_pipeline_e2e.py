@@ -495,7 +495,8 @@ def test_run_report_opens_in_headless_chromium_with_its_plots_and_tables(project
     tables = {t["id"] or f"{t['className']}-{i}": t for i, t in enumerate(state["tables"])}
     assert all(t["height"] > 0 for t in tables.values())
     rows = {k: t["rows"] for k, t in tables.items()}
-    assert rows["stages"] == 9 and rows["gate"] == 5 and rows["validation"] == 2 and rows["lineage"] >= 9
+    # stages: a header and the 9 stages of dvc.yaml (teacher_folds too: with cross-fitting off it writes its manifest)
+    assert rows["stages"] == 10 and rows["gate"] == 5 and rows["validation"] == 2 and rows["lineage"] >= 9
     assert [r for k, r in rows.items() if k.startswith("confusion")] == [3, 3]  # teacher and final, 3 classes
     text = state["text"]
     assert "Gate FAILED" in text and "kept as challenger" in text and CHAMPION_CHECK in text
