@@ -283,7 +283,8 @@ def write_outputs(results: dict, out: Path, update_readme: bool) -> dict[str, Pa
     print(f"bench: wrote {files['json']}, {files['markdown'].name} and two plots")
     if update_readme:
         readme = REPO / "README.md"
-        rel = {k: readme_links(out) + "/" + files[k].name for k in ("json", "latency", "size")}
+        base = readme_links(out)
+        rel = {k: f"{base}/{files[k].name}" for k in ("json", "latency", "size")}
         if report.update_readme(readme, report.markdown(results, rel), results["benchmark"]):
             print(f"bench: updated the benchmark section of {readme}")
         else:
